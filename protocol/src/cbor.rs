@@ -1,0 +1,93 @@
+//! Strict CBOR helpers: every KLP structure is encoded with RFC 8949 core deterministic encoding
+//! (definite lengths, shortest integer and length heads, map keys in length-then-bytewise order),
+//! and a decoder accepts a structure only if re-encoding it yields exactly the input bytes.
+//!
+//! Checking by re-encoding gives one rule that covers every way a non-canonical encoding can
+//! differ (long-form heads, indefinite lengths, reordered or duplicated keys, explicit `null` for
+//! an absent optional field, unknown keys), so a signed message has exactly one byte encoding.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Maximum nesting depth accepted by the decoder. KLP structures nest at most 6 levels.
+pub(crate) const MAX_DEPTH: usize = 16;
+
+/// Why strict decoding refused some bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CborError {
+    /// The bytes are not CBOR of the expected shape.
+    #[error("malformed CBOR: {0}")]
+    Malformed(String),
+    /// A complete item was decoded but bytes remained after it.
+    #[error("{0} trailing byte(s) after the CBOR item")]
+    TrailingBytes(usize),
+    /// The item decoded, but its bytes are not the deterministic encoding of its value.
+    #[error("CBOR item is not in deterministic (canonical) encoding")]
+    NonCanonical,
+}
+
+/// Encodes `value` into CBOR. Our types only hold integers, byte and text strings, arrays and
+/// maps, so encoding into a `Vec` cannot fail.
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Err(e) = ciborium::into_writer(value, &mut out) {
+        // Writing into a Vec is infallible and our types contain no unsupported values (no
+        // floats, no non-string map keys); reaching this is a programming error.
+        unreachable!("CBOR encoding into memory failed: {e}");
+    }
+    out
+}
+
+/// Decodes exactly one CBOR item of type `T` from `bytes`, refusing trailing bytes and any
+/// encoding that is not the canonical one.
+pub(crate) fn from_slice_canonical<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, CborError> {
+    let mut reader = bytes;
+    let value: T = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
+        .map_err(|e| CborError::Malformed(describe(e)))?;
+    if !reader.is_empty() {
+        return Err(CborError::TrailingBytes(reader.len()));
+    }
+    if to_vec(&value) != bytes {
+        return Err(CborError::NonCanonical);
+    }
+    Ok(value)
+}
+
+fn describe<E: std::fmt::Debug>(e: ciborium::de::Error<E>) -> String {
+    match e {
+        ciborium::de::Error::Io(e) => format!("truncated input ({e:?})"),
+        ciborium::de::Error::Syntax(offset) => format!("syntax error at byte {offset}"),
+        ciborium::de::Error::Semantic(offset, msg) => match offset {
+            Some(o) => format!("{msg} (at byte {o})"),
+            None => msg,
+        },
+        ciborium::de::Error::RecursionLimitExceeded => {
+            format!("nesting deeper than {MAX_DEPTH} levels")
+        }
+    }
+}
+
+/// Serde helpers for fixed-length byte strings (`bstr` of exactly `N` bytes).
+pub(crate) mod fixed_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(crate) fn serialize<S: Serializer, const N: usize>(
+        v: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        let buf = serde_bytes::ByteBuf::deserialize(d)?;
+        <[u8; N]>::try_from(buf.as_slice()).map_err(|_| {
+            D::Error::custom(format!(
+                "byte string of length {} where {N} bytes are required",
+                buf.len()
+            ))
+        })
+    }
+}
