@@ -72,10 +72,10 @@ impl FromStr for Host {
         if s.is_empty() {
             return Err(AddressError::EmptyHost);
         }
-        if s.len() == KLP_ID_TEXT_LEN {
-            if let Ok(id) = s.parse::<KlpId>() {
-                return Ok(Host::Id(id));
-            }
+        if s.len() == KLP_ID_TEXT_LEN
+            && let Ok(id) = s.parse::<KlpId>()
+        {
+            return Ok(Host::Id(id));
         }
         let name = s.to_ascii_lowercase();
         let bad = |reason| AddressError::InvalidName { name: s.to_owned(), reason };

@@ -42,16 +42,50 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 pub(crate) fn from_slice_canonical<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, CborError> {
+    decode(bytes, None)
+}
+
+/// [`from_slice_canonical`] for a value encoded as an array of exactly `len` items (serde
+/// tuples do not check their length against the input's).
+pub(crate) fn from_slice_canonical_array<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    len: usize,
+) -> Result<T, CborError> {
+    decode(bytes, Some(len))
+}
+
+fn decode<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    array_len: Option<usize>,
+) -> Result<T, CborError> {
+    // Parse the generic item first: this checks the CBOR itself (heads, lengths, nesting) and
+    // finds where the item ends, independently of the target type.
     let mut reader = bytes;
-    let value: T = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
-        .map_err(|e| CborError::Malformed(describe(e)))?;
+    let item: ciborium::Value =
+        ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
+            .map_err(|e| CborError::Malformed(describe(e)))?;
     if !reader.is_empty() {
         return Err(CborError::TrailingBytes(reader.len()));
     }
+    // Then its shape: the fields and types of `T`.
+    if let Some(len) = array_len {
+        match &item {
+            ciborium::Value::Array(items) if items.len() == len => {}
+            _ => return Err(CborError::Malformed(format!("expected an array of {len} items"))),
+        }
+    }
+    let value: T = item.deserialized().map_err(|e| CborError::Malformed(shape(e)))?;
+    // Finally the encoding: exactly one byte string encodes each value.
     if to_vec(&value) != bytes {
         return Err(CborError::NonCanonical);
     }
     Ok(value)
+}
+
+fn shape(e: ciborium::value::Error) -> String {
+    match e {
+        ciborium::value::Error::Custom(m) => m,
+    }
 }
 
 fn describe<E: std::fmt::Debug>(e: ciborium::de::Error<E>) -> String {

@@ -367,9 +367,9 @@ impl Message {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_ENVELOPE_LEN });
         }
         let WireEnvelope(header_bytes, signature) =
-            cbor::from_slice_canonical(bytes).map_err(structural)?;
+            cbor::from_slice_canonical_array(bytes, 2).map_err(structural)?;
         let WireHeader(version, code, author, seq, created_ms, target, body) =
-            cbor::from_slice_canonical(&header_bytes).map_err(structural)?;
+            cbor::from_slice_canonical_array(&header_bytes, 7).map_err(structural)?;
         if version != u64::from(PROTOCOL_VERSION) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
@@ -438,7 +438,7 @@ impl Message {
     }
 }
 
-fn structural(e: CborError) -> DecodeError {
+pub(crate) fn structural(e: CborError) -> DecodeError {
     match e {
         CborError::Malformed(m) => DecodeError::Malformed(m),
         CborError::TrailingBytes(n) => DecodeError::TrailingBytes(n),

@@ -675,13 +675,13 @@ impl Timeline {
                 reason: "voting must end after discussion ends",
             });
         }
-        if let Some(r) = self.reveal_end_ms {
-            if r <= self.voting_end_ms {
-                return Err(ValidationError::OutOfRange {
-                    field: "timeline.reveal_end_ms",
-                    reason: "reveal must end after voting ends",
-                });
-            }
+        if let Some(r) = self.reveal_end_ms
+            && r <= self.voting_end_ms
+        {
+            return Err(ValidationError::OutOfRange {
+                field: "timeline.reveal_end_ms",
+                reason: "reveal must end after voting ends",
+            });
         }
         Ok(())
     }
@@ -1236,7 +1236,7 @@ validate_with! {
         if v.dims == 0 {
             return Err(ValidationError::OutOfRange { field: "dims", reason: "must be at least 1" });
         }
-        if v.data.len() % (4 * usize::from(v.dims)) != 0 {
+        if !v.data.len().is_multiple_of(4 * usize::from(v.dims)) {
             return Err(ValidationError::OutOfRange {
                 field: "data",
                 reason: "length is not a whole number of vectors",

@@ -23,8 +23,11 @@ use zeroize::Zeroizing;
 
 use crate::{
     address::Address,
-    cbor::{self, CborError},
-    envelope::{DecodeError, EncodeError, Header, Message, MessageType, PROTOCOL_VERSION, Payload},
+    cbor,
+    envelope::{
+        DecodeError, EncodeError, Header, Message, MessageType, PROTOCOL_VERSION, Payload,
+        structural,
+    },
     identity::SecretKey,
     payload::Sealed,
 };
@@ -194,22 +197,14 @@ pub fn open(message: &Message, recipient: &SecretKey) -> Result<Payload, SealErr
         )
         .map_err(|_| SealError::OpenFailed)?,
     );
-    let (code, body): (u64, ByteBuf) =
-        cbor::from_slice_canonical(&plaintext).map_err(|e| SealError::BadPlaintext(plain(e)))?;
+    let (code, body): (u64, ByteBuf) = cbor::from_slice_canonical_array(&plaintext, 2)
+        .map_err(|e| SealError::BadPlaintext(structural(e)))?;
     let kind = MessageType::from_code(code)
         .ok_or(SealError::BadPlaintext(DecodeError::UnknownType(code)))?;
     if kind == MessageType::Sealed {
         return Err(SealError::Nested);
     }
     Payload::decode(kind, &body).map_err(SealError::BadPlaintext)
-}
-
-fn plain(e: CborError) -> DecodeError {
-    match e {
-        CborError::Malformed(m) => DecodeError::Malformed(m),
-        CborError::TrailingBytes(n) => DecodeError::TrailingBytes(n),
-        CborError::NonCanonical => DecodeError::NonCanonical,
-    }
 }
 
 /// A "random" source that yields a fixed 32-byte string, for reproducible test vectors.
