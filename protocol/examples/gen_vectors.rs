@@ -17,31 +17,8 @@ fn seed(n: u8) -> [u8; 32] {
     }
 }
 
-/// RFC 8949 diagnostic notation, for human readers of the vectors.
-fn diag(v: &Value) -> String {
-    match v {
-        Value::Integer(i) => i128::from(*i).to_string(),
-        Value::Bytes(b) => format!("h'{}'", hex::encode(b)),
-        Value::Text(t) => serde_json::to_string(t).expect("string"),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => "null".into(),
-        Value::Array(items) => {
-            format!("[{}]", items.iter().map(diag).collect::<Vec<_>>().join(", "))
-        }
-        Value::Map(entries) => format!(
-            "{{{}}}",
-            entries
-                .iter()
-                .map(|(k, v)| format!("{}: {}", diag(k), diag(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => format!("{other:?}"),
-    }
-}
-
 fn diag_bytes(b: &[u8]) -> String {
-    diag(&ciborium::from_reader::<Value, _>(b).expect("cbor"))
+    kos_protocol::diagnostic(b).expect("cbor")
 }
 
 fn identity(n: u8) -> Json {

@@ -125,3 +125,73 @@ pub(crate) mod fixed_bytes {
         })
     }
 }
+
+/// RFC 8949 §8 diagnostic notation of one CBOR item (for people and tools, e.g. `kosctl decode`
+/// and the test vectors). Byte strings are written `h'…'`.
+pub fn diagnostic(bytes: &[u8]) -> Result<String, CborError> {
+    let mut reader = bytes;
+    let item: ciborium::Value =
+        ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_DEPTH)
+            .map_err(|e| CborError::Malformed(describe(e)))?;
+    if !reader.is_empty() {
+        return Err(CborError::TrailingBytes(reader.len()));
+    }
+    let mut out = String::new();
+    write_diag(&item, &mut out);
+    Ok(out)
+}
+
+fn write_diag(v: &ciborium::Value, out: &mut String) {
+    use ciborium::Value;
+    use std::fmt::Write;
+    match v {
+        Value::Integer(i) => {
+            let _ = write!(out, "{}", i128::from(*i));
+        }
+        Value::Bytes(b) => {
+            out.push_str("h'");
+            b.iter().for_each(|x| {
+                let _ = write!(out, "{x:02x}");
+            });
+            out.push('\'');
+        }
+        Value::Text(t) => {
+            let _ = write!(out, "{t:?}");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, "{b}");
+        }
+        Value::Null => out.push_str("null"),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_diag(item, out);
+            }
+            out.push(']');
+        }
+        Value::Map(entries) => {
+            out.push('{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_diag(k, out);
+                out.push_str(": ");
+                write_diag(v, out);
+            }
+            out.push('}');
+        }
+        Value::Float(f) => {
+            let _ = write!(out, "{f:?}");
+        }
+        Value::Tag(t, inner) => {
+            let _ = write!(out, "{t}(");
+            write_diag(inner, out);
+            out.push(')');
+        }
+        _ => out.push_str("undefined"),
+    }
+}

@@ -42,7 +42,7 @@ pub mod vault;
 use sha2::{Digest as _, Sha256};
 
 pub use address::{Address, AddressError, Host};
-pub use cbor::CborError;
+pub use cbor::{CborError, diagnostic};
 pub use envelope::{
     DecodeError, EncodeError, Header, MAX_ENVELOPE_LEN, Message, MessageType, PROTOCOL_VERSION,
     Payload, SIGNATURE_DOMAIN, message_id,
