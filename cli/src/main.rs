@@ -56,8 +56,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bytes = if raw {
                 input
             } else {
-                let text: String =
-                    String::from_utf8_lossy(&input).chars().filter(|c| !c.is_whitespace()).collect();
+                let text: String = String::from_utf8_lossy(&input)
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
                 hex::decode(&text).context("input is not hexadecimal (use --raw for binary)")?
             };
             let msg = Message::decode(&bytes).context("invalid envelope")?;

@@ -87,7 +87,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = SecretKey::generate();
             let mut vault = Vault::new();
             vault.insert(NODE_KEY, key.clone());
-            let params = if insecure_plain_key { KdfParams::INSECURE_FAST } else { KdfParams::STANDARD };
+            let params =
+                if insecure_plain_key { KdfParams::INSECURE_FAST } else { KdfParams::STANDARD };
             vault.save(&path, &pass, params)?;
             let store = kos_storage::Store::open(&dir.join("store"))?;
             store.flush()?;

@@ -46,7 +46,14 @@ fn split(envelope: &[u8]) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
-fn envelope_vector(name: &str, author: u8, seq: u64, created: u64, target: Option<&str>, p: Payload) -> Json {
+fn envelope_vector(
+    name: &str,
+    author: u8,
+    seq: u64,
+    created: u64,
+    target: Option<&str>,
+    p: Payload,
+) -> Json {
     let sk = SecretKey::from_seed(&seed(author));
     let target_addr = target.map(|t| t.parse::<Address>().expect("address"));
     let msg = Message::sign(&sk, seq, created, target_addr, p.clone()).expect("sign");
@@ -95,8 +102,18 @@ fn main() {
         hybrid: HybridWeights { role: 0, stake: 0, trust: 1000 },
         timing: Timing::standard(),
         members: vec![
-            Member { key: alice.public(), roles: vec![Role::Citizen, Role::Validator], stake: 10, trust: TrustLevel::Core },
-            Member { key: bob.public(), roles: vec![Role::Citizen], stake: 1, trust: TrustLevel::Standard },
+            Member {
+                key: alice.public(),
+                roles: vec![Role::Citizen, Role::Validator],
+                stake: 10,
+                trust: TrustLevel::Core,
+            },
+            Member {
+                key: bob.public(),
+                roles: vec![Role::Citizen],
+                stake: 1,
+                trust: TrustLevel::Standard,
+            },
         ],
         defaults: vec![TypeDefault {
             kind: ProposalType::Configuration,
@@ -119,7 +136,11 @@ fn main() {
         kind: ProposalType::Configuration,
         scope: Scope::Global,
         title: "Raise the relay quota".into(),
-        action: Action::Configuration { key: "relay.quota_per_minute".into(), new: "120".into(), old: Some("60".into()) },
+        action: Action::Configuration {
+            key: "relay.quota_per_minute".into(),
+            new: "120".into(),
+            old: Some("60".into()),
+        },
         voting: None,
         options: vec![],
         registry: RegistryVersion { hash: Digest([0x33; 32]), epoch: 0 },
@@ -169,17 +190,33 @@ fn main() {
 
     let to: Address = format!("agent://{}", bob.public().klp_id()).parse().expect("address");
     let ikm = [0x44u8; 32];
-    let sealed = seal::seal_with_ephemeral_ikm(&alice, &bob.encryption_key(), 4, 1_700_000_003_000, to.clone(), &task, ikm)
-        .expect("seal");
+    let sealed = seal::seal_with_ephemeral_ikm(
+        &alice,
+        &bob.encryption_key(),
+        4,
+        1_700_000_003_000,
+        to.clone(),
+        &task,
+        ikm,
+    )
+    .expect("seal");
     let Payload::Sealed(s) = sealed.payload() else { unreachable!() };
     let mut aad = Vec::new();
     ciborium::into_writer(
-        &(1u64, 513u64, ByteBuf::from(alice.public().to_bytes().to_vec()), 4u64, 1_700_000_003_000u64, Some(to.to_string())),
+        &(
+            1u64,
+            513u64,
+            ByteBuf::from(alice.public().to_bytes().to_vec()),
+            4u64,
+            1_700_000_003_000u64,
+            Some(to.to_string()),
+        ),
         &mut aad,
     )
     .expect("aad");
     let mut plaintext = Vec::new();
-    ciborium::into_writer(&(257u64, ByteBuf::from(task.encode())), &mut plaintext).expect("plaintext");
+    ciborium::into_writer(&(257u64, ByteBuf::from(task.encode())), &mut plaintext)
+        .expect("plaintext");
     let (header, _) = split(sealed.bytes());
 
     let salt = [0x55u8; 32];

@@ -83,9 +83,8 @@ impl Store {
                 meta.flush()?;
             }
             Some(v) => {
-                let found = u32::from_be_bytes(
-                    v.as_ref().try_into().map_err(|_| StoreError::CorruptMeta)?,
-                );
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::CorruptMeta)?);
                 if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaMismatch { found, expected: SCHEMA_VERSION });
                 }
@@ -98,11 +97,8 @@ impl Store {
     /// Stores a verified message under its id. Returns `false` if it was already stored.
     /// Durable only after [`Store::flush`].
     pub fn insert(&self, msg: &Message) -> Result<bool, StoreError> {
-        let prev = self.messages.compare_and_swap(
-            msg.id().0,
-            None as Option<&[u8]>,
-            Some(msg.bytes()),
-        )?;
+        let prev =
+            self.messages.compare_and_swap(msg.id().0, None as Option<&[u8]>, Some(msg.bytes()))?;
         Ok(prev.is_ok())
     }
 
@@ -197,7 +193,10 @@ mod tests {
         }
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.len(), 2);
-        assert_eq!(store.get(&a.id()).expect("get").map(|m| m.bytes().to_vec()), Some(a.bytes().to_vec()));
+        assert_eq!(
+            store.get(&a.id()).expect("get").map(|m| m.bytes().to_vec()),
+            Some(a.bytes().to_vec())
+        );
         let mut all: Vec<_> = store.messages().map(|m| m.expect("valid").id()).collect();
         let mut want = vec![a.id(), b.id()];
         all.sort();
