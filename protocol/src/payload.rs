@@ -995,7 +995,7 @@ pub struct VoteReveal {
 }
 
 /// What a delegation covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DelegationScope {
     /// Every proposal.
     #[serde(rename = "all")]
