@@ -1,0 +1,327 @@
+//! Every invalid input is refused with a typed reason and leaves the state hash unchanged.
+
+mod fed;
+
+use fed::*;
+use kos_protocol::{
+    Message, Payload,
+    engine::{Dependency, Origin, Refusal, Verdict},
+    payload::*,
+};
+
+use TrustLevel::*;
+
+fn setup() -> (Fed, Message) {
+    let mut f = Fed::new(&[Core, Trusted, Standard, Sandbox, Quarantine]);
+    let p = f.propose(0, config(DecisionRule::SimpleMajority, Weighting::Trust), &[]);
+    f.apply(&p).expect("proposal");
+    (f, p)
+}
+
+/// Applies `m`, expects `want`, and checks the state hash did not move.
+fn refused(f: &mut Fed, m: &Message, want: Refusal) {
+    let now = VOTE_END + 100 * S;
+    let before = f.engine.state_hash(now);
+    assert_eq!(f.apply(m), Err(want));
+    assert_eq!(f.engine.state_hash(now), before, "{:?} changed the state", m.kind());
+}
+
+#[test]
+fn votes_outside_the_window() {
+    let (mut f, p) = setup();
+    let early = f.vote_at(1, &p, Choice::Yes, VOTE_START - 1);
+    refused(
+        &mut f,
+        &early,
+        Refusal::OutsideWindow {
+            created_ms: VOTE_START - 1,
+            start_ms: VOTE_START,
+            end_ms: VOTE_END,
+        },
+    );
+    let late = f.vote_at(1, &p, Choice::Yes, VOTE_END);
+    refused(
+        &mut f,
+        &late,
+        Refusal::OutsideWindow { created_ms: VOTE_END, start_ms: VOTE_START, end_ms: VOTE_END },
+    );
+    assert_eq!(
+        Refusal::OutsideWindow { created_ms: 0, start_ms: 0, end_ms: 0 }.verdict(),
+        Verdict::Reject
+    );
+}
+
+#[test]
+fn non_members() {
+    let (mut f, p) = setup();
+    let stranger = key(99);
+    let vote = Message::sign(
+        &stranger,
+        1,
+        VOTE_START + S,
+        None,
+        Payload::Vote(Vote {
+            choice: Choice::Yes,
+            reason: None,
+            proposal: p.id(),
+            revision: 0,
+            federation: f.id(),
+        }),
+    )
+    .expect("sign");
+    refused(&mut f, &vote, Refusal::NotMember);
+    let prop = Message::sign(
+        &stranger,
+        2,
+        T0 + S,
+        None,
+        Payload::Proposal(f.proposal_body(ProposalType::ResourceAllocation, None, &[])),
+    )
+    .expect("sign");
+    refused(&mut f, &prop, Refusal::NotMember);
+}
+
+#[test]
+fn unknown_revision_is_held_until_it_arrives() {
+    let (mut f, p) = setup();
+    let vote = f.sign(
+        1,
+        VOTE_START + S,
+        Payload::Vote(Vote {
+            choice: Choice::Yes,
+            reason: None,
+            proposal: p.id(),
+            revision: 1,
+            federation: f.id(),
+        }),
+    );
+    refused(&mut f, &vote, Refusal::Pending(Dependency::Revision(p.id(), 1)));
+    assert_eq!(Refusal::Pending(Dependency::Revision(p.id(), 1)).verdict(), Verdict::Ignore);
+    assert_eq!(f.engine.pending_len(), 1);
+    // The proposer's revision 1 releases the held vote, which now counts.
+    let rev = f.sign(
+        0,
+        T0 + 2 * S,
+        Payload::Revision(Revision {
+            title: "Revised".into(),
+            action: Action::None,
+            options: vec![],
+            proposal: p.id(),
+            revision: 1,
+            federation: f.id(),
+            description: "Better.".into(),
+        }),
+    );
+    assert_eq!(f.apply(&rev), Ok(vec![rev.id(), vote.id()]));
+    let t = f.engine.tally(&p.id(), VOTE_END).expect("tally");
+    assert_eq!((t.revision, t.counted.clone()), (1, vec![vote.id()]));
+    assert_eq!(f.engine.pending_len(), 0);
+}
+
+#[test]
+fn revisions_only_by_the_proposer_during_discussion() {
+    let (mut f, p) = setup();
+    let rev = |f: &Fed, who, at| {
+        f.sign(
+            who,
+            at,
+            Payload::Revision(Revision {
+                title: "t".into(),
+                action: Action::None,
+                options: vec![],
+                proposal: p.id(),
+                revision: 1,
+                federation: f.id(),
+                description: "d".into(),
+            }),
+        )
+    };
+    let m = rev(&f, 1, T0 + 2 * S);
+    refused(&mut f, &m, Refusal::NotProposer);
+    let m = rev(&f, 0, VOTE_START);
+    refused(
+        &mut f,
+        &m,
+        Refusal::OutsideWindow { created_ms: VOTE_START, start_ms: 0, end_ms: VOTE_START },
+    );
+}
+
+#[test]
+fn double_reveal() {
+    let mut f = Fed::new(&[Core, Trusted]);
+    let mut cfg = config(DecisionRule::SimpleMajority, Weighting::Trust);
+    cfg.secret = true;
+    let p = f.propose(0, cfg, &[]);
+    f.apply(&p).expect("proposal");
+    let salt = [7u8; 32];
+    f.apply_all(&[f.commit(1, &p, &Choice::Yes, salt), f.reveal(1, &p, Choice::Yes, salt)]);
+    let again = f.reveal(1, &p, Choice::Yes, salt);
+    refused(&mut f, &again, Refusal::DoubleReveal);
+}
+
+#[test]
+fn proposer_below_the_trust_bar() {
+    let (mut f, _) = setup();
+    // Configuration needs TRUSTED; C is STANDARD.
+    let body = f.proposal_body(ProposalType::Configuration, None, &[]);
+    let m = f.sign(2, T0 + S, Payload::Proposal(body));
+    refused(
+        &mut f,
+        &m,
+        Refusal::InsufficientTrust {
+            kind: ProposalType::Configuration,
+            required: Trusted,
+            actual: Standard,
+        },
+    );
+    // Emergency actions need CORE (or the Security Board): B (TRUSTED) is refused.
+    let mut body = f.proposal_body(ProposalType::EmergencyAction, None, &[]);
+    body.action = Action::Quarantine(key(3).public());
+    let m = f.sign(1, T0 + S, Payload::Proposal(body));
+    refused(
+        &mut f,
+        &m,
+        Refusal::InsufficientTrust {
+            kind: ProposalType::EmergencyAction,
+            required: Core,
+            actual: Trusted,
+        },
+    );
+}
+
+#[test]
+fn security_board_may_propose_emergencies() {
+    let mut f = Fed::with(&[Core, Standard], 8, |c| {
+        c.bodies = vec![Body { kind: BodyKind::SecurityBoard, members: vec![key(1).public()] }];
+    });
+    let mut body = f.proposal_body(ProposalType::EmergencyAction, None, &[]);
+    body.action = Action::Quarantine(key(0).public());
+    let m = f.sign(1, T0 + S, Payload::Proposal(body));
+    assert_eq!(f.apply(&m), Ok(vec![m.id()]));
+}
+
+#[test]
+fn proposal_shape_errors() {
+    let (mut f, _) = setup();
+    let mut body = f.proposal_body(ProposalType::ResourceAllocation, None, &[]);
+    body.timeline.voting_end_ms = VOTE_START + 3601 * S;
+    let m = f.sign(0, T0 + S, Payload::Proposal(body));
+    refused(&mut f, &m, Refusal::BadTimeline("voting window outside the charter's bounds"));
+
+    let mut body = f.proposal_body(ProposalType::Configuration, None, &[]);
+    body.action = Action::None;
+    let m = f.sign(0, T0 + S, Payload::Proposal(body));
+    refused(&mut f, &m, Refusal::ActionMismatch(ProposalType::Configuration));
+
+    let body = f.proposal_body(ProposalType::ResourceAllocation, None, &["a", "b"]);
+    let m = f.sign(0, T0 + S, Payload::Proposal(body));
+    refused(&mut f, &m, Refusal::OptionsMismatch);
+
+    let mut body = f.proposal_body(ProposalType::ResourceAllocation, None, &[]);
+    body.registry.hash = Digest([9; 32]);
+    let m = f.sign(0, T0 + S, Payload::Proposal(body));
+    refused(&mut f, &m, Refusal::RegistryMismatch(0));
+
+    let mut body = f.proposal_body(ProposalType::ResourceAllocation, None, &[]);
+    body.federation = MessageId([1; 32]);
+    let m = f.sign(0, T0 + S, Payload::Proposal(body));
+    refused(&mut f, &m, Refusal::WrongFederation);
+}
+
+#[test]
+fn ballot_errors() {
+    let (mut f, p) = setup();
+    let m = f.vote(1, &p, Choice::Approve(vec![0]));
+    refused(&mut f, &m, Refusal::WrongBallot);
+
+    let mut f = Fed::new(&[Core, Trusted]);
+    let p = f.propose(0, config(DecisionRule::Plurality, Weighting::Trust), &["a", "b"]);
+    f.apply(&p).expect("proposal");
+    let m = f.vote(1, &p, Choice::Approve(vec![0, 2]));
+    refused(&mut f, &m, Refusal::NoSuchOption(2));
+    let m = f.vote(1, &p, Choice::Yes);
+    refused(&mut f, &m, Refusal::WrongBallot);
+
+    let mut cfg = config(DecisionRule::SimpleMajority, Weighting::Trust);
+    cfg.reasoning = true;
+    let p = f.propose(0, cfg, &[]);
+    f.apply(&p).expect("proposal");
+    let m = f.vote(1, &p, Choice::Yes);
+    refused(&mut f, &m, Refusal::MissingReason);
+}
+
+#[test]
+fn discussion_errors() {
+    let (mut f, p) = setup();
+    let sponsor =
+        f.sign(0, T0 + 2 * S, Payload::Sponsor(Sponsor { proposal: p.id(), federation: f.id() }));
+    refused(&mut f, &sponsor, Refusal::SelfReference);
+    let withdraw = f.sign(
+        1,
+        T0 + 2 * S,
+        Payload::Withdraw(Withdraw { reason: None, proposal: p.id(), federation: f.id() }),
+    );
+    refused(&mut f, &withdraw, Refusal::NotProposer);
+    let late = f.sign(
+        0,
+        VOTE_START,
+        Payload::Withdraw(Withdraw { reason: None, proposal: p.id(), federation: f.id() }),
+    );
+    refused(
+        &mut f,
+        &late,
+        Refusal::OutsideWindow { created_ms: VOTE_START, start_ms: 0, end_ms: VOTE_START },
+    );
+    let summary = f.sign(
+        2,
+        T0 + 2 * S,
+        Payload::Comment(Comment {
+            kind: CommentKind::Summary,
+            text: "so far".into(),
+            parent: None,
+            proposal: p.id(),
+            revision: 0,
+            federation: f.id(),
+        }),
+    );
+    refused(&mut f, &summary, Refusal::NotMediator);
+    let self_delegation = f.delegate(1, Some(1), DelegationScope::All);
+    refused(&mut f, &self_delegation, Refusal::SelfReference);
+}
+
+#[test]
+fn live_gossip_outside_the_clock_skew_is_ignored() {
+    let (mut f, p) = setup();
+    let v = f.vote(1, &p, Choice::Yes);
+    let created = v.header().created_ms;
+    let now = created + 61 * S;
+    let before = f.engine.state_hash(now);
+    let err = f.engine.apply(&v, Origin::Gossip, now).expect_err("stale gossip");
+    assert_eq!(err, Refusal::ClockSkew { created_ms: created, now_ms: now, skew_ms: 60 * S });
+    assert_eq!(err.verdict(), Verdict::Ignore);
+    assert_eq!(f.engine.state_hash(now), before);
+    // The same message fetched by sync is judged by its signed time alone.
+    assert_eq!(f.engine.apply(&v, Origin::Sync, now), Ok(vec![v.id()]));
+    assert_eq!(f.engine.apply(&v, Origin::Sync, now), Err(Refusal::Duplicate));
+}
+
+#[test]
+fn messages_before_their_proposal_wait_for_it() {
+    let mut f = Fed::new(&[Core, Trusted]);
+    let p = f.propose(0, config(DecisionRule::SimpleMajority, Weighting::Trust), &[]);
+    let v = f.vote(1, &p, Choice::Yes);
+    assert_eq!(f.apply(&v), Err(Refusal::Pending(Dependency::Proposal(p.id()))));
+    assert_eq!(f.apply(&p), Ok(vec![p.id(), v.id()]));
+    assert_eq!(f.engine.tally(&p.id(), VOTE_END).expect("tally").counted, vec![v.id()]);
+}
+
+#[test]
+fn non_governance_messages_are_not_the_engines() {
+    let (mut f, _) = setup();
+    let m = f.sign(
+        0,
+        T0,
+        Payload::BroadcastAnnounce(BroadcastAnnounce { text: "x".into(), topic: "y".into() }),
+    );
+    refused(&mut f, &m, Refusal::NotGovernance(kos_protocol::MessageType::BroadcastAnnounce));
+}
