@@ -117,6 +117,9 @@ pub enum Refusal {
     /// The author is quarantined.
     #[error("author is quarantined")]
     Quarantined,
+    /// The author's vote would weigh nothing under the proposal's weighting.
+    #[error("author has no vote weight under this weighting")]
+    ZeroWeight,
     /// The proposer's trust is below what the proposal type requires.
     #[error("{kind} proposals need trust {required} or higher (proposer has {actual})")]
     InsufficientTrust {
@@ -509,8 +512,11 @@ impl Engine {
 
     fn eligible_voter(&self, p: &ProposalState, key: &PublicKey) -> Result<(), Refusal> {
         let m = self.member_of(p, key)?;
-        if self.registries[p.body.registry.epoch as usize].weight(m, p.config.weighting) == 0 {
+        if m.trust == TrustLevel::Quarantine {
             return Err(Refusal::Quarantined);
+        }
+        if self.registries[p.body.registry.epoch as usize].weight(m, p.config.weighting) == 0 {
+            return Err(Refusal::ZeroWeight);
         }
         Ok(())
     }
