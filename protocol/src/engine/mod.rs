@@ -230,6 +230,10 @@ pub enum Status {
     Expired,
     /// Withdrawn by the proposer.
     Withdrawn,
+    /// Final, approved and executed.
+    Executed,
+    /// Final and approved, but its action could not be applied.
+    ExecutionFailed,
 }
 
 /// The minimum proposer trust for each proposal type (SPEC 4.2). Emergency actions also accept
@@ -319,6 +323,74 @@ struct CommitRec {
     commitment: Digest,
 }
 
+#[derive(Clone, Debug)]
+struct AttestationRec {
+    created_ms: u64,
+    key: FinalKey,
+}
+
+/// What a final result agrees on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct FinalKey {
+    /// The revision tallied.
+    pub revision: u32,
+    /// Merkle root of the counted ballots.
+    pub votes_root: Digest,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The winning option, if any.
+    pub winner: Option<u16>,
+}
+
+/// A final result: attestations from members holding at least 2/3 of the eligible weight agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Final {
+    /// What they agree on.
+    pub key: FinalKey,
+    /// The signed time at which the agreeing weight first reached 2/3.
+    pub final_at_ms: u64,
+    /// Weight of the agreeing attesters.
+    pub weight: u64,
+}
+
+/// How to undo an execution (the rollback plan).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Inverse {
+    /// Restore a configuration key (`None`: remove it).
+    Config {
+        /// The key.
+        key: String,
+        /// Its previous value.
+        value: Option<String>,
+    },
+    /// Restore a member record (`None`: remove the member).
+    Member {
+        /// The member's key.
+        key: PublicKey,
+        /// Its previous record.
+        record: Option<Member>,
+    },
+    /// Restore the policy document.
+    Policy(Option<String>),
+    /// Restore the minimum protocol version.
+    MinProtocolVersion(u16),
+}
+
+/// The recorded execution of a final, approved proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Execution {
+    /// The proposal executed.
+    pub proposal: ProposalId,
+    /// When it executed (signed time: finality plus the proposal's execution delay).
+    pub at_ms: u64,
+    /// The registry epoch it produced, if it changed the registry.
+    pub epoch: Option<u64>,
+    /// `Err` with the reason if the action could not be applied (nothing changed).
+    pub result: Result<(), String>,
+    /// How to undo it.
+    pub inverse: Option<Inverse>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 struct CommentRec {
     author: PublicKey,
@@ -332,6 +404,9 @@ struct ProposalState {
     id: ProposalId,
     author: PublicKey,
     body: Proposal,
+    /// The registry version the proposal is weighed against.
+    registry: Registry,
+    attestations: BTreeMap<PublicKey, BTreeMap<Order, AttestationRec>>,
     config: VotingConfig,
     revisions: BTreeMap<u32, RevisionRec>,
     sponsors: BTreeMap<PublicKey, MessageId>,
@@ -393,7 +468,10 @@ pub struct Tally {
 pub struct Engine {
     federation: FederationId,
     charter: Option<Charter>,
-    registries: Vec<Registry>,
+    /// The charter's registry (epoch 0); later epochs are derived by [`Engine::executions`].
+    base: Option<Registry>,
+    /// Registry epochs known at the last `apply`/`tick`, for releasing held proposals.
+    known_epochs: u64,
     proposals: BTreeMap<ProposalId, ProposalState>,
     /// Every delegation message, by (delegator, scope), ordered "latest wins".
     delegations: BTreeMap<(PublicKey, DelegationScope), BTreeMap<Order, (u64, Option<PublicKey>)>>,
@@ -408,7 +486,8 @@ impl Engine {
         Engine {
             federation,
             charter: None,
-            registries: Vec::new(),
+            base: None,
+            known_epochs: 0,
             proposals: BTreeMap::new(),
             delegations: BTreeMap::new(),
             applied: BTreeSet::new(),
@@ -427,9 +506,9 @@ impl Engine {
         self.charter.as_ref()
     }
 
-    /// The latest registry version.
-    pub fn registry(&self) -> Option<&Registry> {
-        self.registries.last()
+    /// The registry in force at `now_ms`: the charter's, with every execution due by then.
+    pub fn registry(&self, now_ms: u64) -> Option<Registry> {
+        self.registry_chain(now_ms).0.pop()
     }
 
     /// Applies a verified message. On success returns the ids of every message applied, this one
@@ -452,6 +531,7 @@ impl Engine {
         let released = self.apply_one(msg)?;
         let mut applied = vec![msg.id()];
         let mut queue = released;
+        queue.extend(self.new_epochs(now_ms));
         while let Some(dep) = queue.pop() {
             let Some(waiting) = self.pending.remove(&dep) else { continue };
             self.pending_len -= waiting.len();
@@ -460,12 +540,39 @@ impl Engine {
                     Ok(more) => {
                         applied.push(m.id());
                         queue.extend(more);
+                        queue.extend(self.new_epochs(now_ms));
                     }
                     Err(Refusal::Pending(_)) | Err(_) => {}
                 }
             }
         }
         Ok(applied)
+    }
+
+    /// Advances time: executions that fall due release proposals waiting for the registry epochs
+    /// they create. Returns the ids of messages applied as a result.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<MessageId> {
+        let mut applied = Vec::new();
+        let mut queue = self.new_epochs(now_ms);
+        while let Some(dep) = queue.pop() {
+            let Some(waiting) = self.pending.remove(&dep) else { continue };
+            self.pending_len -= waiting.len();
+            for m in waiting {
+                if let Ok(more) = self.apply_one(&m) {
+                    applied.push(m.id());
+                    queue.extend(more);
+                    queue.extend(self.new_epochs(now_ms));
+                }
+            }
+        }
+        applied
+    }
+
+    fn new_epochs(&mut self, now_ms: u64) -> Vec<Dependency> {
+        let count = self.registry_chain(now_ms).0.len() as u64;
+        let deps = (self.known_epochs..count).map(Dependency::Registry).collect();
+        self.known_epochs = self.known_epochs.max(count);
+        deps
     }
 
     /// Applies one message; on success returns the dependencies it satisfies.
@@ -505,9 +612,8 @@ impl Engine {
         self.proposals.get(id).ok_or(Refusal::Pending(Dependency::Proposal(*id)))
     }
 
-    fn member_of(&self, p: &ProposalState, key: &PublicKey) -> Result<&Member, Refusal> {
-        let reg = &self.registries[p.body.registry.epoch as usize];
-        reg.member(key).ok_or(Refusal::NotMember)
+    fn member_of<'a>(&self, p: &'a ProposalState, key: &PublicKey) -> Result<&'a Member, Refusal> {
+        p.registry.member(key).ok_or(Refusal::NotMember)
     }
 
     fn eligible_voter(&self, p: &ProposalState, key: &PublicKey) -> Result<(), Refusal> {
@@ -515,7 +621,7 @@ impl Engine {
         if m.trust == TrustLevel::Quarantine {
             return Err(Refusal::Quarantined);
         }
-        if self.registries[p.body.registry.epoch as usize].weight(m, p.config.weighting) == 0 {
+        if p.registry.weight(m, p.config.weighting) == 0 {
             return Err(Refusal::ZeroWeight);
         }
         Ok(())
@@ -562,7 +668,7 @@ impl Engine {
                 if !c.members.iter().any(|m| m.key == author) {
                     return Err(Refusal::CharterAuthor);
                 }
-                self.registries = vec![Registry::from_charter(c)];
+                self.base = Some(Registry::from_charter(c));
                 self.charter = Some(c.clone());
                 Ok(vec![Dependency::Charter, Dependency::Registry(0)])
             }
@@ -578,10 +684,12 @@ impl Engine {
                         .unwrap_or_else(|| default_config(p.kind))
                 });
                 let epoch = p.registry.epoch;
-                let reg = self
-                    .registries
-                    .get(epoch as usize)
-                    .ok_or(Refusal::Pending(Dependency::Registry(epoch)))?;
+                // The registry in force when the proposal was signed.
+                let (mut chain, _) = self.registry_chain(created);
+                if epoch as usize >= chain.len() {
+                    return Err(Refusal::Pending(Dependency::Registry(epoch)));
+                }
+                let reg = chain.swap_remove(epoch as usize);
                 if reg.hash() != p.registry.hash {
                     return Err(Refusal::RegistryMismatch(epoch));
                 }
@@ -626,6 +734,8 @@ impl Engine {
                         id,
                         author,
                         body: p.clone(),
+                        registry: reg,
+                        attestations: BTreeMap::new(),
                         config,
                         revisions: BTreeMap::new(),
                         sponsors: BTreeMap::new(),
@@ -791,6 +901,28 @@ impl Engine {
                 p.reveals.insert((author, commitment), v.choice.clone());
                 Ok(vec![])
             }
+            Payload::TallyAttestation(a) => {
+                self.check_federation(&a.federation)?;
+                let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
+                let p = self.proposal(&a.proposal)?;
+                self.eligible_voter(p, &author)?;
+                Self::in_window(created, p.closes_at().saturating_add(grace), u64::MAX)?;
+                if p.options(a.revision).is_none() {
+                    return Err(Refusal::Pending(Dependency::Revision(a.proposal, a.revision)));
+                }
+                let rec = AttestationRec {
+                    created_ms: created,
+                    key: FinalKey {
+                        revision: a.revision,
+                        votes_root: a.votes_root,
+                        outcome: a.outcome,
+                        winner: a.winner,
+                    },
+                };
+                let p = self.proposals.get_mut(&a.proposal).ok_or(Refusal::NotMember)?;
+                p.attestations.entry(author).or_default().insert((msg.header().seq, id), rec);
+                Ok(vec![])
+            }
             Payload::Delegation(d) => {
                 self.check_federation(&d.federation)?;
                 if d.delegate == Some(author) {
@@ -824,12 +956,118 @@ impl Engine {
             return Status::Expired;
         }
         if now_ms < p.voting_end() {
-            Status::Voting
+            return Status::Voting;
         } else if now_ms < p.closes_at() {
-            Status::Reveal
-        } else {
-            Status::Closed
+            return Status::Reveal;
         }
+        let Some(fin) = self.finality_of(p) else { return Status::Closed };
+        match fin.key.outcome {
+            Outcome::Rejected => Status::Rejected,
+            Outcome::FailedQuorum => Status::FailedQuorum,
+            Outcome::Vetoed => Status::Vetoed,
+            Outcome::Approved => {
+                let (_, executions) = self.registry_chain(now_ms);
+                match executions.iter().find(|e| e.proposal == p.id) {
+                    Some(e) if e.result.is_ok() => Status::Executed,
+                    Some(_) => Status::ExecutionFailed,
+                    None => Status::Approved,
+                }
+            }
+        }
+    }
+
+    /// The final result of proposal `id`, if attestations from members holding at least 2/3 of
+    /// the eligible weight agree on one (revision, votes root, outcome, winner). Each member's
+    /// latest attestation (by sequence number, then id) is the one that counts.
+    pub fn finality(&self, id: &ProposalId) -> Option<Final> {
+        self.finality_of(self.proposals.get(id)?)
+    }
+
+    fn finality_of(&self, p: &ProposalState) -> Option<Final> {
+        let weighting = p.config.weighting;
+        let eligible: u64 = p
+            .registry
+            .members
+            .values()
+            .fold(0u64, |acc, m| acc.saturating_add(p.registry.weight(m, weighting)));
+        if eligible == 0 {
+            return None;
+        }
+        let mut groups: BTreeMap<FinalKey, Vec<(u64, u64)>> = BTreeMap::new();
+        for (who, history) in &p.attestations {
+            let (Some(m), Some((_, latest))) = (p.registry.member(who), history.iter().next_back())
+            else {
+                continue;
+            };
+            groups
+                .entry(latest.key)
+                .or_default()
+                .push((latest.created_ms, p.registry.weight(m, weighting)));
+        }
+        groups.into_iter().find_map(|(key, mut entries)| {
+            let total = entries.iter().fold(0u64, |a, (_, w)| a.saturating_add(*w));
+            if u128::from(total) * 3 < u128::from(eligible) * 2 {
+                return None;
+            }
+            entries.sort();
+            let mut acc = 0u64;
+            let final_at_ms = entries.iter().find_map(|(at, w)| {
+                acc = acc.saturating_add(*w);
+                (u128::from(acc) * 3 >= u128::from(eligible) * 2).then_some(*at)
+            })?;
+            Some(Final { key, final_at_ms, weight: total })
+        })
+    }
+
+    /// Executions due by `now_ms`, in deterministic order (voting end, then proposal id), with
+    /// the registry version each produced.
+    pub fn executions(&self, now_ms: u64) -> Vec<Execution> {
+        self.registry_chain(now_ms).1
+    }
+
+    /// The registry epochs (index = epoch) and executions due by `now_ms`. An approved final
+    /// proposal executes at `max(final_at, close + grace) + execution_delay`.
+    fn registry_chain(&self, now_ms: u64) -> (Vec<Registry>, Vec<Execution>) {
+        let Some(base) = &self.base else { return (Vec::new(), Vec::new()) };
+        let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
+        let mut due: Vec<(u64, ProposalId, u64)> = self
+            .proposals
+            .values()
+            .filter(|p| p.withdrawn.is_none() && p.sponsors.len() >= usize::from(p.config.sponsors))
+            .filter_map(|p| {
+                let fin = self.finality_of(p)?;
+                if fin.key.outcome != Outcome::Approved {
+                    return None;
+                }
+                let at = fin
+                    .final_at_ms
+                    .max(p.closes_at().saturating_add(grace))
+                    .saturating_add(p.body.timeline.execution_delay_ms);
+                (at <= now_ms).then_some((p.voting_end(), p.id, at))
+            })
+            .collect();
+        due.sort();
+        let mut chain = vec![base.clone()];
+        let mut executions: Vec<Execution> = Vec::new();
+        for (_, id, at) in due {
+            let Some(p) = self.proposals.get(&id) else { continue };
+            let action =
+                p.revisions.get(&p.current_revision()).map_or(&p.body.action, |r| &r.body.action);
+            let mut next = chain[chain.len() - 1].clone();
+            let result = execute(&mut next, action, &executions);
+            let (result, inverse, epoch) = match result {
+                Ok(Some(inverse)) => {
+                    next.epoch = chain.len() as u64;
+                    let epoch = next.epoch;
+                    chain.push(next);
+                    (Ok(()), Some(inverse), Some(epoch))
+                }
+                Ok(None) => (Ok(()), None, None),
+                Err(e) => (Err(e.to_owned()), None, None),
+            };
+            executions.push(Execution { proposal: id, at_ms: at, epoch, result, inverse });
+        }
+        (chain, executions)
     }
 
     /// The effective delegate of `member` for proposal `p`: its latest delegation signed before
@@ -894,7 +1132,7 @@ impl Engine {
     }
 
     fn tally_of(&self, p: &ProposalState) -> Tally {
-        let reg = &self.registries[p.body.registry.epoch as usize];
+        let reg = &p.registry;
         let weighting = p.config.weighting;
         let revision = p.current_revision();
         let direct = self.direct_ballots(p, revision);
@@ -949,6 +1187,44 @@ impl Engine {
         Tally { proposal: p.id, revision, votes_root: merkle_root(&counted), counted, count }
     }
 
+    /// The attestations this node's identity `me` should sign now: for each closed proposal past
+    /// its grace period, not yet final, on which `me` is an eligible member whose latest
+    /// attestation differs from its current tally.
+    pub fn attestations_due(&self, me: &PublicKey, now_ms: u64) -> Vec<TallyAttestation> {
+        let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
+        self.proposals
+            .values()
+            .filter(|p| now_ms >= p.closes_at().saturating_add(grace))
+            .filter(|p| matches!(self.status_of(p, now_ms), Status::Closed))
+            .filter(|p| self.eligible_voter(p, me).is_ok())
+            .filter_map(|p| {
+                let t = self.tally_of(p);
+                let key = FinalKey {
+                    revision: t.revision,
+                    votes_root: t.votes_root,
+                    outcome: t.count.outcome,
+                    winner: t.count.winner,
+                };
+                let mine = p.attestations.get(me).and_then(|h| h.values().next_back());
+                if mine.is_some_and(|a| a.key == key) {
+                    return None;
+                }
+                Some(TallyAttestation {
+                    totals: t.count.totals.clone(),
+                    winner: t.count.winner,
+                    counted: u32::try_from(t.counted.len()).unwrap_or(u32::MAX),
+                    outcome: t.count.outcome,
+                    eligible: t.count.eligible,
+                    proposal: p.id,
+                    revision: t.revision,
+                    federation: self.federation,
+                    votes_root: t.votes_root,
+                    participation: t.count.participation,
+                })
+            })
+            .collect()
+    }
+
     /// Ids of known proposals.
     pub fn proposals(&self) -> impl Iterator<Item = &ProposalId> {
         self.proposals.keys()
@@ -975,9 +1251,11 @@ impl Engine {
             totals: Vec<u64>,
             outcome: Option<Outcome>,
             winner: Option<u16>,
+            finality: Option<Final>,
         }
         #[derive(Serialize)]
         struct Summary<'a> {
+            executions: Vec<Execution>,
             federation: &'a FederationId,
             registries: Vec<Digest>,
             proposals: Vec<ProposalSummary<'a>>,
@@ -1000,6 +1278,7 @@ impl Engine {
                     totals: tally.as_ref().map(|t| t.count.totals.clone()).unwrap_or_default(),
                     outcome: tally.as_ref().map(|t| t.count.outcome),
                     winner: tally.as_ref().and_then(|t| t.count.winner),
+                    finality: self.finality_of(p),
                 }
             })
             .collect();
@@ -1008,9 +1287,11 @@ impl Engine {
             .iter()
             .filter_map(|((who, scope), h)| h.keys().next_back().map(|(_, id)| (who, scope, id)))
             .collect();
+        let (chain, executions) = self.registry_chain(now_ms);
         let summary = Summary {
+            executions,
             federation: &self.federation,
-            registries: self.registries.iter().map(Registry::hash).collect(),
+            registries: chain.iter().map(Registry::hash).collect(),
             proposals,
             delegations,
         };
@@ -1019,4 +1300,93 @@ impl Engine {
         h.update(cbor::to_vec(&summary));
         Digest(h.finalize().into())
     }
+}
+
+/// Applies `action` to `reg`. `Ok(Some(inverse))` if the registry changed, `Ok(None)` if the
+/// action changes nothing, `Err` (registry untouched) if it cannot be applied.
+fn execute(
+    reg: &mut Registry,
+    action: &Action,
+    earlier: &[Execution],
+) -> Result<Option<Inverse>, &'static str> {
+    Ok(Some(match action {
+        Action::None => return Ok(None),
+        Action::Configuration { key, new, old } => {
+            let current = reg.config.get(key).cloned();
+            if old.is_some() && current != *old {
+                return Err("configuration value is not the expected old value");
+            }
+            reg.config.insert(key.clone(), new.clone());
+            Inverse::Config { key: key.clone(), value: current }
+        }
+        Action::TrustAdjustment { level, member } => {
+            let m = reg.members.get_mut(member).ok_or("not a member")?;
+            let before = m.clone();
+            m.trust = *level;
+            Inverse::Member { key: *member, record: Some(before) }
+        }
+        Action::Quarantine(member) => {
+            let m = reg.members.get_mut(member).ok_or("not a member")?;
+            let before = m.clone();
+            m.trust = TrustLevel::Quarantine;
+            Inverse::Member { key: *member, record: Some(before) }
+        }
+        Action::AddMember(m) => {
+            if reg.members.contains_key(&m.key) {
+                return Err("already a member");
+            }
+            reg.members.insert(m.key, m.clone());
+            Inverse::Member { key: m.key, record: None }
+        }
+        Action::RemoveMember(key) => {
+            let before = reg.members.remove(key).ok_or("not a member")?;
+            for body in reg.bodies.values_mut() {
+                body.remove(key);
+            }
+            Inverse::Member { key: *key, record: Some(before) }
+        }
+        Action::PolicyUpdate(policy) => {
+            let before = reg.policy.replace(policy.clone());
+            Inverse::Policy(before)
+        }
+        Action::ProtocolUpgrade(v) => {
+            if *v <= reg.min_protocol_version {
+                return Err("protocol version is not higher than the current minimum");
+            }
+            let before = reg.min_protocol_version;
+            reg.min_protocol_version = *v;
+            Inverse::MinProtocolVersion(before)
+        }
+        Action::Rollback(target) => {
+            let inverse = earlier
+                .iter()
+                .find(|e| e.proposal == *target)
+                .and_then(|e| e.inverse.clone())
+                .ok_or("nothing to roll back: the target did not execute a change")?;
+            match inverse {
+                Inverse::Config { key, value } => {
+                    let current = match value {
+                        Some(v) => reg.config.insert(key.clone(), v),
+                        None => reg.config.remove(&key),
+                    };
+                    Inverse::Config { key, value: current }
+                }
+                Inverse::Member { key, record } => {
+                    let current = match record {
+                        Some(m) => reg.members.insert(key, m),
+                        None => reg.members.remove(&key),
+                    };
+                    Inverse::Member { key, record: current }
+                }
+                Inverse::Policy(p) => {
+                    let current = std::mem::replace(&mut reg.policy, p);
+                    Inverse::Policy(current)
+                }
+                Inverse::MinProtocolVersion(v) => {
+                    let current = std::mem::replace(&mut reg.min_protocol_version, v);
+                    Inverse::MinProtocolVersion(current)
+                }
+            }
+        }
+    }))
 }

@@ -237,3 +237,39 @@ impl Fed {
         }
     }
 }
+
+impl Fed {
+    /// A proposal of `kind` with `action`, simple majority by trust, weighed against `registry`,
+    /// with its timeline shifted by `shift` ms.
+    pub fn propose_action(
+        &self,
+        who: usize,
+        kind: ProposalType,
+        action: Action,
+        registry: RegistryVersion,
+        shift: u64,
+    ) -> Message {
+        let mut body = self.proposal_body(
+            kind,
+            Some(config(DecisionRule::SimpleMajority, Weighting::Trust)),
+            &[],
+        );
+        body.action = action;
+        body.registry = registry;
+        body.timeline.discussion_end_ms += shift;
+        body.timeline.voting_end_ms += shift;
+        self.sign(who, T0 + S + shift, Payload::Proposal(body))
+    }
+
+    /// Every member signs the attestations its engine says are due at `now` (all members share
+    /// this engine's view). Returns the attestation messages.
+    pub fn attest_all(&self, now: u64) -> Vec<Message> {
+        let mut out = vec![];
+        for (i, k) in self.keys.iter().enumerate() {
+            for a in self.engine.attestations_due(&k.public(), now) {
+                out.push(self.sign(i, now, Payload::TallyAttestation(a)));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,227 @@
+//! Finality by tally attestations, and execution of final approved proposals.
+
+mod fed;
+
+use fed::*;
+use kos_protocol::{
+    engine::{Dependency, Inverse, Origin, Refusal, Registry, Status},
+    payload::*,
+};
+
+use TrustLevel::*;
+
+/// Grace is 5 s: attestations are due from VOTE_END + 5 s.
+const ATTEST: u64 = VOTE_END + 5 * S;
+
+fn config_action(new: &str, old: Option<&str>) -> Action {
+    Action::Configuration { key: "relay.quota".into(), new: new.into(), old: old.map(Into::into) }
+}
+
+#[test]
+fn approved_proposal_becomes_final_and_executes() {
+    // Weights: 5, 3, 1 (eligible 9). A and B vote yes.
+    let mut f = Fed::new(&[Core, Trusted, Standard]);
+    let p = f.propose_action(
+        0,
+        ProposalType::Configuration,
+        config_action("120", None),
+        f.registry0(),
+        0,
+    );
+    f.apply(&p).expect("proposal");
+    f.apply_all(&[f.vote(0, &p, Choice::Yes), f.vote(1, &p, Choice::Yes)]);
+    assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::Closed));
+    assert!(f.engine.attestations_due(&key(0).public(), VOTE_END).is_empty(), "not before grace");
+
+    let atts = f.attest_all(ATTEST);
+    assert_eq!(atts.len(), 3, "every member attests once");
+    // A alone (5 of 9 = 55 %) is not final; A + B (8 of 9) is.
+    f.apply(&atts[0]).expect("attestation");
+    assert_eq!(f.engine.finality(&p.id()), None);
+    assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::Closed));
+    f.apply(&atts[1]).expect("attestation");
+    let fin = f.engine.finality(&p.id()).expect("final");
+    assert_eq!(fin.key.outcome, Outcome::Approved);
+    assert_eq!(fin.weight, 8000);
+    assert_eq!(fin.final_at_ms, ATTEST);
+    // Executed at once (no execution delay): the configuration changed, in a new epoch.
+    assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::Executed));
+    let reg = f.engine.registry(ATTEST).expect("registry");
+    assert_eq!(reg.epoch, 1);
+    assert_eq!(reg.config.get("relay.quota").map(String::as_str), Some("120"));
+    let ex = f.engine.executions(ATTEST);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].inverse, Some(Inverse::Config { key: "relay.quota".into(), value: None }));
+    // Once final, nothing is due any more.
+    assert!(f.engine.attestations_due(&key(2).public(), ATTEST).is_empty());
+
+    // A vote signed inside the window that arrives late is kept and changes the local tally,
+    // but never the final result.
+    let late = f.vote(2, &p, Choice::No);
+    f.apply(&late).expect("late vote is valid");
+    let t = f.engine.tally(&p.id(), ATTEST).expect("tally");
+    assert_ne!(t.votes_root, fin.key.votes_root);
+    assert_eq!(f.engine.finality(&p.id()), Some(fin));
+    assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::Executed));
+}
+
+#[test]
+fn attestations_before_the_grace_period_are_refused() {
+    let mut f = Fed::new(&[Core, Trusted]);
+    let p = f.propose(0, config(DecisionRule::SimpleMajority, Weighting::Trust), &[]);
+    f.apply(&p).expect("proposal");
+    let mut due = f.engine.attestations_due(&key(0).public(), ATTEST);
+    let early = f.sign(0, VOTE_END, kos_protocol::Payload::TallyAttestation(due.remove(0)));
+    assert_eq!(
+        f.apply(&early),
+        Err(Refusal::OutsideWindow { created_ms: VOTE_END, start_ms: ATTEST, end_ms: u64::MAX })
+    );
+}
+
+#[test]
+fn membership_creates_a_registry_epoch_that_later_proposals_name() {
+    // Admit a new member (key 9) by a membership proposal.
+    let mut f = Fed::new(&[Core, Trusted]);
+    let newcomer =
+        Member { key: key(9).public(), roles: vec![Role::Citizen], stake: 1, trust: Trusted };
+    let p = f.propose_action(
+        0,
+        ProposalType::Membership,
+        Action::AddMember(newcomer.clone()),
+        f.registry0(),
+        0,
+    );
+    f.apply(&p).expect("proposal");
+    f.apply_all(&[f.vote(0, &p, Choice::Yes)]);
+    let atts = f.attest_all(ATTEST);
+
+    // The registry after execution, computed independently.
+    let mut expected = f.engine.registry(T0).expect("epoch 0");
+    expected.epoch = 1;
+    expected.members.insert(newcomer.key, newcomer);
+    let epoch1 = RegistryVersion { hash: expected.hash(), epoch: 1 };
+
+    // A proposal naming epoch 1 arrives before the attestations: held.
+    let later = f.propose_action(0, ProposalType::ResourceAllocation, Action::None, epoch1, 60 * S);
+    assert_eq!(f.apply(&later), Err(Refusal::Pending(Dependency::Registry(1))));
+    // The attestations make the membership final and executed; the held proposal is released.
+    let mut applied = vec![];
+    for a in &atts {
+        applied.extend(f.engine.apply(a, Origin::Sync, ATTEST).expect("attestation"));
+    }
+    assert!(applied.contains(&later.id()), "{applied:?}");
+    assert_eq!(f.engine.registry(ATTEST).expect("registry"), expected);
+    // The newcomer can vote on it.
+    let v = f.engine.apply(
+        &kos_protocol::Message::sign(
+            &key(9),
+            1,
+            VOTE_START + 61 * S,
+            None,
+            kos_protocol::Payload::Vote(Vote {
+                choice: Choice::Yes,
+                reason: None,
+                proposal: later.id(),
+                revision: 0,
+                federation: f.id(),
+            }),
+        )
+        .expect("sign"),
+        Origin::Sync,
+        VOTE_START + 61 * S,
+    );
+    assert!(v.is_ok(), "{v:?}");
+}
+
+#[test]
+fn failed_execution_is_recorded_and_changes_nothing() {
+    let mut f = Fed::new(&[Core]);
+    // Expects the old value "60", but the key is unset.
+    let p = f.propose_action(
+        0,
+        ProposalType::Configuration,
+        config_action("120", Some("60")),
+        f.registry0(),
+        0,
+    );
+    f.apply(&p).expect("proposal");
+    f.apply_all(&[f.vote(0, &p, Choice::Yes)]);
+    let atts = f.attest_all(ATTEST);
+    f.apply_all(&atts);
+    assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::ExecutionFailed));
+    let ex = f.engine.executions(ATTEST);
+    assert_eq!(ex[0].result, Err("configuration value is not the expected old value".to_owned()));
+    assert_eq!(f.engine.registry(ATTEST).expect("registry").epoch, 0);
+}
+
+#[test]
+fn executions_run_in_voting_end_order_and_roll_back() {
+    let mut f = Fed::new(&[Core]);
+    let r0 = f.registry0();
+    // Two configuration proposals on one key: the later voting end executes second.
+    let a = f.propose_action(0, ProposalType::Configuration, config_action("100", None), r0, 0);
+    let b =
+        f.propose_action(0, ProposalType::Configuration, config_action("200", Some("100")), r0, S);
+    f.apply_all(&[b.clone(), a.clone()]);
+    f.apply_all(&[
+        f.vote_at(0, &a, Choice::Yes, VOTE_START + S),
+        f.vote_at(0, &b, Choice::Yes, VOTE_START + 2 * S),
+    ]);
+    let now = ATTEST + 2 * S;
+    let atts = f.attest_all(now);
+    assert_eq!(atts.len(), 2);
+    f.apply_all(&atts);
+    let reg = f.engine.registry(now).expect("registry");
+    assert_eq!(reg.config.get("relay.quota").map(String::as_str), Some("200"));
+    let ex = f.engine.executions(now);
+    assert_eq!(ex.iter().map(|e| e.proposal).collect::<Vec<_>>(), vec![a.id(), b.id()]);
+    assert_eq!(reg.epoch, 2);
+
+    // Roll back b: the value returns to "100".
+    let r2 = RegistryVersion { hash: reg.hash(), epoch: 2 };
+    let c = f.propose_action(0, ProposalType::Configuration, Action::Rollback(b.id()), r2, 60 * S);
+    f.engine.apply(&c, Origin::Sync, now).expect("rollback proposal");
+    let vote = f.vote_at(0, &c, Choice::Yes, VOTE_START + 61 * S);
+    f.engine.apply(&vote, Origin::Sync, now).expect("vote");
+    let later = ATTEST + 61 * S;
+    let atts = f.attest_all(later);
+    f.apply_all(&atts);
+    let reg = f.engine.registry(later).expect("registry");
+    assert_eq!(reg.config.get("relay.quota").map(String::as_str), Some("100"));
+    assert_eq!(f.engine.status(&c.id(), later), Some(Status::Executed));
+}
+
+#[test]
+fn quarantine_and_trust_adjustment_change_member_records() {
+    let mut f = Fed::with(&[Core, Trusted, Standard], 8, |c| {
+        c.bodies = vec![Body { kind: BodyKind::SecurityBoard, members: vec![key(0).public()] }];
+    });
+    let r0 = f.registry0();
+    let q = f.propose_action(
+        0,
+        ProposalType::EmergencyAction,
+        Action::Quarantine(key(2).public()),
+        r0,
+        0,
+    );
+    let t = f.propose_action(
+        0,
+        ProposalType::TrustAdjustment,
+        Action::TrustAdjustment { level: Core, member: key(1).public() },
+        r0,
+        S,
+    );
+    f.apply_all(&[q.clone(), t.clone()]);
+    f.apply_all(&[
+        f.vote_at(0, &q, Choice::Yes, VOTE_START + S),
+        f.vote_at(0, &t, Choice::Yes, VOTE_START + 2 * S),
+        f.vote_at(1, &t, Choice::Yes, VOTE_START + 2 * S),
+    ]);
+    let now = ATTEST + 2 * S;
+    let atts = f.attest_all(now);
+    f.apply_all(&atts);
+    let reg: Registry = f.engine.registry(now).expect("registry");
+    assert_eq!(reg.member(&key(2).public()).map(|m| m.trust), Some(Quarantine));
+    assert_eq!(reg.member(&key(1).public()).map(|m| m.trust), Some(Core));
+    assert_eq!(reg.epoch, 2);
+}
