@@ -199,16 +199,14 @@ fn reference(s: &Scenario, msgs: &[Message]) -> (Vec<u64>, u64, u64) {
         let who = index(&m.author());
         let key = (m.header().seq, m.id());
         match m.payload() {
-            Payload::Vote(v) => {
-                if latest.get(&who).is_none_or(|(s, id, _)| (*s, *id) < key) {
-                    latest.insert(who, (key.0, key.1, v.choice.clone()));
-                }
+            Payload::Vote(v) if latest.get(&who).is_none_or(|(s, id, _)| (*s, *id) < key) => {
+                latest.insert(who, (key.0, key.1, v.choice.clone()));
             }
-            Payload::Delegation(d) => {
-                if delegate.get(&who).is_none_or(|(s, id, _)| (*s, *id) < key) {
-                    let to = d.delegate.map(|pk| index(&pk));
-                    delegate.insert(who, (key.0, key.1, to));
-                }
+            Payload::Delegation(d)
+                if delegate.get(&who).is_none_or(|(s, id, _)| (*s, *id) < key) =>
+            {
+                let to = d.delegate.map(|pk| index(&pk));
+                delegate.insert(who, (key.0, key.1, to));
             }
             _ => {}
         }

@@ -73,8 +73,8 @@ pub enum Dependency {
     Revision(ProposalId, u32),
     /// A comment (a reply's parent).
     Comment(MessageId),
-    /// A VOTE_COMMIT by this voter on this proposal.
-    Commit(ProposalId, PublicKey),
+    /// A VOTE_COMMIT by this voter (its public key bytes) on this proposal.
+    Commit(ProposalId, [u8; 32]),
 }
 
 /// Why the engine refused a message.
@@ -303,6 +303,9 @@ fn action_fits(kind: ProposalType, action: &Action) -> bool {
 /// Key ordering "latest wins": higher sequence number, then higher message id.
 type Order = (u64, MessageId);
 
+/// Every delegation message of one delegator and scope: signed time and delegate, by order.
+type DelegationHistory = BTreeMap<Order, (u64, Option<PublicKey>)>;
+
 #[derive(Clone, Debug)]
 struct RevisionRec {
     id: MessageId,
@@ -368,7 +371,7 @@ pub enum Inverse {
         /// The member's key.
         key: PublicKey,
         /// Its previous record.
-        record: Option<Member>,
+        record: Option<Box<Member>>,
     },
     /// Restore the policy document.
     Policy(Option<String>),
@@ -474,7 +477,7 @@ pub struct Engine {
     known_epochs: u64,
     proposals: BTreeMap<ProposalId, ProposalState>,
     /// Every delegation message, by (delegator, scope), ordered "latest wins".
-    delegations: BTreeMap<(PublicKey, DelegationScope), BTreeMap<Order, (u64, Option<PublicKey>)>>,
+    delegations: BTreeMap<(PublicKey, DelegationScope), DelegationHistory>,
     applied: BTreeSet<MessageId>,
     pending: BTreeMap<Dependency, Vec<Message>>,
     pending_len: usize,
@@ -519,13 +522,13 @@ impl Engine {
         origin: Origin,
         now_ms: u64,
     ) -> Result<Vec<MessageId>, Refusal> {
-        if origin == Origin::Gossip {
-            if let Some(c) = &self.charter {
-                let skew = c.timing.clock_skew_ms;
-                let created = msg.header().created_ms;
-                if created.abs_diff(now_ms) > skew {
-                    return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
-                }
+        if origin == Origin::Gossip
+            && let Some(c) = &self.charter
+        {
+            let skew = c.timing.clock_skew_ms;
+            let created = msg.header().created_ms;
+            if created.abs_diff(now_ms) > skew {
+                return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
             }
         }
         let released = self.apply_one(msg)?;
@@ -536,13 +539,10 @@ impl Engine {
             let Some(waiting) = self.pending.remove(&dep) else { continue };
             self.pending_len -= waiting.len();
             for m in waiting {
-                match self.apply_one(&m) {
-                    Ok(more) => {
-                        applied.push(m.id());
-                        queue.extend(more);
-                        queue.extend(self.new_epochs(now_ms));
-                    }
-                    Err(Refusal::Pending(_)) | Err(_) => {}
+                if let Ok(more) = self.apply_one(&m) {
+                    applied.push(m.id());
+                    queue.extend(more);
+                    queue.extend(self.new_epochs(now_ms));
                 }
             }
         }
@@ -819,14 +819,14 @@ impl Engine {
                 if c.revision > 0 && !p.revisions.contains_key(&c.revision) {
                     return Err(Refusal::Pending(Dependency::Revision(c.proposal, c.revision)));
                 }
-                if let Some(parent) = c.parent {
-                    if !p.comments.contains_key(&parent) {
-                        // A known comment on another proposal is an error; otherwise wait.
-                        if self.proposals.values().any(|q| q.comments.contains_key(&parent)) {
-                            return Err(Refusal::ParentMismatch);
-                        }
-                        return Err(Refusal::Pending(Dependency::Comment(parent)));
+                if let Some(parent) = c.parent
+                    && !p.comments.contains_key(&parent)
+                {
+                    // A known comment on another proposal is an error; otherwise wait.
+                    if self.proposals.values().any(|q| q.comments.contains_key(&parent)) {
+                        return Err(Refusal::ParentMismatch);
                     }
+                    return Err(Refusal::Pending(Dependency::Comment(parent)));
                 }
                 let rec =
                     CommentRec { author, kind: c.kind, parent: c.parent, revision: c.revision };
@@ -865,7 +865,7 @@ impl Engine {
                 let rec = CommitRec { id, revision: v.revision, commitment: v.commitment };
                 let p = self.proposals.get_mut(&v.proposal).ok_or(Refusal::NotMember)?;
                 p.commits.entry(author).or_default().insert((msg.header().seq, id), rec);
-                Ok(vec![Dependency::Commit(v.proposal, author)])
+                Ok(vec![Dependency::Commit(v.proposal, author.to_bytes())])
             }
             Payload::VoteReveal(v) => {
                 self.check_federation(&v.federation)?;
@@ -888,7 +888,10 @@ impl Engine {
                     &v.choice,
                 );
                 let Some(commits) = p.commits.get(&author) else {
-                    return Err(Refusal::Pending(Dependency::Commit(v.proposal, author)));
+                    return Err(Refusal::Pending(Dependency::Commit(
+                        v.proposal,
+                        author.to_bytes(),
+                    )));
                 };
                 if !commits.values().any(|c| c.commitment == commitment && c.revision == v.revision)
                 {
@@ -1080,15 +1083,14 @@ impl Engine {
             DelegationScope::All,
         ];
         for scope in scopes {
-            if let Some(history) = self.delegations.get(&(*member, scope)) {
-                if let Some((_, (_, delegate))) =
+            if let Some(history) = self.delegations.get(&(*member, scope))
+                && let Some((_, (_, delegate))) =
                     history.iter().rev().find(|(_, (created, _))| *created < end)
-                {
-                    match delegate {
-                        Some(d) => return Some(*d),
-                        // Revoked for this scope: fall back to a broader one.
-                        None => continue,
-                    }
+            {
+                match delegate {
+                    Some(d) => return Some(*d),
+                    // Revoked for this scope: fall back to a broader one.
+                    None => continue,
                 }
             }
         }
@@ -1105,10 +1107,10 @@ impl Engine {
         if p.config.secret {
             for (voter, commits) in &p.commits {
                 // The latest commitment on the counted revision counts, if revealed.
-                if let Some(c) = commits.values().rev().find(|c| c.revision == revision) {
-                    if let Some(choice) = p.reveals.get(&(*voter, c.commitment)) {
-                        out.insert(*voter, (c.id, choice.clone()));
-                    }
+                if let Some(c) = commits.values().rev().find(|c| c.revision == revision)
+                    && let Some(choice) = p.reveals.get(&(*voter, c.commitment))
+                {
+                    out.insert(*voter, (c.id, choice.clone()));
                 }
             }
         } else {
@@ -1323,13 +1325,13 @@ fn execute(
             let m = reg.members.get_mut(member).ok_or("not a member")?;
             let before = m.clone();
             m.trust = *level;
-            Inverse::Member { key: *member, record: Some(before) }
+            Inverse::Member { key: *member, record: Some(Box::new(before)) }
         }
         Action::Quarantine(member) => {
             let m = reg.members.get_mut(member).ok_or("not a member")?;
             let before = m.clone();
             m.trust = TrustLevel::Quarantine;
-            Inverse::Member { key: *member, record: Some(before) }
+            Inverse::Member { key: *member, record: Some(Box::new(before)) }
         }
         Action::AddMember(m) => {
             if reg.members.contains_key(&m.key) {
@@ -1343,7 +1345,7 @@ fn execute(
             for body in reg.bodies.values_mut() {
                 body.remove(key);
             }
-            Inverse::Member { key: *key, record: Some(before) }
+            Inverse::Member { key: *key, record: Some(Box::new(before)) }
         }
         Action::PolicyUpdate(policy) => {
             let before = reg.policy.replace(policy.clone());
@@ -1373,10 +1375,10 @@ fn execute(
                 }
                 Inverse::Member { key, record } => {
                     let current = match record {
-                        Some(m) => reg.members.insert(key, m),
+                        Some(m) => reg.members.insert(key, *m),
                         None => reg.members.remove(&key),
                     };
-                    Inverse::Member { key, record: current }
+                    Inverse::Member { key, record: current.map(Box::new) }
                 }
                 Inverse::Policy(p) => {
                     let current = std::mem::replace(&mut reg.policy, p);

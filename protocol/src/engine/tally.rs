@@ -134,13 +134,12 @@ fn instant_runoff(options: usize, ballots: &[(&Choice, u64)]) -> (Vec<Vec<u64>>,
     loop {
         let mut t = vec![0u64; options];
         for (choice, w) in ballots {
-            if let Choice::Rank(order) = choice {
-                if let Some(&top) = order
+            if let Choice::Rank(order) = choice
+                && let Some(&top) = order
                     .iter()
                     .find(|&&i| continuing.get(usize::from(i)).copied().unwrap_or(false))
-                {
-                    t[usize::from(top)] = t[usize::from(top)].saturating_add(*w);
-                }
+            {
+                t[usize::from(top)] = t[usize::from(top)].saturating_add(*w);
             }
         }
         let total: u128 = t.iter().map(|&x| u128::from(x)).sum();
