@@ -40,7 +40,10 @@ struct Node {
 }
 
 /// Outcome of one simulated run: per node (state hash, final outcomes).
-fn simulate(seed: u64) -> (Vec<(Digest, Vec<Option<Outcome>>)>, usize) {
+/// Per node: state hash and each proposal's final outcome.
+type NodeResult = (Digest, Vec<Option<Outcome>>);
+
+fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
     let mut rng = Rng(seed);
     let n = 4 + rng.below(4) as usize; // 4..=7 nodes, node i is member i
     let levels: Vec<TrustLevel> = (0..n)
@@ -151,11 +154,10 @@ fn simulate(seed: u64) -> (Vec<(Digest, Vec<Option<Outcome>>)>, usize) {
         // An attestation round: every node attests what is due for its member.
         let r = rounds[round];
         round += 1;
-        for i in 0..n {
-            let due = nodes[i].engine.attestations_due(&key(i).public(), r);
-            for a in due {
-                nodes[i].seq += 1;
-                let m = Message::sign(&key(i), nodes[i].seq, r, None, Payload::TallyAttestation(a))
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for a in node.engine.attestations_due(&key(i).public(), r) {
+                node.seq += 1;
+                let m = Message::sign(&key(i), node.seq, r, None, Payload::TallyAttestation(a))
                     .expect("sign");
                 schedule(&mut events, &mut rng, i, &m, r);
             }
