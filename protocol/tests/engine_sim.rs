@@ -182,15 +182,13 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
                 nd.known.insert(m.id(), m.clone());
             }
         }
-        for i in 0..n {
-            let due = nodes[i].engine.attestations_due(&key(i).public(), end);
-            for a in due {
-                nodes[i].seq += 1;
-                let m =
-                    Message::sign(&key(i), nodes[i].seq, end, None, Payload::TallyAttestation(a))
-                        .expect("sign");
-                let _ = nodes[i].engine.apply(&m, Origin::Local, end);
-                nodes[i].known.insert(m.id(), m);
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for a in node.engine.attestations_due(&key(i).public(), end) {
+                node.seq += 1;
+                let m = Message::sign(&key(i), node.seq, end, None, Payload::TallyAttestation(a))
+                    .expect("sign");
+                let _ = node.engine.apply(&m, Origin::Local, end);
+                node.known.insert(m.id(), m);
             }
         }
     }
