@@ -569,6 +569,10 @@ impl Engine {
     }
 
     fn new_epochs(&mut self, now_ms: u64) -> Vec<Dependency> {
+        // Only proposals waiting for a registry epoch care; computing the chain is not free.
+        if !self.pending.keys().any(|d| matches!(d, Dependency::Registry(_))) {
+            return Vec::new();
+        }
         let count = self.registry_chain(now_ms).0.len() as u64;
         let deps = (self.known_epochs..count).map(Dependency::Registry).collect();
         self.known_epochs = self.known_epochs.max(count);
@@ -987,6 +991,9 @@ impl Engine {
     }
 
     fn finality_of(&self, p: &ProposalState) -> Option<Final> {
+        if p.attestations.is_empty() {
+            return None;
+        }
         let weighting = p.config.weighting;
         let eligible: u64 = p
             .registry
