@@ -109,7 +109,10 @@ fn main() {
                 .expect("vote")
         })
         .collect();
-    println!("signed {max} votes in {:.1} s (setup, not measured)", started.elapsed().as_secs_f64());
+    println!(
+        "signed {max} votes in {:.1} s (setup, not measured)",
+        started.elapsed().as_secs_f64()
+    );
 
     // Baseline: decoding and verifying the same envelopes (what every node does before apply).
     let sample = 20_000.min(max);
@@ -120,7 +123,10 @@ fn main() {
     let decode_rate = sample as f64 / t.elapsed().as_secs_f64();
     println!("baseline: decode+verify {decode_rate:.0} messages/s ({sample} envelopes)");
     println!();
-    println!("{:>9} | {:>14} | {:>9} | {:>13} | {:>10}", "votes", "apply votes/s", "vs decode", "tally query", "state hash");
+    println!(
+        "{:>9} | {:>14} | {:>9} | {:>13} | {:>10}",
+        "votes", "apply votes/s", "vs decode", "tally query", "state hash"
+    );
 
     for &n in sizes {
         let mut engine = Engine::new(fed);

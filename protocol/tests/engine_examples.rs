@@ -303,3 +303,43 @@ fn secret_ballot_commit_reveal() {
     // A plain VOTE on a secret ballot is refused.
     assert_eq!(f.apply(&f.vote(2, &p, Choice::Yes)), Err(Refusal::SecretBallot));
 }
+
+#[test]
+fn early_close_when_the_rest_cannot_change_the_outcome() {
+    // Forge electorate (eligible 9.5), early close on.
+    // After A yes (5) at +1 s: free weight 4.5. All of it on veto gives 4.5 / 9.5 = 47 % > 33.4 %
+    // -> vetoed, so the outcome is still open.
+    // After B yes (3) at +2 s: free 1.5. Veto share at most 1.5 / 9.5 = 15.8 %; approval at
+    // least 8 / 9.5 = 84 %; quorum already met (8 / 9.5) -> approved whatever happens: voting
+    // closes at +2 s. C's "no" at +3 s is kept but not counted.
+    let mut f = forge();
+    let mut cfg = simple();
+    cfg.early_close = true;
+    let p = f.propose(0, cfg, &[]);
+    f.apply(&p).expect("proposal");
+    let a = f.vote_at(0, &p, Choice::Yes, VOTE_START + S);
+    let b = f.vote_at(1, &p, Choice::Yes, VOTE_START + 2 * S);
+    let c = f.vote_at(2, &p, Choice::No, VOTE_START + 3 * S);
+    f.apply_all(std::slice::from_ref(&a));
+    assert_eq!(f.engine.status(&p.id(), VOTE_START + 10 * S), Some(Status::Voting));
+    f.apply_all(&[b.clone(), c]);
+    assert_eq!(f.engine.status(&p.id(), VOTE_START + 2 * S), Some(Status::Voting));
+    assert_eq!(f.engine.status(&p.id(), VOTE_START + 2 * S + 1), Some(Status::Closed));
+    let t = f.engine.tally(&p.id(), VOTE_START + 10 * S).expect("tally");
+    let mut want = vec![a.id(), b.id()];
+    want.sort();
+    assert_eq!(t.counted, want);
+    assert_eq!(t.count.totals, vec![8000, 0, 0, 0]);
+    assert_eq!(t.count.outcome, Outcome::Approved);
+    // Attestations are due from the early close plus grace, well before voting would end.
+    assert!(!f.engine.attestations_due(&fed::key(0).public(), VOTE_START + 8 * S).is_empty());
+}
+
+#[test]
+fn no_early_close_without_the_flag_or_for_secret_ballots() {
+    let mut f = forge();
+    let p = f.propose(0, simple(), &[]);
+    f.apply(&p).expect("proposal");
+    f.apply_all(&[f.vote(0, &p, Choice::Yes), f.vote(1, &p, Choice::Yes)]);
+    assert_eq!(f.engine.status(&p.id(), VOTE_END - 1), Some(Status::Voting));
+}

@@ -315,6 +315,7 @@ struct RevisionRec {
 #[derive(Clone, Debug)]
 struct VoteRec {
     id: MessageId,
+    created_ms: u64,
     revision: u32,
     choice: Choice,
 }
@@ -850,7 +851,12 @@ impl Engine {
                     return Err(Refusal::MissingReason);
                 }
                 Self::check_ballot(p, v.revision, &v.choice)?;
-                let rec = VoteRec { id, revision: v.revision, choice: v.choice.clone() };
+                let rec = VoteRec {
+                    id,
+                    created_ms: created,
+                    revision: v.revision,
+                    choice: v.choice.clone(),
+                };
                 let p = self.proposals.get_mut(&v.proposal).ok_or(Refusal::NotMember)?;
                 p.votes.entry(author).or_default().insert((msg.header().seq, id), rec);
                 Ok(vec![])
@@ -913,7 +919,11 @@ impl Engine {
                 let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
                 let p = self.proposal(&a.proposal)?;
                 self.eligible_voter(p, &author)?;
-                Self::in_window(created, p.closes_at().saturating_add(grace), u64::MAX)?;
+                // A static bound (independent of which votes have arrived): the earliest moment
+                // voting can close, plus grace.
+                let earliest_close =
+                    if p.config.early_close { p.voting_start() } else { p.closes_at() };
+                Self::in_window(created, earliest_close.saturating_add(grace), u64::MAX)?;
                 if p.options(a.revision).is_none() {
                     return Err(Refusal::Pending(Dependency::Revision(a.proposal, a.revision)));
                 }
@@ -962,9 +972,10 @@ impl Engine {
         if !sponsored {
             return Status::Expired;
         }
-        if now_ms < p.voting_end() {
+        let close = self.effective_close(p);
+        if now_ms < p.voting_end().min(close) {
             return Status::Voting;
-        } else if now_ms < p.closes_at() {
+        } else if now_ms < close {
             return Status::Reveal;
         }
         let Some(fin) = self.finality_of(p) else { return Status::Closed };
@@ -1051,7 +1062,7 @@ impl Engine {
                 }
                 let at = fin
                     .final_at_ms
-                    .max(p.closes_at().saturating_add(grace))
+                    .max(self.effective_close(p).saturating_add(grace))
                     .saturating_add(p.body.timeline.execution_delay_ms);
                 (at <= now_ms).then_some((p.voting_end(), p.id, at))
             })
@@ -1110,6 +1121,7 @@ impl Engine {
         p: &ProposalState,
         revision: u32,
     ) -> BTreeMap<PublicKey, (MessageId, Choice)> {
+        let cutoff = self.early_close_at(p).unwrap_or(u64::MAX);
         let mut out = BTreeMap::new();
         if p.config.secret {
             for (voter, commits) in &p.commits {
@@ -1122,12 +1134,97 @@ impl Engine {
             }
         } else {
             for (voter, votes) in &p.votes {
-                if let Some(v) = votes.values().rev().find(|v| v.revision == revision) {
+                if let Some(v) =
+                    votes.values().rev().find(|v| v.revision == revision && v.created_ms <= cutoff)
+                {
                     out.insert(*voter, (v.id, v.choice.clone()));
                 }
             }
         }
         out
+    }
+
+    /// When voting closes for good: the early-close time if the outcome was decided early
+    /// (just after the deciding vote's signed time), else the end of voting (or of the reveal).
+    fn effective_close(&self, p: &ProposalState) -> u64 {
+        self.early_close_at(p).map_or(p.closes_at(), |t| t.saturating_add(1))
+    }
+
+    /// Early close (SPEC 4.3): the signed time of the first vote after which no use of the
+    /// weight not yet cast could change the outcome. Weight "cast" is the direct voters' own
+    /// weight only, since a delegator can still vote directly. Never for secret ballots or
+    /// instant runoff. Votes signed after that time are kept but not counted.
+    fn early_close_at(&self, p: &ProposalState) -> Option<u64> {
+        if !p.config.early_close || p.config.secret || p.config.rule == DecisionRule::InstantRunoff
+        {
+            return None;
+        }
+        let reg = &p.registry;
+        let weighting = p.config.weighting;
+        let revision = p.current_revision();
+        let options = p.options(revision).map_or(0, <[String]>::len);
+        let eligible =
+            reg.members.values().fold(0u64, |a, m| a.saturating_add(reg.weight(m, weighting)));
+        let mut events: Vec<(u64, Order, &PublicKey, &Choice)> = p
+            .votes
+            .iter()
+            .flat_map(|(voter, votes)| {
+                votes
+                    .iter()
+                    .filter(|(_, v)| v.revision == revision && v.created_ms < p.voting_end())
+                    .map(move |(order, v)| (v.created_ms, *order, voter, &v.choice))
+            })
+            .collect();
+        events.sort_by_key(|e| (e.0, e.1));
+        let mut best: BTreeMap<&PublicKey, (Order, &Choice)> = BTreeMap::new();
+        let mut i = 0;
+        while i < events.len() {
+            let t = events[i].0;
+            while i < events.len() && events[i].0 == t {
+                let (_, order, voter, choice) = events[i];
+                if best.get(voter).is_none_or(|(o, _)| *o < order) {
+                    best.insert(voter, (order, choice));
+                }
+                i += 1;
+            }
+            let ballots: Vec<(&Choice, u64)> = best
+                .iter()
+                .filter_map(|(voter, (_, c))| {
+                    reg.member(voter).map(|m| (*c, reg.weight(m, weighting)))
+                })
+                .collect();
+            let cast = ballots.iter().fold(0u64, |a, (_, w)| a.saturating_add(*w));
+            let free = eligible.saturating_sub(cast);
+            // The free weight's extreme uses: not voting, or all of it on one choice.
+            let extremes: Vec<Choice> = if p.config.rule.is_binary() {
+                vec![Choice::Yes, Choice::No, Choice::Abstain, Choice::Veto]
+            } else {
+                (0..options)
+                    .filter_map(|o| u16::try_from(o).ok())
+                    .map(|o| Choice::Approve(vec![o]))
+                    .collect()
+            };
+            let outcome_with = |extra: Option<&Choice>| {
+                let mut all = ballots.clone();
+                if let Some(c) = extra {
+                    all.push((c, free));
+                }
+                let c = tally::count(
+                    p.config.rule,
+                    p.config.quorum,
+                    p.config.veto,
+                    eligible,
+                    options,
+                    &all,
+                );
+                (c.outcome, c.winner)
+            };
+            let now = outcome_with(None);
+            if extremes.iter().all(|c| outcome_with(Some(c)) == now) {
+                return Some(t);
+            }
+        }
+        None
     }
 
     /// Counts proposal `id` as this node sees it: every counted ballot so far (a running tally
@@ -1203,7 +1300,7 @@ impl Engine {
         let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
         self.proposals
             .values()
-            .filter(|p| now_ms >= p.closes_at().saturating_add(grace))
+            .filter(|p| now_ms >= self.effective_close(p).saturating_add(grace))
             .filter(|p| matches!(self.status_of(p, now_ms), Status::Closed))
             .filter(|p| self.eligible_voter(p, me).is_ok())
             .filter_map(|p| {
