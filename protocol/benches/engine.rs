@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // a benchmark measures time
 //! Engine throughput: votes applied per second and tally-query time at 10k, 100k and 1M votes,
 //! with decoding (signature verification) of the same votes as the baseline measured in the same
 //! run. Run: `cargo bench -p kos-protocol --bench engine` (add `-- --quick` for 10k and 100k only).

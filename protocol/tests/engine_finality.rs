@@ -225,3 +225,30 @@ fn quarantine_and_trust_adjustment_change_member_records() {
     assert_eq!(reg.member(&key(1).public()).map(|m| m.trust), Some(Core));
     assert_eq!(reg.epoch, 2);
 }
+
+#[test]
+fn handle_reports_verdicts_and_effects_for_the_shell() {
+    use kos_protocol::engine::{Effect, Verdict};
+    let mut f = Fed::new(&[Core, Trusted]);
+    let p = f.propose(0, config(DecisionRule::SimpleMajority, Weighting::Trust), &[]);
+    let v = f.vote(1, &p, Choice::Yes);
+    let me = key(0).public();
+    // A vote before its proposal: held, not penalised.
+    let step = f.engine.handle(&v, Origin::Gossip, VOTE_START + S, Some(&me));
+    assert_eq!(step.verdict, Verdict::Ignore);
+    assert!(matches!(step.effects[0], Effect::Hold(id, _) if id == v.id()));
+    // The proposal: accepted, and it releases the vote; both to persist. Next wake-up: voting end.
+    let step = f.engine.handle(&p, Origin::Gossip, VOTE_START + S, Some(&me));
+    assert_eq!(step.verdict, Verdict::Accept);
+    assert_eq!(step.effects[..2], [Effect::Persist(p.id()), Effect::Persist(v.id())]);
+    assert_eq!(step.effects.last(), Some(&Effect::WakeAt(VOTE_END)));
+    // A forged-window vote is rejected and the sender penalised.
+    let bad = f.vote_at(0, &p, Choice::No, VOTE_END + S);
+    let step = f.engine.handle(&bad, Origin::Sync, VOTE_END + S, Some(&me));
+    assert_eq!(step.verdict, Verdict::Reject);
+    assert!(matches!(step.effects[0], Effect::Penalise(Refusal::OutsideWindow { .. })));
+    // After the grace period, the node is asked to attest.
+    let dup = f.engine.handle(&v, Origin::Sync, ATTEST, Some(&me));
+    assert_eq!(dup.refusal, Some(Refusal::Duplicate));
+    assert!(dup.effects.iter().any(|e| matches!(e, Effect::Attest(a) if a.proposal == p.id())));
+}

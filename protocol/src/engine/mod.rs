@@ -60,6 +60,32 @@ pub enum Verdict {
     Reject,
 }
 
+/// What the shell must do after [`Engine::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Persist (flush) this accepted message's bytes before acknowledging it.
+    Persist(MessageId),
+    /// Keep this message's bytes: it is held until a dependency arrives (sync may fetch it).
+    Hold(MessageId, Dependency),
+    /// Penalise the peer that relayed the message.
+    Penalise(Refusal),
+    /// Sign and publish this attestation with the node's identity.
+    Attest(TallyAttestation),
+    /// Call [`Engine::tick`] (or `handle` again) at this time: a status changes then.
+    WakeAt(u64),
+}
+
+/// The engine's answer to one message: a gossip verdict and effects for the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// What gossip does with the message.
+    pub verdict: Verdict,
+    /// Why it was refused, if it was.
+    pub refusal: Option<Refusal>,
+    /// What to do, in order.
+    pub effects: Vec<Effect>,
+}
+
 /// Something a message waits for before it can be judged.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dependency {
@@ -548,6 +574,64 @@ impl Engine {
             }
         }
         Ok(applied)
+    }
+
+    /// Handles one verified message for the shell: applies it, and returns the gossip verdict
+    /// with effects — what to persist, what to hold, whom to penalise, which attestations `me`
+    /// (the node's identity, if it is a member) must sign, and when to wake up next.
+    pub fn handle(
+        &mut self,
+        msg: &Message,
+        origin: Origin,
+        now_ms: u64,
+        me: Option<&PublicKey>,
+    ) -> Step {
+        let mut effects = Vec::new();
+        let (verdict, refusal) = match self.apply(msg, origin, now_ms) {
+            Ok(applied) => {
+                effects.extend(applied.into_iter().map(Effect::Persist));
+                (Verdict::Accept, None)
+            }
+            Err(r) => {
+                match &r {
+                    Refusal::Pending(dep) => effects.push(Effect::Hold(msg.id(), dep.clone())),
+                    r if r.verdict() == Verdict::Reject => {
+                        effects.push(Effect::Penalise(r.clone()))
+                    }
+                    _ => {}
+                }
+                (r.verdict(), Some(r))
+            }
+        };
+        if let Some(me) = me {
+            effects.extend(self.attestations_due(me, now_ms).into_iter().map(Effect::Attest));
+        }
+        if let Some(t) = self.next_wakeup(now_ms) {
+            effects.push(Effect::WakeAt(t));
+        }
+        Step { verdict, refusal, effects }
+    }
+
+    /// The next time after `now_ms` at which some proposal's status can change by the clock
+    /// alone (voting opens or closes, a reveal ends, a grace period ends, an execution falls
+    /// due).
+    pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
+        let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
+        let mut times = BTreeSet::new();
+        for p in self.proposals.values() {
+            let close = self.effective_close(p);
+            times.extend([
+                p.voting_start(),
+                p.voting_end(),
+                close,
+                close.saturating_add(grace),
+                close.saturating_add(grace).saturating_add(p.body.timeline.execution_delay_ms),
+            ]);
+            if let Some(f) = self.finality_of(p) {
+                times.insert(f.final_at_ms.saturating_add(p.body.timeline.execution_delay_ms));
+            }
+        }
+        times.into_iter().find(|&t| t > now_ms)
     }
 
     /// Advances time: executions that fall due release proposals waiting for the registry epochs
