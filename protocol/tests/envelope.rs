@@ -426,3 +426,16 @@ fn message_type_codes_are_stable() {
         assert_eq!(MessageType::from_name(name), Some(t));
     }
 }
+
+#[test]
+fn huge_declared_lengths_are_refused_cheaply() {
+    // An array of 2^32 items, a map of 2^32 entries, a byte string of 2^63 bytes: each a few
+    // bytes long. They must fail as malformed (truncated) without allocating what they claim.
+    for bytes in [
+        &b"\x9b\x00\x00\x00\x01\x00\x00\x00\x00"[..],
+        b"\xbb\x00\x00\x00\x01\x00\x00\x00\x00",
+        b"\x82\x5b\x7f\xff\xff\xff\xff\xff\xff\xff\x40",
+    ] {
+        assert!(matches!(Message::decode(bytes), Err(DecodeError::Malformed(_))), "{bytes:?}");
+    }
+}
