@@ -75,7 +75,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in directory `path`, checking its schema version.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path)?;
+        let db = open_with_retry(path)?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get(SCHEMA_KEY)? {
             None => {
@@ -149,6 +149,26 @@ impl Store {
     pub fn set_schema_for_test(&self, version: u32) -> Result<(), StoreError> {
         self.db.open_tree(META_TREE)?.insert(SCHEMA_KEY, &version.to_be_bytes())?;
         self.flush()
+    }
+}
+
+/// How long [`Store::open`] waits for a lock still held by a store of this process that is
+/// being dropped (sled releases its file lock from a background thread).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_with_retry(path: &Path) -> Result<sled::Db, sled::Error> {
+    let step = std::time::Duration::from_millis(20);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && waited < LOCK_WAIT =>
+            {
+                std::thread::sleep(step);
+                waited += step;
+            }
+            other => return other,
+        }
     }
 }
 
