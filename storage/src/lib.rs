@@ -30,6 +30,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 const META_TREE: &str = "meta";
 const MESSAGES_TREE: &str = "messages";
+const PEERS_TREE: &str = "peers";
+const AUDIT_TREE: &str = "audit";
+const TRUST_TREE: &str = "trust";
+/// Domain prefix of audit-log entry hashes.
+pub const AUDIT_DOMAIN: &[u8] = b"kos-audit-v1\0";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// Why the store could not be used.
@@ -69,7 +74,24 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    meta: sled::Tree,
     messages: sled::Tree,
+    peers: sled::Tree,
+    audit: sled::Tree,
+    trust: sled::Tree,
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position, from 0.
+    pub index: u64,
+    /// Time of the event, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub event: String,
+    /// `SHA-256(AUDIT_DOMAIN ‖ previous hash ‖ u64be(index) ‖ u64be(at_ms) ‖ event)`.
+    pub hash: [u8; 32],
 }
 
 impl Store {
@@ -91,7 +113,14 @@ impl Store {
             }
         }
         let messages = db.open_tree(MESSAGES_TREE)?;
-        Ok(Store { db, messages })
+        Ok(Store {
+            peers: db.open_tree(PEERS_TREE)?,
+            audit: db.open_tree(AUDIT_TREE)?,
+            trust: db.open_tree(TRUST_TREE)?,
+            meta,
+            messages,
+            db,
+        })
     }
 
     /// Stores a verified message under its id. Returns `false` if it was already stored.
@@ -137,6 +166,115 @@ impl Store {
         Ok(())
     }
 
+    /// A small metadata value (federation id, sequence counters).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Sets a metadata value.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// Records a peer's addresses (text multiaddrs), replacing earlier ones.
+    pub fn put_peer(&self, peer: &str, addrs: &[String]) -> Result<(), StoreError> {
+        self.peers.insert(peer.as_bytes(), addrs.join("\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Every recorded peer with its addresses.
+    pub fn peers(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        self.peers
+            .iter()
+            .map(|e| {
+                let (k, v) = e?;
+                let addrs = String::from_utf8_lossy(&v)
+                    .split('\n')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                Ok((String::from_utf8_lossy(&k).into_owned(), addrs))
+            })
+            .collect()
+    }
+
+    /// Sets this node's local trust in a peer or agent.
+    pub fn set_trust(&self, target: &str, level: &str) -> Result<(), StoreError> {
+        self.trust.insert(target.as_bytes(), level.as_bytes())?;
+        Ok(())
+    }
+
+    /// This node's local trust table.
+    pub fn trust(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.trust
+            .iter()
+            .map(|e| {
+                let (k, v) = e?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Appends an event to the hash-chained audit log.
+    pub fn audit(&self, at_ms: u64, event: &str) -> Result<AuditEntry, StoreError> {
+        let (index, prev) = match self.audit.last()? {
+            Some((k, v)) => {
+                let index =
+                    u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::CorruptMeta)?);
+                let prev: [u8; 32] =
+                    v.get(..32).and_then(|h| h.try_into().ok()).ok_or(StoreError::CorruptMeta)?;
+                (index + 1, prev)
+            }
+            None => (0, [0u8; 32]),
+        };
+        let hash = audit_hash(&prev, index, at_ms, event);
+        let mut value = hash.to_vec();
+        value.extend_from_slice(&at_ms.to_be_bytes());
+        value.extend_from_slice(event.as_bytes());
+        self.audit.insert(index.to_be_bytes(), value)?;
+        Ok(AuditEntry { index, at_ms, event: event.to_owned(), hash })
+    }
+
+    /// Re-computes the audit chain. Returns the entries, or the index of the first entry whose
+    /// hash does not follow from its predecessor.
+    pub fn verify_audit(&self) -> Result<Result<Vec<AuditEntry>, u64>, StoreError> {
+        let mut prev = [0u8; 32];
+        let mut out = Vec::new();
+        for (expected, e) in self.audit.iter().enumerate() {
+            let (k, v) = e?;
+            let index =
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::CorruptMeta)?);
+            if index != expected as u64 || v.len() < 40 {
+                return Ok(Err(expected as u64));
+            }
+            let at_ms =
+                u64::from_be_bytes(v[32..40].try_into().map_err(|_| StoreError::CorruptMeta)?);
+            let event = String::from_utf8_lossy(&v[40..]).into_owned();
+            let hash = audit_hash(&prev, index, at_ms, &event);
+            if v[..32] != hash {
+                return Ok(Err(index));
+            }
+            prev = hash;
+            out.push(AuditEntry { index, at_ms, event, hash });
+        }
+        Ok(Ok(out))
+    }
+
+    /// Overwrites an audit entry's stored bytes (tests of tamper detection only).
+    #[doc(hidden)]
+    pub fn tamper_audit_for_test(&self, index: u64, event: &str) -> Result<(), StoreError> {
+        if let Some(v) = self.audit.get(index.to_be_bytes())? {
+            let mut value = v[..40].to_vec();
+            value.extend_from_slice(event.as_bytes());
+            self.audit.insert(index.to_be_bytes(), value)?;
+        }
+        Ok(())
+    }
+
     /// Overwrites the raw bytes under `id` (tests of corruption handling only).
     #[doc(hidden)]
     pub fn corrupt_for_test(&self, id: &MessageId, bytes: &[u8]) -> Result<(), StoreError> {
@@ -150,6 +288,17 @@ impl Store {
         self.db.open_tree(META_TREE)?.insert(SCHEMA_KEY, &version.to_be_bytes())?;
         self.flush()
     }
+}
+
+fn audit_hash(prev: &[u8; 32], index: u64, at_ms: u64, event: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(AUDIT_DOMAIN);
+    h.update(prev);
+    h.update(index.to_be_bytes());
+    h.update(at_ms.to_be_bytes());
+    h.update(event.as_bytes());
+    h.finalize().into()
 }
 
 /// How long [`Store::open`] waits for a lock still held by a store of this process that is
@@ -222,6 +371,20 @@ mod tests {
         all.sort();
         want.sort();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn the_audit_log_is_a_hash_chain_that_detects_tampering() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.audit(1, "started").expect("audit");
+        store.audit(2, "proposal created").expect("audit");
+        store.audit(3, "vote cast").expect("audit");
+        let entries = store.verify_audit().expect("read").expect("intact");
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].event, "proposal created");
+        store.tamper_audit_for_test(1, "proposal deleted").expect("tamper");
+        assert_eq!(store.verify_audit().expect("read"), Err(1));
     }
 
     #[test]
