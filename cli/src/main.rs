@@ -1,9 +1,11 @@
-//! `kosctl`: command-line control of a kOS node.
+//! `kosctl`: command-line control of a kOS node, through its local control API.
 //!
-//! This build provides the offline protocol tools (`kosctl decode`); the node commands land with
-//! the control API (issue #4).
+//! The API address and token are read from the node's data directory (`api.addr`,
+//! `api.token`), or given with `--api` and `--token`. `kosctl decode` works offline.
 
-use std::{io::Read, process::ExitCode};
+mod client;
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -15,12 +17,211 @@ struct Cli {
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// The node's data directory (for its API address and token).
+    #[arg(long, env = "KOS_DATA_DIR", default_value = "kos-data", global = true)]
+    data_dir: PathBuf,
+    /// API address (overrides the data directory's `api.addr`).
+    #[arg(long, env = "KOS_API_ADDR", global = true)]
+    api: Option<String>,
+    /// API token (overrides the data directory's `api.token`).
+    #[arg(long, env = "KOS_API_TOKEN", global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
+enum FederationCmd {
+    /// Found a federation: this node plus the given members.
+    Create {
+        /// Name.
+        name: String,
+        /// A founding member: `did:key:…` or `did:key:…=LEVEL` (default level standard).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// Timings in seconds (development and tests).
+        #[arg(long)]
+        dev_timing: bool,
+    },
+    /// Follow a federation, syncing from a bootstrap peer.
+    Join {
+        /// Federation id.
+        federation: String,
+        /// A peer's multiaddr.
+        #[arg(long)]
+        bootstrap: Option<String>,
+    },
+    /// Show the federation and its members.
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Re-compute the audit log's hash chain.
+    Verify,
+}
+
+/// `propose` flags, or a TOML file with the same keys.
+#[derive(clap::Args, Debug, serde::Serialize, serde::Deserialize, Default)]
+struct ProposeArgs {
+    /// Proposal type (configuration, membership, trust_adjustment, …).
+    #[arg(long)]
+    #[serde(default)]
+    kind: Option<String>,
+    /// Title.
+    #[arg(long)]
+    #[serde(default)]
+    title: Option<String>,
+    /// Description.
+    #[arg(long)]
+    #[serde(default)]
+    description: Option<String>,
+    /// Scope (global, regional, local, emergency).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    /// Configuration key.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// New value (configuration) or version (protocol_upgrade).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    /// Expected old configuration value.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    old: Option<String>,
+    /// Member (did:key) for trust, membership and emergency actions.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    member: Option<String>,
+    /// Trust level.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    level: Option<String>,
+    /// add or remove (membership).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    membership: Option<String>,
+    /// Policy document (policy proposals).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<String>,
+    /// An option (approval or ranked-choice voting), repeatable.
+    #[arg(long = "option")]
+    #[serde(default)]
+    options: Vec<String>,
+    /// Discussion length in seconds.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    discussion_secs: Option<u64>,
+    /// Voting length in seconds.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    voting_secs: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// The node's status.
+    Status,
+    /// The node's identity.
+    Id,
+    /// Connected and known peers.
+    Peers,
+    /// Dial a peer: a multiaddr or `peer://ID`.
+    Connect {
+        /// Address.
+        addr: String,
+    },
+    /// Close connections to a peer.
+    Disconnect {
+        /// Peer id.
+        peer: String,
+    },
+    /// Set this node's local trust in a peer or agent.
+    Trust {
+        /// `peer://…`, `agent://…` or `klp://…`.
+        target: String,
+        /// core, trusted, standard, sandbox or quarantine.
+        level: String,
+    },
+    /// Federations.
+    #[command(subcommand)]
+    Federation(FederationCmd),
+    /// Create a proposal, from flags or a TOML file.
+    Propose {
+        #[command(flatten)]
+        args: Box<ProposeArgs>,
+        /// TOML file with the same keys as the flags.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// List proposals.
+    Proposals {
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show a proposal.
+    Show {
+        /// Proposal id.
+        id: String,
+    },
+    /// Comment on a proposal.
+    Comment {
+        /// Proposal id.
+        id: String,
+        /// Text.
+        text: String,
+        /// comment, suggestion, objection, support or summary.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The comment replied to.
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Sponsor a proposal.
+    Sponsor {
+        /// Proposal id.
+        id: String,
+    },
+    /// Withdraw your proposal (before voting).
+    Withdraw {
+        /// Proposal id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Vote: yes, no, abstain, veto, approve:I,J or rank:I,J.
+    Vote {
+        /// Proposal id.
+        id: String,
+        /// Choice.
+        choice: String,
+        /// Reasoning.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Delegate your vote (no --to: revoke).
+    Delegate {
+        /// Delegate's did:key.
+        #[arg(long)]
+        to: Option<String>,
+        /// all, kind:TYPE or scope:SCOPE.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Local tally, attestations and finality of a proposal.
+    Tally {
+        /// Proposal id.
+        id: String,
+    },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Decode and verify a KLP envelope (hex, or raw bytes with --raw) from a file or stdin.
     Decode {
         /// File to read; `-` or absent for standard input.
@@ -50,7 +251,91 @@ fn read_input(file: Option<&str>) -> anyhow::Result<Vec<u8>> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = || client::Client::new(&cli.data_dir, cli.api.as_deref(), cli.token.as_deref());
+    let show = |v: serde_json::Value| client::print(&v, cli.json);
     match cli.command {
+        Command::Status => show(api()?.get("/v1/status")?),
+        Command::Id => {
+            let s = api()?.get("/v1/status")?;
+            show(
+                serde_json::json!({"did": s["did"], "peer_id": s["peer_id"], "klp_id": s["klp_id"]}),
+            )
+        }
+        Command::Peers => show(api()?.get("/v1/peers")?),
+        Command::Connect { addr } => {
+            show(api()?.post("/v1/connect", serde_json::json!({"addr": addr}))?)
+        }
+        Command::Disconnect { peer } => {
+            show(api()?.post("/v1/disconnect", serde_json::json!({"peer": peer}))?)
+        }
+        Command::Trust { target, level } => {
+            show(api()?.post("/v1/trust", serde_json::json!({"target": target, "level": level}))?)
+        }
+        Command::Federation(FederationCmd::Create { name, members, dev_timing }) => {
+            show(api()?.post(
+                "/v1/federation/create",
+                serde_json::json!({"name": name, "members": members, "dev_timing": dev_timing}),
+            )?)
+        }
+        Command::Federation(FederationCmd::Join { federation, bootstrap }) => show(api()?.post(
+            "/v1/federation/join",
+            serde_json::json!({"federation": federation, "bootstrap": bootstrap}),
+        )?),
+        Command::Federation(FederationCmd::Show) => show(api()?.get("/v1/federation")?),
+        Command::Propose { args, file } => {
+            let mut args = *args;
+            if let Some(f) = file {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
+                let from_file: ProposeArgs = toml::from_str(&text)
+                    .with_context(|| format!("invalid proposal file {}", f.display()))?;
+                args = merge(from_file, args);
+            }
+            for (name, v) in [
+                ("--kind", &args.kind),
+                ("--title", &args.title),
+                ("--description", &args.description),
+            ] {
+                if v.is_none() {
+                    bail!("{name} is required (as a flag or in --file)");
+                }
+            }
+            show(api()?.post("/v1/proposals", serde_json::to_value(&args)?)?)
+        }
+        Command::Proposals { status } => {
+            let mut v = api()?.get("/v1/proposals")?;
+            if let (Some(s), Some(list)) = (status, v["proposals"].as_array_mut()) {
+                list.retain(|p| p["status"].as_str() == Some(s.as_str()));
+            }
+            show(v)
+        }
+        Command::Show { id } => show(api()?.get(&format!("/v1/proposals/{id}"))?),
+        Command::Comment { id, text, kind, parent } => show(api()?.post(
+            &format!("/v1/proposals/{id}/comment"),
+            serde_json::json!({"text": text, "kind": kind, "parent": parent}),
+        )?),
+        Command::Sponsor { id } => {
+            show(api()?.post(&format!("/v1/proposals/{id}/sponsor"), serde_json::json!({}))?)
+        }
+        Command::Withdraw { id, reason } => show(api()?.post(
+            &format!("/v1/proposals/{id}/withdraw"),
+            serde_json::json!({"reason": reason}),
+        )?),
+        Command::Vote { id, choice, reason } => show(api()?.post(
+            &format!("/v1/proposals/{id}/vote"),
+            serde_json::json!({"choice": choice, "reason": reason}),
+        )?),
+        Command::Delegate { to, scope } => {
+            show(api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?)
+        }
+        Command::Tally { id } => show(api()?.get(&format!("/v1/proposals/{id}/tally"))?),
+        Command::Audit(AuditCmd::Verify) => {
+            let v = api()?.get("/v1/audit/verify")?;
+            if v["ok"] != serde_json::Value::Bool(true) {
+                bail!("audit log broken at entry {}", v["first_bad_entry"]);
+            }
+            show(v)
+        }
         Command::Decode { file, raw } => {
             let input = read_input(file.as_deref())?;
             let bytes = if raw {
@@ -92,6 +377,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Flags win over the file.
+fn merge(file: ProposeArgs, flags: ProposeArgs) -> ProposeArgs {
+    ProposeArgs {
+        kind: flags.kind.or(file.kind),
+        title: flags.title.or(file.title),
+        description: flags.description.or(file.description),
+        scope: flags.scope.or(file.scope),
+        key: flags.key.or(file.key),
+        value: flags.value.or(file.value),
+        old: flags.old.or(file.old),
+        member: flags.member.or(file.member),
+        level: flags.level.or(file.level),
+        membership: flags.membership.or(file.membership),
+        policy: flags.policy.or(file.policy),
+        options: if flags.options.is_empty() { file.options } else { flags.options },
+        discussion_secs: flags.discussion_secs.or(file.discussion_secs),
+        voting_secs: flags.voting_secs.or(file.voting_secs),
     }
 }
 

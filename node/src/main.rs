@@ -1,7 +1,13 @@
 //! `kosd`: the kOS federated governance daemon.
 //!
-//! This build provides the node's identity and data directory (`kosd init`, `kosd id`); the
-//! networked daemon lands with issue #4 (see `docs/architecture.md`).
+//! `kosd init` creates a data directory with an identity; `kosd run` runs the node (libp2p
+//! swarm, sled store, governance engine, local control API); `kosd devnet N` runs a local
+//! federation of N nodes. See `docs/operator.md`.
+
+mod api;
+mod devnet;
+mod net;
+mod node;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +49,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the node. Creates the data directory first if it does not exist.
+    Run(RunArgs),
+    /// Run a local federation of N nodes (data under `<data-dir>/devnet`) until interrupted.
+    Devnet {
+        /// Number of nodes.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
+    },
+}
+
+/// Settings of `kosd run`: flags override environment variables, which override the config file
+/// (`<data-dir>/kosd.toml`), which overrides the embedded defaults.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Listen address (repeatable). Default: TCP and QUIC on port 4001, all interfaces.
+    #[arg(long, env = "KOS_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Control API address; loopback only. Default 127.0.0.1:7700.
+    #[arg(long, env = "KOS_API")]
+    api: Option<String>,
+    /// Peer to dial at start (repeatable).
+    #[arg(long, env = "KOS_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Seconds between anti-entropy rounds. Default 10.
+    #[arg(long, env = "KOS_SYNC_INTERVAL")]
+    sync_interval_secs: Option<u64>,
+    /// Most established connections. Default 128.
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Config file (TOML). Default `<data-dir>/kosd.toml` if it exists.
+    #[arg(long, env = "KOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, env = "KOS_LOG_JSON")]
+    log_json: bool,
+    /// If the data directory has no identity yet, create one under an empty passphrase
+    /// (development only).
+    #[arg(long)]
+    insecure_plain_key: bool,
+}
+
+/// The config file.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<String>>,
+    api: Option<String>,
+    bootstrap: Option<Vec<String>>,
+    sync_interval_secs: Option<u64>,
+    max_connections: Option<u32>,
 }
 
 fn passphrase(insecure: bool) -> anyhow::Result<Vec<u8>> {
@@ -73,25 +129,116 @@ fn load_identity(dir: &Path) -> anyhow::Result<SecretKey> {
     vault.get(NODE_KEY).cloned().with_context(|| format!("{} holds no node key", path.display()))
 }
 
+fn init(dir: &Path, insecure_plain_key: bool) -> anyhow::Result<SecretKey> {
+    let path = vault_path(dir);
+    if path.exists() {
+        bail!("{} already holds a node identity", dir.display());
+    }
+    let pass = passphrase(insecure_plain_key)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key = SecretKey::generate();
+    let mut vault = Vault::new();
+    vault.insert(NODE_KEY, key.clone());
+    let params = if insecure_plain_key { KdfParams::INSECURE_FAST } else { KdfParams::STANDARD };
+    vault.save(&path, &pass, params)?;
+    let store = kos_storage::Store::open(&dir.join("store"))?;
+    store.flush()?;
+    Ok(key)
+}
+
+fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
+    let file_path = args.config.clone().unwrap_or_else(|| dir.join("kosd.toml"));
+    let file: FileConfig = match std::fs::read_to_string(&file_path) {
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("invalid config {}", file_path.display()))?,
+        Err(_) if args.config.is_none() => FileConfig::default(),
+        Err(e) => bail!("cannot read {}: {e}", file_path.display()),
+    };
+    let pick = |flag: &Vec<String>, file: Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+        if !flag.is_empty() {
+            flag.clone()
+        } else {
+            file.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
+        }
+    };
+    let listen = pick(
+        &args.listen,
+        file.listen,
+        &["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"],
+    )
+    .iter()
+    .map(|a| a.parse().with_context(|| format!("invalid listen address {a}")))
+    .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
+    let bootstrap = pick(&args.bootstrap, file.bootstrap, &[])
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("invalid bootstrap address {a}")))
+        .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
+    let api = args.api.clone().or(file.api).unwrap_or_else(|| "127.0.0.1:7700".into());
+    let api: std::net::SocketAddr =
+        api.parse().with_context(|| format!("invalid API address {api}"))?;
+    if !api.ip().is_loopback() {
+        bail!("the control API only listens on loopback addresses, not {api}");
+    }
+    Ok(node::Settings {
+        data_dir: dir.to_path_buf(),
+        listen,
+        api,
+        bootstrap,
+        sync_interval: std::time::Duration::from_secs(
+            args.sync_interval_secs.or(file.sync_interval_secs).unwrap_or(10).max(1),
+        ),
+        max_connections: args.max_connections.or(file.max_connections).unwrap_or(128),
+    })
+}
+
+fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let settings = settings(dir, args)?;
+    let key = if vault_path(dir).exists() {
+        load_identity(dir)?
+    } else {
+        let key = init(dir, args.insecure_plain_key)?;
+        tracing::info!(did = %key.public().to_did(), "created a new node identity");
+        key
+    };
+    let state = node::open_state(key, dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(node::COMMAND_QUEUE);
+        let handle =
+            node::Handle { state: std::sync::Arc::new(std::sync::Mutex::new(state)), commands: tx };
+        let api = tokio::spawn(api::serve(handle.clone(), settings.api, settings.data_dir.clone()));
+        let net = tokio::spawn(node::run(settings, handle.clone(), rx));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let result = tokio::select! {
+            r = api => r.map_err(anyhow::Error::from).and_then(|r| r),
+            r = net => r.map_err(anyhow::Error::from).and_then(|r| r),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        };
+        // Graceful shutdown: everything accepted is on disk.
+        let st = handle.lock();
+        let _ = st.store.audit(node::now_ms(), "node stopped");
+        st.store.flush()?;
+        tracing::info!("stopped");
+        result
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
     match cli.command {
+        Command::Run(args) => run_node(dir, &args),
+        Command::Devnet { nodes } => devnet::run(dir, nodes),
         Command::Init { insecure_plain_key } => {
-            let path = vault_path(dir);
-            if path.exists() {
-                bail!("{} already holds a node identity", dir.display());
-            }
-            let pass = passphrase(insecure_plain_key)?;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let key = SecretKey::generate();
-            let mut vault = Vault::new();
-            vault.insert(NODE_KEY, key.clone());
-            let params =
-                if insecure_plain_key { KdfParams::INSECURE_FAST } else { KdfParams::STANDARD };
-            vault.save(&path, &pass, params)?;
-            let store = kos_storage::Store::open(&dir.join("store"))?;
-            store.flush()?;
+            let key = init(dir, insecure_plain_key)?;
             println!("initialised {} for {}", dir.display(), key.public().to_did());
             Ok(())
         }

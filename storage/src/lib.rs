@@ -150,6 +150,27 @@ impl Store {
         })
     }
 
+    /// Every stored message id, ascending.
+    pub fn ids(&self) -> Vec<MessageId> {
+        self.ids_after(None, usize::MAX)
+    }
+
+    /// Up to `limit` stored ids greater than `after`, ascending.
+    pub fn ids_after(&self, after: Option<&MessageId>, limit: usize) -> Vec<MessageId> {
+        let range = match after {
+            Some(a) => self
+                .messages
+                .range((std::ops::Bound::Excluded(a.0.to_vec()), std::ops::Bound::Unbounded)),
+            None => self.messages.range::<Vec<u8>, _>(..),
+        };
+        range
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| <[u8; 32]>::try_from(k.as_ref()).ok()))
+            .map(MessageId)
+            .take(limit)
+            .collect()
+    }
+
     /// Number of stored messages.
     pub fn len(&self) -> usize {
         self.messages.len()

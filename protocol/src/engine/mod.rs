@@ -697,7 +697,7 @@ impl Engine {
         self.charter.as_ref().ok_or(Refusal::Pending(Dependency::Charter))
     }
 
-    fn proposal(&self, id: &ProposalId) -> Result<&ProposalState, Refusal> {
+    fn known_proposal(&self, id: &ProposalId) -> Result<&ProposalState, Refusal> {
         self.proposals.get(id).ok_or(Refusal::Pending(Dependency::Proposal(*id)))
     }
 
@@ -839,7 +839,7 @@ impl Engine {
             }
             Payload::Revision(r) => {
                 self.check_federation(&r.federation)?;
-                let p = self.proposal(&r.proposal)?;
+                let p = self.known_proposal(&r.proposal)?;
                 if author != p.author {
                     return Err(Refusal::NotProposer);
                 }
@@ -872,7 +872,7 @@ impl Engine {
             }
             Payload::Sponsor(s) => {
                 self.check_federation(&s.federation)?;
-                let p = self.proposal(&s.proposal)?;
+                let p = self.known_proposal(&s.proposal)?;
                 if author == p.author {
                     return Err(Refusal::SelfReference);
                 }
@@ -885,7 +885,7 @@ impl Engine {
             }
             Payload::Withdraw(w) => {
                 self.check_federation(&w.federation)?;
-                let p = self.proposal(&w.proposal)?;
+                let p = self.known_proposal(&w.proposal)?;
                 if author != p.author {
                     return Err(Refusal::NotProposer);
                 }
@@ -896,7 +896,7 @@ impl Engine {
             }
             Payload::Comment(c) => {
                 self.check_federation(&c.federation)?;
-                let p = self.proposal(&c.proposal)?;
+                let p = self.known_proposal(&c.proposal)?;
                 let member = self.member_of(p, &author)?;
                 if c.kind == CommentKind::Summary
                     && author != p.author
@@ -925,7 +925,7 @@ impl Engine {
             }
             Payload::Vote(v) => {
                 self.check_federation(&v.federation)?;
-                let p = self.proposal(&v.proposal)?;
+                let p = self.known_proposal(&v.proposal)?;
                 if p.config.secret {
                     return Err(Refusal::SecretBallot);
                 }
@@ -947,7 +947,7 @@ impl Engine {
             }
             Payload::VoteCommit(v) => {
                 self.check_federation(&v.federation)?;
-                let p = self.proposal(&v.proposal)?;
+                let p = self.known_proposal(&v.proposal)?;
                 if !p.config.secret {
                     return Err(Refusal::NotSecret);
                 }
@@ -963,7 +963,7 @@ impl Engine {
             }
             Payload::VoteReveal(v) => {
                 self.check_federation(&v.federation)?;
-                let p = self.proposal(&v.proposal)?;
+                let p = self.known_proposal(&v.proposal)?;
                 if !p.config.secret {
                     return Err(Refusal::NotSecret);
                 }
@@ -1001,7 +1001,7 @@ impl Engine {
             Payload::TallyAttestation(a) => {
                 self.check_federation(&a.federation)?;
                 let grace = self.charter.as_ref().map_or(0, |c| c.timing.grace_ms);
-                let p = self.proposal(&a.proposal)?;
+                let p = self.known_proposal(&a.proposal)?;
                 self.eligible_voter(p, &author)?;
                 // A static bound (independent of which votes have arrived): the earliest moment
                 // voting can close, plus grace.
@@ -1413,6 +1413,13 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// A known proposal: its author, its body, the revision in force and its voting
+    /// configuration.
+    pub fn proposal(&self, id: &ProposalId) -> Option<(PublicKey, &Proposal, u32, &VotingConfig)> {
+        let p = self.proposals.get(id)?;
+        Some((p.author, &p.body, p.current_revision(), &p.config))
     }
 
     /// Ids of known proposals.

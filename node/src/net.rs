@@ -1,0 +1,168 @@
+//! The libp2p side of the node: behaviours, the swarm, and the sync protocol's messages.
+
+use std::time::Duration;
+
+use kos_protocol::MessageId;
+use libp2p::{
+    StreamProtocol, Swarm, gossipsub, identify, identity::Keypair, kad, noise, ping,
+    request_response, swarm::NetworkBehaviour, tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sha2::{Digest as _, Sha256};
+
+/// The Kademlia protocol name: private to kOS.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/kad/1.0.0");
+/// The anti-entropy sync protocol.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/sync/1.0.0");
+/// The identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/kos/id/1.0.0";
+/// Largest gossip message: one envelope plus gossipsub's framing.
+pub const MAX_TRANSMIT: usize = 64 * 1024;
+/// Most ids in one inventory page.
+pub const INVENTORY_PAGE: usize = 2048;
+/// Most messages requested in one fetch.
+pub const FETCH_BATCH: usize = 128;
+/// Most bytes of envelopes in one fetch response.
+pub const FETCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// The gossip topic of a federation's governance messages.
+pub fn topic(federation: &MessageId) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("kos/{federation}/gov"))
+}
+
+/// A sync request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// The peer's count and Merkle root of message ids for a federation.
+    Summary {
+        /// The federation.
+        federation: MessageId,
+    },
+    /// A page of the peer's message ids, ascending, after `after`.
+    Inventory {
+        /// The federation.
+        federation: MessageId,
+        /// Start after this id.
+        after: Option<MessageId>,
+    },
+    /// The envelopes with these ids (at most [`FETCH_BATCH`]).
+    Fetch {
+        /// Ids wanted.
+        ids: Vec<MessageId>,
+    },
+}
+
+/// A sync response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Count and root.
+    Summary {
+        /// Number of messages.
+        count: u64,
+        /// Merkle root over their ids.
+        root: kos_protocol::Digest,
+    },
+    /// A page of ids.
+    Inventory {
+        /// Ids, ascending.
+        ids: Vec<MessageId>,
+        /// Whether more follow.
+        more: bool,
+    },
+    /// Envelopes (exact bytes).
+    Messages {
+        /// The envelopes found.
+        envelopes: Vec<ByteBuf>,
+    },
+    /// The peer does not follow that federation.
+    Unknown,
+}
+
+/// The node's network behaviour.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Gossip of governance messages.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Peer discovery.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Peer information (listen addresses feed Kademlia).
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Anti-entropy sync.
+    pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    /// Connection limits.
+    pub limits: libp2p::connection_limits::Behaviour,
+}
+
+/// Builds the swarm for `key`.
+pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_dns()?
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(MAX_TRANSMIT)
+                .mesh_n_low(1)
+                .mesh_n(3)
+                .mesh_n_high(6)
+                .mesh_outbound_min(0)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(Sha256::digest(&m.data).to_vec())
+                })
+                .build()
+                .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            gossipsub
+                .with_peer_score(
+                    gossipsub::PeerScoreParams::default(),
+                    gossipsub::PeerScoreThresholds::default(),
+                )
+                .map_err(|e| anyhow::anyhow!("gossipsub scoring: {e}"))?;
+            let peer_id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(KAD_PROTOCOL),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let sync = request_response::cbor::Behaviour::with_codec(
+                request_response::cbor::codec::Codec::default()
+                    .set_request_size_maximum(64 * 1024)
+                    .set_response_size_maximum(4 * 1024 * 1024),
+                [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            );
+            let limits = libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(max_connections))
+                    .with_max_established_per_peer(Some(2))
+                    .with_max_pending_incoming(Some(max_connections)),
+            );
+            Ok(Behaviour {
+                gossipsub,
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                sync,
+                limits,
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,517 @@
+//! The node: shared state (identity, store, engine) and the event loop around the swarm.
+//!
+//! The governance logic is `kos_protocol::engine`; this module only moves messages between the
+//! network, the store and the engine, and performs the engine's effects.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use kos_protocol::{
+    Message, MessageId, Payload, SecretKey,
+    engine::{Effect, Engine, Origin, Step, Verdict, merkle_root},
+    payload::FederationId,
+};
+use kos_storage::Store;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, gossipsub, identify, kad, request_response, swarm::SwarmEvent,
+};
+use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::net::{
+    self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, SyncRequest,
+    SyncResponse,
+};
+
+/// Bound of the channel from the API to the event loop.
+pub const COMMAND_QUEUE: usize = 256;
+
+/// Milliseconds since the Unix epoch: the only clock of the node.
+#[allow(clippy::disallowed_methods)] // the shell reads the clock and passes `now` to the core
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Node settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Control API address (loopback).
+    pub api: SocketAddr,
+    /// Peers to dial at start.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Interval of periodic anti-entropy.
+    pub sync_interval: Duration,
+    /// Most established connections.
+    pub max_connections: u32,
+}
+
+/// State shared by the API and the event loop.
+pub struct State {
+    /// The node's identity.
+    pub key: SecretKey,
+    /// The store.
+    pub store: Store,
+    /// The engine of the federation this node follows.
+    pub engine: Option<Engine>,
+    /// Next author sequence number.
+    seq: u64,
+    /// Connected peers.
+    pub peers: Vec<PeerId>,
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("peers", &self.peers.len()).finish_non_exhaustive()
+    }
+}
+
+/// Commands from the API to the event loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Publish these envelope bytes on the federation's topic.
+    Publish(Vec<u8>),
+    /// Dial an address.
+    Dial(Multiaddr),
+    /// Close connections to a peer.
+    Disconnect(PeerId),
+    /// Start following a federation (subscribe, sync).
+    Follow(FederationId),
+}
+
+/// A handle on the running node.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    /// Shared state.
+    pub state: Arc<Mutex<State>>,
+    /// Commands to the event loop.
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Locks the shared state.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl State {
+    /// Signs `payload` with the node key, applies it locally, stores and flushes it. Returns
+    /// the message for publishing. Refused messages change nothing.
+    pub fn create(
+        &mut self,
+        payload: Payload,
+        target: Option<kos_protocol::Address>,
+    ) -> anyhow::Result<Message> {
+        let now = now_ms();
+        let msg = Message::sign(&self.key, self.seq + 1, now, target, payload)?;
+        let engine = self.engine.as_mut().context("this node follows no federation")?;
+        let me = self.key.public();
+        let step = engine.handle(&msg, Origin::Local, now, Some(&me));
+        if let Some(r) = &step.refusal
+            && !matches!(r, kos_protocol::engine::Refusal::Pending(_))
+        {
+            bail!("refused: {r}");
+        }
+        self.seq += 1;
+        self.store.set_meta("seq", &self.seq.to_be_bytes())?;
+        self.store.insert(&msg)?;
+        self.store.audit(now, &format!("created {} {}", msg.kind(), msg.id()))?;
+        // Durable before the command that created it reports success.
+        self.store.flush()?;
+        Ok(msg)
+    }
+
+    /// Applies a message from the network; stores it if accepted or held.
+    fn receive(&mut self, msg: &Message, origin: Origin) -> Option<Step> {
+        let now = now_ms();
+        let me = self.key.public();
+        let engine = self.engine.as_mut()?;
+        let step = engine.handle(msg, origin, now, Some(&me));
+        let keep = step.effects.iter().any(|e| matches!(e, Effect::Persist(_) | Effect::Hold(..)));
+        if keep && let Err(e) = self.store.insert(msg) {
+            warn!("store: {e}");
+        }
+        if step.verdict == Verdict::Reject {
+            let _ = self
+                .store
+                .audit(now, &format!("rejected {} from network: {:?}", msg.id(), step.refusal));
+        }
+        Some(step)
+    }
+
+    /// Attestations the engine asks this node to sign now.
+    fn due_attestations(&mut self) -> Vec<Message> {
+        let now = now_ms();
+        let me = self.key.public();
+        let due = match &self.engine {
+            Some(e) => e.attestations_due(&me, now),
+            None => return Vec::new(),
+        };
+        due.into_iter()
+            .filter_map(|a| match self.create(Payload::TallyAttestation(a), None) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!("attestation: {e:#}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Count and Merkle root of all stored message ids.
+    fn summary(&self) -> (u64, kos_protocol::Digest) {
+        let ids: Vec<MessageId> = self.store.ids();
+        (ids.len() as u64, merkle_root(&ids))
+    }
+}
+
+/// Opens the store, rebuilds the engine from it, and returns the shared state.
+pub fn open_state(key: SecretKey, data_dir: &std::path::Path) -> anyhow::Result<State> {
+    let store = Store::open(&data_dir.join("store"))
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let seq =
+        store.meta("seq")?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+    let federation = store.meta("federation")?.and_then(|v| <[u8; 32]>::try_from(v).ok());
+    let mut engine = federation.map(|f| Engine::new(MessageId(f)));
+    if let Some(engine) = engine.as_mut() {
+        let now = now_ms();
+        let mut n = 0usize;
+        for m in store.messages() {
+            let m = m?;
+            let _ = engine.apply(&m, Origin::Sync, now);
+            n += 1;
+        }
+        info!(messages = n, "rebuilt state from the store");
+    }
+    store.audit(now_ms(), "node started")?;
+    Ok(State { key, store, engine, seq, peers: Vec::new(), listen: Vec::new() })
+}
+
+/// Runs the event loop until the process ends.
+pub async fn run(
+    settings: Settings,
+    handle: Handle,
+    mut commands: mpsc::Receiver<Command>,
+) -> anyhow::Result<()> {
+    let key = handle.lock().key.to_libp2p();
+    let mut swarm = net::build(key, settings.max_connections)?;
+    for addr in &settings.listen {
+        swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    let federation = handle.lock().engine.as_ref().map(Engine::federation);
+    if let Some(f) = federation {
+        swarm.behaviour_mut().gossipsub.subscribe(&net::topic(&f))?;
+    }
+    // Known peers from earlier runs, then the bootstrap peers.
+    let known = handle.lock().store.peers()?;
+    for (peer, addrs) in known {
+        if let Ok(peer) = peer.parse::<PeerId>() {
+            for a in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+                let _ = swarm.dial(a);
+            }
+        }
+    }
+    for addr in &settings.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!("bootstrap {addr}: {e}");
+        }
+    }
+    let mut loop_state = Loop { handle: handle.clone(), pending: HashMap::new() };
+    let mut sync_timer = tokio::time::interval(settings.sync_interval);
+    let mut wake = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            event = swarm.select_next_some() => loop_state.on_swarm_event(&mut swarm, event),
+            Some(cmd) = commands.recv() => loop_state.on_command(&mut swarm, cmd),
+            _ = sync_timer.tick() => {
+                let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                for p in peers {
+                    loop_state.start_sync(&mut swarm, p);
+                }
+                let _ = swarm.behaviour_mut().kad.bootstrap();
+                if let Err(e) = handle.lock().store.flush() {
+                    warn!("flush: {e}");
+                }
+            }
+            _ = wake.tick() => {
+                // Time-driven transitions: executions falling due, attestations to sign.
+                let msgs = {
+                    let mut st = handle.lock();
+                    if let Some(e) = st.engine.as_mut() {
+                        e.tick(now_ms());
+                    }
+                    st.due_attestations()
+                };
+                for m in msgs {
+                    loop_state.publish(&mut swarm, m.bytes().to_vec());
+                }
+            }
+        }
+    }
+}
+
+struct Loop {
+    handle: Handle,
+    /// Outstanding inventory requests: which federation they page through.
+    pending: HashMap<request_response::OutboundRequestId, FederationId>,
+}
+
+impl Loop {
+    fn federation(&self) -> Option<FederationId> {
+        self.handle.lock().engine.as_ref().map(Engine::federation)
+    }
+
+    fn publish(&mut self, swarm: &mut Swarm<Behaviour>, bytes: Vec<u8>) {
+        let Some(f) = self.federation() else { return };
+        match swarm.behaviour_mut().gossipsub.publish(net::topic(&f), bytes) {
+            Ok(_) => {}
+            // Normal situations: nobody subscribed yet (sync will deliver), or already sent.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => warn!("publish: {e}"),
+        }
+    }
+
+    fn start_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        if let Some(federation) = self.federation() {
+            swarm.behaviour_mut().sync.send_request(&peer, SyncRequest::Summary { federation });
+        }
+    }
+
+    fn on_command(&mut self, swarm: &mut Swarm<Behaviour>, cmd: Command) {
+        match cmd {
+            Command::Publish(bytes) => self.publish(swarm, bytes),
+            Command::Dial(addr) => {
+                if let Err(e) = swarm.dial(addr.clone()) {
+                    warn!("dial {addr}: {e}");
+                }
+            }
+            Command::Disconnect(peer) => {
+                let _ = swarm.disconnect_peer_id(peer);
+            }
+            Command::Follow(f) => {
+                if let Err(e) = swarm.behaviour_mut().gossipsub.subscribe(&net::topic(&f)) {
+                    warn!("subscribe: {e}");
+                }
+                let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                for p in peers {
+                    self.start_sync(swarm, p);
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.handle.lock().listen.push(address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                debug!(%peer_id, "connected");
+                {
+                    let mut st = self.handle.lock();
+                    if !st.peers.contains(&peer_id) {
+                        st.peers.push(peer_id);
+                    }
+                    if endpoint.is_dialer() {
+                        let addr = endpoint.get_remote_address().to_string();
+                        let _ = st.store.put_peer(&peer_id.to_string(), &[addr]);
+                    }
+                }
+                self.start_sync(swarm, peer_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.handle.lock().peers.retain(|p| *p != peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let acceptance = self.on_gossip(swarm, &message.data);
+                swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let response = self.answer(request);
+                    let _ = swarm.behaviour_mut().sync.send_response(channel, response);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.on_sync_response(swarm, peer, request_id, response);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) => {
+                debug!(%peer, "routing updated");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        data: &[u8],
+    ) -> gossipsub::MessageAcceptance {
+        let msg = match Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!("malformed gossip: {e}");
+                let _ = self
+                    .handle
+                    .lock()
+                    .store
+                    .audit(now_ms(), &format!("rejected malformed gossip: {e}"));
+                return gossipsub::MessageAcceptance::Reject;
+            }
+        };
+        let (step, due) = {
+            let mut st = self.handle.lock();
+            let step = st.receive(&msg, Origin::Gossip);
+            let due = st.due_attestations();
+            (step, due)
+        };
+        for m in due {
+            self.publish(swarm, m.bytes().to_vec());
+        }
+        match step.map(|s| s.verdict) {
+            Some(Verdict::Accept) => gossipsub::MessageAcceptance::Accept,
+            Some(Verdict::Reject) => gossipsub::MessageAcceptance::Reject,
+            Some(Verdict::Ignore) | None => gossipsub::MessageAcceptance::Ignore,
+        }
+    }
+
+    fn answer(&self, request: SyncRequest) -> SyncResponse {
+        let st = self.handle.lock();
+        let follows = |f: &FederationId| st.engine.as_ref().is_some_and(|e| e.federation() == *f);
+        match request {
+            SyncRequest::Summary { federation } if follows(&federation) => {
+                let (count, root) = st.summary();
+                SyncResponse::Summary { count, root }
+            }
+            SyncRequest::Inventory { federation, after } if follows(&federation) => {
+                let ids = st.store.ids_after(after.as_ref(), INVENTORY_PAGE + 1);
+                let more = ids.len() > INVENTORY_PAGE;
+                SyncResponse::Inventory {
+                    ids: ids.into_iter().take(INVENTORY_PAGE).collect(),
+                    more,
+                }
+            }
+            SyncRequest::Fetch { ids } => {
+                let mut envelopes = Vec::new();
+                let mut bytes = 0;
+                for id in ids.iter().take(FETCH_BATCH) {
+                    if let Ok(Some(m)) = st.store.get(id) {
+                        bytes += m.bytes().len();
+                        if bytes > FETCH_BYTES {
+                            break;
+                        }
+                        envelopes.push(ByteBuf::from(m.bytes().to_vec()));
+                    }
+                }
+                SyncResponse::Messages { envelopes }
+            }
+            _ => SyncResponse::Unknown,
+        }
+    }
+
+    fn on_sync_response(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        request_id: request_response::OutboundRequestId,
+        response: SyncResponse,
+    ) {
+        let Some(federation) = self.federation() else { return };
+        match response {
+            SyncResponse::Summary { count, root } => {
+                if (count, root) != self.handle.lock().summary() {
+                    let id = swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, SyncRequest::Inventory { federation, after: None });
+                    self.pending.insert(id, federation);
+                }
+            }
+            SyncResponse::Inventory { ids, more } => {
+                self.pending.remove(&request_id);
+                let missing: Vec<MessageId> = {
+                    let st = self.handle.lock();
+                    ids.iter()
+                        .filter(|id| !st.store.contains(id).unwrap_or(true))
+                        .copied()
+                        .collect()
+                };
+                for chunk in missing.chunks(FETCH_BATCH) {
+                    swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, SyncRequest::Fetch { ids: chunk.to_vec() });
+                }
+                if more {
+                    let after = ids.last().copied();
+                    let id = swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, SyncRequest::Inventory { federation, after });
+                    self.pending.insert(id, federation);
+                }
+            }
+            SyncResponse::Messages { envelopes } => {
+                let due = {
+                    let mut st = self.handle.lock();
+                    for bytes in envelopes {
+                        match Message::decode(&bytes) {
+                            Ok(m) => {
+                                st.receive(&m, Origin::Sync);
+                            }
+                            Err(e) => debug!(%peer, "bad envelope from sync: {e}"),
+                        }
+                    }
+                    st.due_attestations()
+                };
+                for m in due {
+                    self.publish(swarm, m.bytes().to_vec());
+                }
+            }
+            SyncResponse::Unknown => {}
+        }
+    }
+}
