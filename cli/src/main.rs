@@ -140,6 +140,16 @@ enum Command {
         /// Peer id.
         peer: String,
     },
+    /// Refuse a peer's connections (and drop the current ones).
+    Block {
+        /// Peer id.
+        peer: String,
+    },
+    /// Accept a blocked peer again.
+    Unblock {
+        /// Peer id.
+        peer: String,
+    },
     /// Set this node's local trust in a peer or agent.
     Trust {
         /// `peer://…`, `agent://…` or `klp://…`.
@@ -267,6 +277,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Disconnect { peer } => {
             show(api()?.post("/v1/disconnect", serde_json::json!({"peer": peer}))?)
+        }
+        Command::Block { peer } => {
+            show(api()?.post("/v1/block", serde_json::json!({"peer": peer}))?)
+        }
+        Command::Unblock { peer } => {
+            show(api()?.post("/v1/unblock", serde_json::json!({"peer": peer}))?)
         }
         Command::Trust { target, level } => {
             show(api()?.post("/v1/trust", serde_json::json!({"target": target, "level": level}))?)

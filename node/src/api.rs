@@ -75,6 +75,8 @@ pub async fn serve(
         .route("/v1/peers", get(peers))
         .route("/v1/connect", post(connect))
         .route("/v1/disconnect", post(disconnect))
+        .route("/v1/block", post(block))
+        .route("/v1/unblock", post(unblock))
         .route("/v1/trust", post(trust))
         .route("/v1/federation", get(federation_show))
         .route("/v1/federation/create", post(federation_create))
@@ -168,6 +170,8 @@ async fn peers(AxState(ctx): AxState<Ctx>) -> ApiResult {
     let known = st.store.peers().map_err(|e| bad(e.to_string()))?;
     Ok(Json(json!({
         "connected": st.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "scores": st.scores.iter().map(|(p, s)| json!({"peer_id": p.to_string(), "score": s})).collect::<Vec<_>>(),
+        "blocked": st.blocked.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "known": known.into_iter().map(|(p, a)| json!({"peer_id": p, "addrs": a})).collect::<Vec<_>>(),
     })))
 }
@@ -213,6 +217,35 @@ async fn disconnect(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> Api
         .await
         .map_err(|_| bad("node is shutting down"))?;
     Ok(Json(json!({ "disconnected": peer.to_string() })))
+}
+
+fn peer_of(s: &str) -> Result<libp2p::PeerId, ApiError> {
+    s.trim_start_matches("peer://").parse().map_err(|_| bad(format!("invalid peer id: {s}")))
+}
+
+async fn block(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
+    let peer = peer_of(&req.peer)?;
+    ctx.handle
+        .commands
+        .send(Command::Block(peer))
+        .await
+        .map_err(|_| bad("node is shutting down"))?;
+    ctx.handle
+        .commands
+        .send(Command::Disconnect(peer))
+        .await
+        .map_err(|_| bad("node is shutting down"))?;
+    Ok(Json(json!({ "blocked": peer.to_string() })))
+}
+
+async fn unblock(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
+    let peer = peer_of(&req.peer)?;
+    ctx.handle
+        .commands
+        .send(Command::Unblock(peer))
+        .await
+        .map_err(|_| bad("node is shutting down"))?;
+    Ok(Json(json!({ "unblocked": peer.to_string() })))
 }
 
 #[derive(Deserialize)]

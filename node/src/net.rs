@@ -94,6 +94,8 @@ pub struct Behaviour {
     pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
     /// Connection limits.
     pub limits: libp2p::connection_limits::Behaviour,
+    /// Peers this node refuses to talk to (operator blocks and the immune system).
+    pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
 }
 
 /// Builds the swarm for `key`.
@@ -159,6 +161,7 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
                 ping: ping::Behaviour::default(),
                 sync,
                 limits,
+                blocked: Default::default(),
             })
         })
         .map_err(|e| anyhow::anyhow!("behaviour: {e}"))?

@@ -31,6 +31,9 @@ use crate::net::{
     SyncResponse,
 };
 
+/// Discovered peers are dialed while fewer than this many are connected.
+pub const DIAL_TARGET: usize = 16;
+
 /// Bound of the channel from the API to the event loop.
 pub const COMMAND_QUEUE: usize = 256;
 
@@ -71,6 +74,10 @@ pub struct State {
     pub peers: Vec<PeerId>,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
+    /// Gossipsub scores of connected peers (refreshed every sync round).
+    pub scores: Vec<(PeerId, f64)>,
+    /// Blocked peers.
+    pub blocked: Vec<PeerId>,
 }
 
 impl std::fmt::Debug for State {
@@ -90,6 +97,10 @@ pub enum Command {
     Disconnect(PeerId),
     /// Start following a federation (subscribe, sync).
     Follow(FederationId),
+    /// Refuse a peer's connections and drop the current ones.
+    Block(PeerId),
+    /// Accept a peer again.
+    Unblock(PeerId),
 }
 
 /// A handle on the running node.
@@ -201,7 +212,16 @@ pub fn open_state(key: SecretKey, data_dir: &std::path::Path) -> anyhow::Result<
         info!(messages = n, "rebuilt state from the store");
     }
     store.audit(now_ms(), "node started")?;
-    Ok(State { key, store, engine, seq, peers: Vec::new(), listen: Vec::new() })
+    Ok(State {
+        key,
+        store,
+        engine,
+        seq,
+        peers: Vec::new(),
+        listen: Vec::new(),
+        scores: Vec::new(),
+        blocked: Vec::new(),
+    })
 }
 
 /// Runs the event loop until the process ends.
@@ -247,7 +267,13 @@ pub async fn run(
                     loop_state.start_sync(&mut swarm, p);
                 }
                 let _ = swarm.behaviour_mut().kad.bootstrap();
-                if let Err(e) = handle.lock().store.flush() {
+                let scores: Vec<(PeerId, f64)> = swarm
+                    .connected_peers()
+                    .filter_map(|p| swarm.behaviour().gossipsub.peer_score(p).map(|s| (*p, s)))
+                    .collect();
+                let mut st = handle.lock();
+                st.scores = scores;
+                if let Err(e) = st.store.flush() {
                     warn!("flush: {e}");
                 }
             }
@@ -306,6 +332,20 @@ impl Loop {
             }
             Command::Disconnect(peer) => {
                 let _ = swarm.disconnect_peer_id(peer);
+            }
+            Command::Block(peer) => {
+                swarm.behaviour_mut().blocked.block_peer(peer);
+                let mut st = self.handle.lock();
+                if !st.blocked.contains(&peer) {
+                    st.blocked.push(peer);
+                }
+                let _ = st.store.audit(now_ms(), &format!("blocked peer {peer}"));
+            }
+            Command::Unblock(peer) => {
+                swarm.behaviour_mut().blocked.unblock_peer(peer);
+                let mut st = self.handle.lock();
+                st.blocked.retain(|p| *p != peer);
+                let _ = st.store.audit(now_ms(), &format!("unblocked peer {peer}"));
             }
             Command::Follow(f) => {
                 if let Err(e) = swarm.behaviour_mut().gossipsub.subscribe(&net::topic(&f)) {
@@ -379,7 +419,13 @@ impl Loop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, ..
             })) => {
-                debug!(%peer, "routing updated");
+                // Keep a small mesh: dial peers that discovery finds, up to a bound.
+                let connected = swarm.connected_peers().count();
+                let blocked = self.handle.lock().blocked.contains(&peer);
+                if !blocked && !swarm.is_connected(&peer) && connected < DIAL_TARGET {
+                    debug!(%peer, "dialing a discovered peer");
+                    let _ = swarm.dial(peer);
+                }
             }
             _ => {}
         }

@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // liveness deadlines for polling real processes
 //! Helpers for the end-to-end tests: they run the real `kosd` and `kosctl` binaries.
 //!
 //! The binaries are built once per test process with the same cargo and profile that runs the
@@ -97,4 +98,115 @@ pub fn run_with_input(name: &str, args: &[&str], input: &[u8]) -> Run {
         .expect("spawn");
     child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
     child.wait_with_output().expect("wait").into()
+}
+
+/// A running `kosd` with its own data directory, on loopback with ephemeral ports.
+#[derive(Debug)]
+pub struct Node {
+    /// Data directory.
+    pub dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, for at most `secs` seconds; panics with
+/// `what` otherwise. A deadline for liveness, not a performance assertion.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+impl Node {
+    /// Starts a node in `dir` (created with a development identity if new).
+    pub fn start(dir: PathBuf) -> Node {
+        let _ = std::fs::remove_file(dir.join("api.addr"));
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(bin("kosd"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "run",
+                "--insecure-plain-key",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--api",
+                "127.0.0.1:0",
+                "--sync-interval-secs",
+                "1",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kosd");
+        let node = Node { dir, child: Some(child) };
+        wait_for(30, "the control API", || node.dir.join("api.addr").exists().then_some(()));
+        wait_for(30, "a listen address", || {
+            node.status()["listen"].as_array().filter(|a| !a.is_empty()).map(|_| ())
+        });
+        node
+    }
+
+    /// Runs `kosctl --data-dir DIR ARGS… --json`.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(bin("kosctl"));
+        cmd.arg("--data-dir").arg(&self.dir).args(args).arg("--json");
+        cmd.stdin(std::process::Stdio::null()).output().expect("kosctl").into()
+    }
+
+    /// `kosctl … --json` that must succeed, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ctl(args).ok();
+        serde_json::from_str(&out).expect("kosctl prints JSON")
+    }
+
+    /// `kosctl status`.
+    pub fn status(&self) -> serde_json::Value {
+        self.json(&["status"])
+    }
+
+    /// A multiaddr other nodes can bootstrap from.
+    pub fn bootstrap_addr(&self) -> String {
+        let s = self.status();
+        format!(
+            "{}/p2p/{}",
+            s["listen"][0].as_str().expect("listen address"),
+            s["peer_id"].as_str().expect("peer id")
+        )
+    }
+
+    /// The node's did:key.
+    pub fn did(&self) -> String {
+        self.status()["did"].as_str().expect("did").to_owned()
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> String {
+        self.status()["peer_id"].as_str().expect("peer id").to_owned()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,286 @@
+//! Real `kosd` processes on loopback with real sled stores, driven by `kosctl` exactly as the
+//! README's quickstart does.
+
+use kos_tests::{Node, wait_for};
+use serde_json::Value;
+
+fn id_of(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}")).to_owned()
+}
+
+/// Founds a federation on `a` with `others` as trusted members; the others join through `a`.
+fn federation(a: &Node, others: &[&Node]) -> String {
+    let mut args = vec!["federation", "create", "test", "--dev-timing"];
+    let members: Vec<String> = others.iter().map(|n| format!("{}=trusted", n.did())).collect();
+    for m in &members {
+        args.extend(["--member", m.as_str()]);
+    }
+    let fed = id_of(&a.json(&args), "federation");
+    let boot = a.bootstrap_addr();
+    for n in others {
+        n.json(&["federation", "join", &fed, "--bootstrap", &boot]);
+    }
+    for n in others {
+        wait_for(60, "the charter to sync", || {
+            (n.json(&["federation", "show"])["synced"] == Value::Bool(true)).then_some(())
+        });
+    }
+    fed
+}
+
+fn tally(n: &Node, p: &str) -> Value {
+    n.json(&["tally", p])
+}
+
+fn executed(n: &Node, p: &str) -> Option<Value> {
+    let t = tally(n, p);
+    (t["status"] == "executed").then_some(t)
+}
+
+#[test]
+fn three_nodes_vote_reach_final_and_execute_and_a_late_joiner_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    let fed = federation(&a, &[&b, &c]);
+
+    let p = id_of(
+        &a.json(&[
+            "propose",
+            "--kind",
+            "configuration",
+            "--title",
+            "Raise the relay quota",
+            "--description",
+            "Doubles it.",
+            "--key",
+            "relay.quota",
+            "--value",
+            "120",
+            "--discussion-secs",
+            "2",
+            "--voting-secs",
+            "6",
+        ]),
+        "id",
+    );
+    // B and C see the proposal, then vote when voting opens.
+    for n in [&b, &c] {
+        wait_for(60, "the proposal on every node", || {
+            (n.ctl(&["show", &p]).code == Some(0)).then_some(())
+        });
+    }
+    wait_for(60, "voting to open", || (a.json(&["show", &p])["status"] == "voting").then_some(()));
+    b.json(&["vote", &p, "yes", "--reason", "more headroom"]);
+    c.json(&["vote", &p, "yes"]);
+
+    // All three: the same tally, FINAL, executed, the configuration changed.
+    let results: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|n| wait_for(90, "execution on every node", || executed(n, &p)))
+        .collect();
+    for r in &results {
+        assert_eq!(r["tally"], results[0]["tally"]);
+        assert_eq!(r["final"]["outcome"], "approved");
+        assert_eq!(r["final"]["votes_root"], results[0]["tally"]["votes_root"]);
+        assert_eq!(r["execution"]["result"], "ok");
+    }
+    // Trust weights: A core 5, B and C trusted 3 each; yes = 6 of 11 eligible.
+    assert_eq!(results[0]["tally"]["totals"], serde_json::json!([6000, 0, 0, 0]));
+    assert_eq!(results[0]["tally"]["counted"], 2);
+    for n in [&a, &b, &c] {
+        assert_eq!(n.status()["config"]["relay.quota"], "120");
+    }
+    let hash = wait_for(30, "equal state hashes", || {
+        let h: Vec<Value> = [&a, &b, &c].iter().map(|n| n.status()["state_hash"].clone()).collect();
+        (h[0] == h[1] && h[1] == h[2]).then(|| h[0].clone())
+    });
+
+    // A fourth node, started after everything, catches up through sync.
+    let d = Node::start(dir.path().join("d"));
+    d.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    wait_for(90, "the late joiner to converge", || {
+        (d.status()["state_hash"] == hash).then_some(())
+    });
+    let t = tally(&d, &p);
+    assert_eq!(t["status"], "executed");
+    assert_eq!(t["tally"], results[0]["tally"]);
+    // The audit log of every node verifies.
+    for n in [&a, &b, &c, &d] {
+        assert_eq!(n.json(&["audit", "verify"])["ok"], true);
+    }
+}
+
+#[test]
+fn a_killed_node_restarts_from_its_store_with_its_acknowledged_vote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let mut b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    federation(&a, &[&b, &c]);
+    let p = id_of(
+        &a.json(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            "Buy disks",
+            "--description",
+            "More storage.",
+            "--discussion-secs",
+            "2",
+            "--voting-secs",
+            "10",
+        ]),
+        "id",
+    );
+    wait_for(60, "the proposal on B", || (b.ctl(&["show", &p]).code == Some(0)).then_some(()));
+    wait_for(60, "voting to open", || (b.json(&["show", &p])["status"] == "voting").then_some(()));
+    let vote = id_of(&b.json(&["vote", &p, "no"]), "id");
+    // SIGKILL right after the acknowledgement: no graceful shutdown.
+    b.kill();
+    let b = Node::start(dir.path().join("b"));
+    // The vote is in B's rebuilt state before any peer could have sent it back.
+    let t = tally(&b, &p);
+    assert_eq!(t["tally"]["counted"], 1, "{t}");
+    assert_eq!(t["tally"]["totals"][1], 3000, "B's no (trusted, 3) is counted: {t}");
+    c.json(&["vote", &p, "yes"]);
+    // B redials its known peers and everyone converges.
+    let results: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|n| {
+            wait_for(90, "finality everywhere", || {
+                let t = tally(n, &p);
+                (t["final"].is_object() && t["tally"]["counted"] == 2).then_some(t)
+            })
+        })
+        .collect();
+    for r in &results {
+        assert_eq!(r["tally"], results[0]["tally"]);
+    }
+    let _ = vote;
+}
+
+#[test]
+fn a_partition_with_votes_on_both_sides_heals_to_identical_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    federation(&a, &[&b, &c]);
+    let p = id_of(
+        &a.json(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            "Split",
+            "--description",
+            "Partition test.",
+            "--discussion-secs",
+            "2",
+            "--voting-secs",
+            "12",
+        ]),
+        "id",
+    );
+    for n in [&b, &c] {
+        wait_for(60, "the proposal", || (n.ctl(&["show", &p]).code == Some(0)).then_some(()));
+    }
+    // B and C find each other through A (Kademlia) before the partition.
+    let (pa, pb, pc) = (a.peer_id(), b.peer_id(), c.peer_id());
+    wait_for(60, "B and C to discover each other", || {
+        b.status()["peers"].as_array().filter(|p| p.iter().any(|x| x == pc.as_str())).map(|_| ())
+    });
+    // {A} | {B, C}
+    a.json(&["block", &pb]);
+    a.json(&["block", &pc]);
+    b.json(&["block", &pa]);
+    c.json(&["block", &pa]);
+    wait_for(30, "A to be alone", || {
+        a.status()["peers"].as_array().filter(|p| p.is_empty()).map(|_| ())
+    });
+    wait_for(60, "voting to open", || (a.json(&["show", &p])["status"] == "voting").then_some(()));
+    a.json(&["vote", &p, "yes"]);
+    b.json(&["vote", &p, "no"]);
+    c.json(&["vote", &p, "no"]);
+    // While partitioned, the sides disagree.
+    wait_for(30, "B to count C's vote", || (tally(&b, &p)["tally"]["counted"] == 2).then_some(()));
+    assert_eq!(tally(&a, &p)["tally"]["counted"], 1);
+    assert_ne!(a.status()["state_hash"], b.status()["state_hash"]);
+    // Heal.
+    a.json(&["unblock", &pb]);
+    a.json(&["unblock", &pc]);
+    b.json(&["unblock", &pa]);
+    c.json(&["unblock", &pa]);
+    a.json(&["connect", &b.bootstrap_addr()]);
+    a.json(&["connect", &c.bootstrap_addr()]);
+    let results: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|n| {
+            wait_for(120, "finality after healing", || {
+                let t = tally(n, &p);
+                (t["final"].is_object() && t["tally"]["counted"] == 3).then_some(t)
+            })
+        })
+        .collect();
+    for r in &results {
+        assert_eq!(r["tally"], results[0]["tally"]);
+    }
+    // yes 5 (A), no 6 (B, C): rejected.
+    assert_eq!(results[0]["final"]["outcome"], "rejected");
+    wait_for(30, "identical state hashes", || {
+        let h: Vec<Value> = [&a, &b, &c].iter().map(|n| n.status()["state_hash"].clone()).collect();
+        (h[0] == h[1] && h[1] == h[2]).then_some(())
+    });
+}
+
+#[test]
+fn the_control_api_requires_its_token_and_stays_on_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let addr = std::fs::read_to_string(a.dir.join("api.addr")).expect("api.addr");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(a.dir.join("api.token")).expect("token").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Without a token, or with a wrong one: 401 and a one-line error from kosctl.
+    let raw = |auth: Option<&str>| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
+        let header = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET /v1/status HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    };
+    assert!(raw(None).starts_with("HTTP/1.1 401"));
+    assert!(raw(Some("nope")).starts_with("HTTP/1.1 401"));
+    let token = std::fs::read_to_string(a.dir.join("api.token")).expect("token");
+    assert!(raw(Some(token.trim())).starts_with("HTTP/1.1 200"));
+    let r = a.ctl(&["status", "--token", "wrong"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("missing or wrong bearer token"), "{r:?}");
+    // A non-loopback API address is refused at start.
+    let r = kos_tests::run(
+        "kosd",
+        &[
+            "--data-dir",
+            dir.path().join("x").to_str().expect("path"),
+            "run",
+            "--insecure-plain-key",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("only listens on loopback"), "{r:?}");
+}
