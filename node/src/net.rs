@@ -31,6 +31,30 @@ pub fn topic(federation: &MessageId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("kos/{federation}/gov"))
 }
 
+/// Subscribes to a federation's topic, with peer-scoring parameters that penalise invalid
+/// messages hard and do not punish the topic's low traffic.
+pub fn subscribe(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    federation: &MessageId,
+) -> anyhow::Result<()> {
+    let topic = topic(federation);
+    let params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        first_message_deliveries_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    };
+    let gs = &mut swarm.behaviour_mut().gossipsub;
+    gs.set_topic_params(topic.clone(), params)
+        .map_err(|e| anyhow::anyhow!("topic scoring: {e}"))?;
+    gs.subscribe(&topic)?;
+    Ok(())
+}
+
 /// A sync request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SyncRequest {

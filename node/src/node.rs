@@ -31,6 +31,13 @@ use crate::net::{
     SyncResponse,
 };
 
+/// Immune system: this many rejected messages from one peer within [`FAILURE_WINDOW_MS`]…
+pub const FAILURE_LIMIT: usize = 10;
+/// …within this window…
+pub const FAILURE_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// …block the peer for this long.
+pub const BLOCK_MS: u64 = 60 * 60 * 1000;
+
 /// Discovered peers are dialed while fewer than this many are connected.
 pub const DIAL_TARGET: usize = 16;
 
@@ -237,7 +244,7 @@ pub async fn run(
     }
     let federation = handle.lock().engine.as_ref().map(Engine::federation);
     if let Some(f) = federation {
-        swarm.behaviour_mut().gossipsub.subscribe(&net::topic(&f))?;
+        net::subscribe(&mut swarm, &f)?;
     }
     // Known peers from earlier runs, then the bootstrap peers.
     let known = handle.lock().store.peers()?;
@@ -254,7 +261,12 @@ pub async fn run(
             warn!("bootstrap {addr}: {e}");
         }
     }
-    let mut loop_state = Loop { handle: handle.clone(), pending: HashMap::new() };
+    let mut loop_state = Loop {
+        handle: handle.clone(),
+        pending: HashMap::new(),
+        failures: HashMap::new(),
+        blocked_until: HashMap::new(),
+    };
     let mut sync_timer = tokio::time::interval(settings.sync_interval);
     let mut wake = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -262,6 +274,7 @@ pub async fn run(
             event = swarm.select_next_some() => loop_state.on_swarm_event(&mut swarm, event),
             Some(cmd) = commands.recv() => loop_state.on_command(&mut swarm, cmd),
             _ = sync_timer.tick() => {
+                loop_state.expire_blocks(&mut swarm);
                 let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
                 for p in peers {
                     loop_state.start_sync(&mut swarm, p);
@@ -271,6 +284,14 @@ pub async fn run(
                     .connected_peers()
                     .filter_map(|p| swarm.behaviour().gossipsub.peer_score(p).map(|s| (*p, s)))
                     .collect();
+                // Peers whose gossip score fell below the graylist threshold (invalid messages
+                // weigh -100 each) are blocked for a time.
+                let graylist = gossipsub::PeerScoreThresholds::default().graylist_threshold;
+                for (peer, score) in &scores {
+                    if *score < graylist {
+                        loop_state.block(&mut swarm, *peer, &format!("gossip score {score:.0}"));
+                    }
+                }
                 let mut st = handle.lock();
                 st.scores = scores;
                 if let Err(e) = st.store.flush() {
@@ -298,9 +319,61 @@ struct Loop {
     handle: Handle,
     /// Outstanding inventory requests: which federation they page through.
     pending: HashMap<request_response::OutboundRequestId, FederationId>,
+    /// Recent rejected-message times per peer (the immune system's counter).
+    failures: HashMap<PeerId, Vec<u64>>,
+    /// Peers blocked by the immune system, and until when.
+    blocked_until: HashMap<PeerId, u64>,
 }
 
 impl Loop {
+    /// Counts a rejected message from `peer`; past the limit the peer is blocked for a time.
+    fn penalise(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, why: &str) {
+        let now = now_ms();
+        let times = self.failures.entry(peer).or_default();
+        times.retain(|t| now.saturating_sub(*t) < FAILURE_WINDOW_MS);
+        times.push(now);
+        if times.len() >= FAILURE_LIMIT {
+            let n = times.len();
+            self.block(swarm, peer, &format!("{n} rejected messages in 5 minutes ({why})"));
+        }
+    }
+
+    /// Immune system: blocks `peer` for [`BLOCK_MS`] and records why in the audit log.
+    fn block(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, why: &str) {
+        if self.blocked_until.contains_key(&peer) {
+            return;
+        }
+        let now = now_ms();
+        warn!(%peer, "blocking peer for 1 h: {why}");
+        swarm.behaviour_mut().blocked.block_peer(peer);
+        let _ = swarm.disconnect_peer_id(peer);
+        self.blocked_until.insert(peer, now + BLOCK_MS);
+        let mut st = self.handle.lock();
+        if !st.blocked.contains(&peer) {
+            st.blocked.push(peer);
+        }
+        let _ = st.store.audit(now, &format!("immune system blocked peer {peer} for 1 h: {why}"));
+    }
+
+    /// Lifts immune-system blocks whose time is up.
+    fn expire_blocks(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = now_ms();
+        let expired: Vec<PeerId> = self
+            .blocked_until
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.blocked_until.remove(&peer);
+            self.failures.remove(&peer);
+            swarm.behaviour_mut().blocked.unblock_peer(peer);
+            let mut st = self.handle.lock();
+            st.blocked.retain(|p| *p != peer);
+            let _ = st.store.audit(now, &format!("immune system unblocked peer {peer}"));
+        }
+    }
+
     fn federation(&self) -> Option<FederationId> {
         self.handle.lock().engine.as_ref().map(Engine::federation)
     }
@@ -348,8 +421,8 @@ impl Loop {
                 let _ = st.store.audit(now_ms(), &format!("unblocked peer {peer}"));
             }
             Command::Follow(f) => {
-                if let Err(e) = swarm.behaviour_mut().gossipsub.subscribe(&net::topic(&f)) {
-                    warn!("subscribe: {e}");
+                if let Err(e) = net::subscribe(swarm, &f) {
+                    warn!("subscribe: {e:#}");
                 }
                 let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
                 for p in peers {
@@ -397,11 +470,15 @@ impl Loop {
                 message,
             })) => {
                 let acceptance = self.on_gossip(swarm, &message.data);
+                let rejected = matches!(acceptance, gossipsub::MessageAcceptance::Reject);
                 swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
                     &propagation_source,
                     acceptance,
                 );
+                if rejected {
+                    self.penalise(swarm, propagation_source, "invalid gossip");
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                 peer,
@@ -541,18 +618,30 @@ impl Loop {
                 }
             }
             SyncResponse::Messages { envelopes } => {
+                let mut bad = 0;
                 let due = {
                     let mut st = self.handle.lock();
                     for bytes in envelopes {
                         match Message::decode(&bytes) {
                             Ok(m) => {
-                                st.receive(&m, Origin::Sync);
+                                if st
+                                    .receive(&m, Origin::Sync)
+                                    .is_some_and(|s| s.verdict == Verdict::Reject)
+                                {
+                                    bad += 1;
+                                }
                             }
-                            Err(e) => debug!(%peer, "bad envelope from sync: {e}"),
+                            Err(e) => {
+                                debug!(%peer, "bad envelope from sync: {e}");
+                                bad += 1;
+                            }
                         }
                     }
                     st.due_attestations()
                 };
+                for _ in 0..bad {
+                    self.penalise(swarm, peer, "invalid message in sync");
+                }
                 for m in due {
                     self.publish(swarm, m.bytes().to_vec());
                 }

@@ -1,0 +1,216 @@
+//! A raw libp2p peer publishes forged, malformed and replayed messages on a federation's topic.
+//! The node changes nothing it should not, and blocks the peer.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kos_protocol::{
+    Message, Payload, SecretKey,
+    payload::{Choice, Comment, CommentKind, MessageId, Vote},
+    vault::Vault,
+};
+use kos_tests::{Node, wait_for};
+use libp2p::{
+    Multiaddr, gossipsub, noise,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux,
+};
+use sha2::{Digest as _, Sha256};
+
+#[derive(NetworkBehaviour)]
+struct Raw {
+    gossipsub: gossipsub::Behaviour,
+}
+
+fn raw_swarm() -> libp2p::Swarm<Raw> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(Sha256::digest(&m.data).to_vec())
+                })
+                .build()
+                .expect("config");
+            Raw {
+                gossipsub: gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    config,
+                )
+                .expect("gossipsub"),
+            }
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Drives the swarm for a while (the node's answers, heartbeats).
+async fn pump(swarm: &mut libp2p::Swarm<Raw>, ms: u64) {
+    let _ = tokio::time::timeout(Duration::from_millis(ms), async {
+        loop {
+            swarm.select_next_some().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_malformed_and_replayed_gossip_changes_nothing_and_gets_the_peer_blocked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let fed = a.json(&["federation", "create", "hostile", "--dev-timing"])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    // A proposal whose discussion outlasts the test, so statuses (and the state hash) hold still.
+    let p = a.json(&[
+        "propose",
+        "--kind",
+        "resource_allocation",
+        "--title",
+        "Stable",
+        "--description",
+        "Held open.",
+        "--discussion-secs",
+        "900",
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let proposal: MessageId = p.parse().expect("id");
+    let federation: MessageId = fed.parse().expect("id");
+
+    let mut swarm = raw_swarm();
+    let raw_peer = swarm.local_peer_id().to_string();
+    let topic = gossipsub::IdentTopic::new(format!("kos/{fed}/gov"));
+    swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribe");
+    let addr: Multiaddr = a.bootstrap_addr().parse().expect("multiaddr");
+    swarm.dial(addr).expect("dial");
+    // Wait until the node's subscription to the topic has arrived.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let SwarmEvent::Behaviour(RawEvent::Gossipsub(gossipsub::Event::Subscribed {
+                ..
+            })) = swarm.select_next_some().await
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the node subscribes to its federation topic");
+    pump(&mut swarm, 1500).await;
+
+    let before = a.status();
+    let hash = before["state_hash"].clone();
+
+    // A member's message, valid: the node accepts it once (it is A's own key, from its
+    // development vault), and a replay of the same bytes changes nothing.
+    let a_key: SecretKey = Vault::load(&a.dir.join("vault.bin"), b"")
+        .expect("development vault")
+        .get("node")
+        .cloned()
+        .expect("node key");
+    let now = kos_tests_now();
+    let comment = Message::sign(
+        &a_key,
+        1_000_000,
+        now,
+        None,
+        Payload::Comment(Comment {
+            kind: CommentKind::Support,
+            text: "relayed by a stranger".into(),
+            parent: None,
+            proposal,
+            revision: 0,
+            federation,
+        }),
+    )
+    .expect("sign");
+
+    let stranger = SecretKey::generate();
+    let vote = |seq| {
+        Message::sign(
+            &stranger,
+            seq,
+            now,
+            None,
+            Payload::Vote(Vote {
+                choice: Choice::Yes,
+                reason: None,
+                proposal,
+                revision: 0,
+                federation,
+            }),
+        )
+        .expect("sign")
+    };
+    let mut hostile: Vec<Vec<u8>> = vec![
+        b"\xff\x00 not an envelope".to_vec(),
+        vec![0x82, 0x40, 0x40],
+        vec![0u8; 70_000].into_iter().take(40_000).collect(),
+    ];
+    // Forged: a valid vote with its signature flipped.
+    for seq in 1..=4 {
+        let mut b = vote(seq).bytes().to_vec();
+        let n = b.len();
+        b[n - 1] ^= 0x55;
+        hostile.push(b);
+    }
+    // Well signed, but by a non-member.
+    for seq in 10..=14 {
+        hostile.push(vote(seq).bytes().to_vec());
+    }
+    for bytes in &hostile {
+        swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes.clone()).expect("published");
+        pump(&mut swarm, 100).await;
+    }
+    pump(&mut swarm, 1500).await;
+    let after = a.status();
+    assert_eq!(after["state_hash"], hash, "hostile messages changed the state");
+    assert_eq!(after["messages"], before["messages"], "hostile messages were stored");
+
+    // Gossipsub scored the peer down (each invalid message weighs -100) and the immune system
+    // blocked it; the node reports it and the audit log records it.
+    let peers = wait_for(30, "the hostile peer to be blocked", || {
+        let p = a.json(&["peers"]);
+        p["blocked"]
+            .as_array()
+            .filter(|b| b.iter().any(|x| x == raw_peer.as_str()))
+            .map(|_| p.clone())
+    });
+    assert!(!peers["connected"].as_array().expect("list").iter().any(|x| x == raw_peer.as_str()));
+    let audit = a.json(&["audit", "verify"]);
+    assert_eq!(audit["ok"], true);
+
+    // The valid comment relayed by a second raw peer is accepted once; its replay is a no-op.
+    let mut swarm2 = raw_swarm();
+    swarm2.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribe");
+    swarm2.dial(a.bootstrap_addr().parse::<Multiaddr>().expect("addr")).expect("dial");
+    pump(&mut swarm2, 3000).await;
+    let _ = swarm2.behaviour_mut().gossipsub.publish(topic.clone(), comment.bytes().to_vec());
+    pump(&mut swarm2, 1500).await;
+    let accepted = wait_for(30, "the valid comment", || {
+        let s = a.status();
+        (s["messages"] != before["messages"]).then_some(s)
+    });
+    assert_ne!(accepted["state_hash"], hash, "a valid member comment is part of the state");
+    // Replay: identical bytes again, directly and after the gossip duplicate cache.
+    let _ = swarm2.behaviour_mut().gossipsub.publish(topic.clone(), comment.bytes().to_vec());
+    pump(&mut swarm2, 1500).await;
+    let replayed = a.status();
+    assert_eq!(replayed["state_hash"], accepted["state_hash"]);
+    assert_eq!(replayed["messages"], accepted["messages"]);
+}
+
+#[allow(clippy::disallowed_methods)] // the test plays a peer with a real clock
+fn kos_tests_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
