@@ -192,6 +192,13 @@ enum Command {
         #[arg(long)]
         parent: Option<String>,
     },
+    /// Publish a new revision of your proposal (during discussion).
+    Revise {
+        /// Proposal id.
+        id: String,
+        #[command(flatten)]
+        args: Box<ProposeArgs>,
+    },
     /// Sponsor a proposal.
     Sponsor {
         /// Proposal id.
@@ -330,6 +337,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &format!("/v1/proposals/{id}/comment"),
             serde_json::json!({"text": text, "kind": kind, "parent": parent}),
         )?),
+        Command::Revise { id, args } => {
+            let mut args = *args;
+            if args.kind.is_none() {
+                args.kind = Some("unused".into());
+            }
+            for (name, v) in [("--title", &args.title), ("--description", &args.description)] {
+                if v.is_none() {
+                    bail!("{name} is required");
+                }
+            }
+            show(api()?.post(&format!("/v1/proposals/{id}/revise"), serde_json::to_value(&args)?)?)
+        }
         Command::Sponsor { id } => {
             show(api()?.post(&format!("/v1/proposals/{id}/sponsor"), serde_json::json!({}))?)
         }

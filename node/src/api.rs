@@ -87,6 +87,7 @@ pub async fn serve(
         .route("/v1/proposals/{id}/comment", post(comment))
         .route("/v1/proposals/{id}/sponsor", post(sponsor))
         .route("/v1/proposals/{id}/withdraw", post(withdraw))
+        .route("/v1/proposals/{id}/revise", post(revise))
         .route("/v1/proposals/{id}/tally", get(tally))
         .route("/v1/delegate", post(delegate))
         .route("/v1/audit/verify", get(audit_verify))
@@ -749,6 +750,37 @@ async fn withdraw(
     create_and_publish(
         &ctx,
         Payload::Withdraw(Withdraw { reason: req.reason, proposal, federation }),
+    )
+    .await
+}
+
+async fn revise(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<ProposeReq>,
+) -> ApiResult {
+    let proposal = parse_id(&id)?;
+    let federation = federation_of(&ctx)?;
+    let (kind, revision) = {
+        let st = ctx.handle.lock();
+        let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
+        let (_, body, revision, _) = engine.proposal(&proposal).ok_or_else(|| {
+            ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {proposal}"))
+        })?;
+        (body.kind, revision)
+    };
+    let action = action_for(kind, &req)?;
+    create_and_publish(
+        &ctx,
+        Payload::Revision(Revision {
+            title: req.title,
+            action,
+            options: req.options,
+            proposal,
+            revision: revision + 1,
+            federation,
+            description: req.description,
+        }),
     )
     .await
 }

@@ -133,8 +133,15 @@ pub fn run(dir: &Path, n: u16) -> anyhow::Result<()> {
     for (i, nd) in nodes.iter().enumerate() {
         println!("  node {i}: kosctl --data-dir {} status", nd.dir.display());
     }
-    println!("Ctrl-C stops them.");
+    println!("Ctrl-C (or SIGTERM) stops them.");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(tokio::signal::ctrl_c())?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    // Dropping `nodes` stops every node.
     Ok(())
 }
