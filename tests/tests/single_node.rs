@@ -192,3 +192,69 @@ fn devnet_starts_a_federation_of_n_nodes() {
         assert_eq!(r.code, Some(1), "node {i} still answers after devnet stopped: {r:?}");
     }
 }
+
+#[test]
+fn kosctl_covers_files_trust_delegation_sponsors_and_peer_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let b_did = b.did();
+    a.json(&[
+        "federation",
+        "create",
+        "cli",
+        "--dev-timing",
+        "--member",
+        &format!("{b_did}=trusted"),
+    ]);
+    // A proposal from a TOML file; flags win over the file.
+    let file = dir.path().join("proposal.toml");
+    std::fs::write(
+        &file,
+        "kind = \"configuration\"\ntitle = \"From a file\"\ndescription = \"TOML.\"\nkey = \"k\"\nvalue = \"1\"\ndiscussion_secs = 60\n",
+    )
+    .expect("write");
+    let p = a.json(&["propose", "--file", file.to_str().expect("path"), "--value", "2"])["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(a.json(&["show", &p])["title"], "From a file");
+    let r = a.ctl(&["propose", "--title", "no kind", "--description", "d"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("--kind is required"), "{r:?}");
+    // Delegation and local trust.
+    let d = a.json(&["delegate", "--to", &b_did, "--scope", "kind:configuration"]);
+    assert!(d["id"].is_string());
+    let r = a.ctl(&["delegate", "--to", "did:key:zNope"]);
+    assert_eq!(r.code, Some(1));
+    let t = a.json(&["trust", &format!("peer://{}", b.peer_id()), "trusted"]);
+    assert_eq!(t["level"], "trusted");
+    let r = a.ctl(&["trust", "peer://x", "godlike"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("unknown TrustLevel"), "{r:?}");
+    // B joins; A learns B's address and can dial it back by peer id.
+    b.json(&[
+        "federation",
+        "join",
+        &a.json(&["status"])["federation"].as_str().expect("fed").to_owned(),
+        "--bootstrap",
+        &a.bootstrap_addr(),
+    ]);
+    wait_for(60, "B to see the proposal", || (b.ctl(&["show", &p]).code == Some(0)).then_some(()));
+    let s = b.json(&["sponsor", &p]);
+    assert!(s["id"].is_string());
+    let known = b.json(&["peers"]);
+    assert!(
+        known["known"]
+            .as_array()
+            .expect("known")
+            .iter()
+            .any(|k| k["peer_id"] == a.peer_id().as_str())
+    );
+    let c = b.json(&["connect", &format!("peer://{}", a.peer_id())]);
+    assert!(c["dialing"].as_str().expect("addr").starts_with("/ip4/127.0.0.1/tcp/"));
+    // A self-sponsorship is refused with the engine's reason.
+    let r = a.ctl(&["sponsor", &p]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("cannot sponsor own proposal"), "{r:?}");
+}
