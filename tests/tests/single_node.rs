@@ -233,13 +233,8 @@ fn kosctl_covers_files_trust_delegation_sponsors_and_peer_addresses() {
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("unknown TrustLevel"), "{r:?}");
     // B joins; A learns B's address and can dial it back by peer id.
-    b.json(&[
-        "federation",
-        "join",
-        &a.json(&["status"])["federation"].as_str().expect("fed").to_owned(),
-        "--bootstrap",
-        &a.bootstrap_addr(),
-    ]);
+    let fed = a.json(&["status"])["federation"].as_str().expect("fed").to_owned();
+    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
     wait_for(60, "B to see the proposal", || (b.ctl(&["show", &p]).code == Some(0)).then_some(()));
     let s = b.json(&["sponsor", &p]);
     assert!(s["id"].is_string());
