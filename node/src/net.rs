@@ -19,6 +19,8 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/sync/1.0.0")
 pub const IDENTIFY_PROTOCOL: &str = "/kos/id/1.0.0";
 /// Largest gossip message: one envelope plus gossipsub's framing.
 pub const MAX_TRANSMIT: usize = 64 * 1024;
+/// Most buckets (proposals) in one summary.
+pub const MAX_BUCKETS: usize = 4096;
 /// Most ids in one inventory page.
 pub const INVENTORY_PAGE: usize = 2048;
 /// Most messages requested in one fetch.
@@ -58,15 +60,17 @@ pub fn subscribe(
 /// A sync request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SyncRequest {
-    /// The peer's count and Merkle root of message ids for a federation.
+    /// The peer's per-proposal summaries: count and Merkle root of message ids per bucket.
     Summary {
         /// The federation.
         federation: MessageId,
     },
-    /// A page of the peer's message ids, ascending, after `after`.
+    /// A page of the peer's message ids in one bucket, ascending, after `after`.
     Inventory {
         /// The federation.
         federation: MessageId,
+        /// The bucket: a proposal id, or 32 zero bytes for federation-level messages.
+        bucket: MessageId,
         /// Start after this id.
         after: Option<MessageId>,
     },
@@ -80,12 +84,12 @@ pub enum SyncRequest {
 /// A sync response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SyncResponse {
-    /// Count and root.
+    /// Per-bucket counts and roots.
     Summary {
-        /// Number of messages.
-        count: u64,
-        /// Merkle root over their ids.
-        root: kos_protocol::Digest,
+        /// (bucket, number of messages, Merkle root over their ids), by bucket.
+        buckets: Vec<(MessageId, u64, kos_protocol::Digest)>,
+        /// Whether buckets beyond [`MAX_BUCKETS`] were left out.
+        truncated: bool,
     },
     /// A page of ids.
     Inventory {

@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::net::{
-    self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, SyncRequest,
-    SyncResponse,
+    self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, MAX_BUCKETS,
+    SyncRequest, SyncResponse,
 };
 
 /// Immune system: this many rejected messages from one peer within [`FAILURE_WINDOW_MS`]…
@@ -193,10 +193,13 @@ impl State {
             .collect()
     }
 
-    /// Count and Merkle root of all stored message ids.
-    fn summary(&self) -> (u64, kos_protocol::Digest) {
-        let ids: Vec<MessageId> = self.store.ids();
-        (ids.len() as u64, merkle_root(&ids))
+    /// Per-proposal summaries: (bucket, count, Merkle root of the bucket's message ids).
+    fn summary(&self) -> Vec<(MessageId, u64, kos_protocol::Digest)> {
+        self.store
+            .buckets()
+            .into_iter()
+            .map(|(b, ids)| (b, ids.len() as u64, merkle_root(&ids)))
+            .collect()
     }
 }
 
@@ -317,8 +320,8 @@ pub async fn run(
 
 struct Loop {
     handle: Handle,
-    /// Outstanding inventory requests: which federation they page through.
-    pending: HashMap<request_response::OutboundRequestId, FederationId>,
+    /// Outstanding inventory requests: which federation and bucket they page through.
+    pending: HashMap<request_response::OutboundRequestId, (FederationId, MessageId)>,
     /// Recent rejected-message times per peer (the immune system's counter).
     failures: HashMap<PeerId, Vec<u64>>,
     /// Peers blocked by the immune system, and until when.
@@ -546,11 +549,13 @@ impl Loop {
         let follows = |f: &FederationId| st.engine.as_ref().is_some_and(|e| e.federation() == *f);
         match request {
             SyncRequest::Summary { federation } if follows(&federation) => {
-                let (count, root) = st.summary();
-                SyncResponse::Summary { count, root }
+                let mut buckets = st.summary();
+                let truncated = buckets.len() > MAX_BUCKETS;
+                buckets.truncate(MAX_BUCKETS);
+                SyncResponse::Summary { buckets, truncated }
             }
-            SyncRequest::Inventory { federation, after } if follows(&federation) => {
-                let ids = st.store.ids_after(after.as_ref(), INVENTORY_PAGE + 1);
+            SyncRequest::Inventory { federation, bucket, after } if follows(&federation) => {
+                let ids = st.store.bucket_ids_after(&bucket, after.as_ref(), INVENTORY_PAGE + 1);
                 let more = ids.len() > INVENTORY_PAGE;
                 SyncResponse::Inventory {
                     ids: ids.into_iter().take(INVENTORY_PAGE).collect(),
@@ -584,17 +589,25 @@ impl Loop {
     ) {
         let Some(federation) = self.federation() else { return };
         match response {
-            SyncResponse::Summary { count, root } => {
-                if (count, root) != self.handle.lock().summary() {
-                    let id = swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&peer, SyncRequest::Inventory { federation, after: None });
-                    self.pending.insert(id, federation);
+            SyncResponse::Summary { buckets, truncated } => {
+                // Only the proposals whose message sets differ are paged through.
+                let mine: HashMap<MessageId, (u64, kos_protocol::Digest)> =
+                    self.handle.lock().summary().into_iter().map(|(b, c, r)| (b, (c, r))).collect();
+                for (bucket, count, root) in buckets {
+                    if mine.get(&bucket) != Some(&(count, root)) {
+                        let id = swarm.behaviour_mut().sync.send_request(
+                            &peer,
+                            SyncRequest::Inventory { federation, bucket, after: None },
+                        );
+                        self.pending.insert(id, (federation, bucket));
+                    }
+                }
+                if truncated {
+                    debug!(%peer, "peer has more than {MAX_BUCKETS} proposals; syncing the first");
                 }
             }
             SyncResponse::Inventory { ids, more } => {
-                self.pending.remove(&request_id);
+                let Some((_, bucket)) = self.pending.remove(&request_id) else { return };
                 let missing: Vec<MessageId> = {
                     let st = self.handle.lock();
                     ids.iter()
@@ -613,8 +626,8 @@ impl Loop {
                     let id = swarm
                         .behaviour_mut()
                         .sync
-                        .send_request(&peer, SyncRequest::Inventory { federation, after });
-                    self.pending.insert(id, federation);
+                        .send_request(&peer, SyncRequest::Inventory { federation, bucket, after });
+                    self.pending.insert(id, (federation, bucket));
                 }
             }
             SyncResponse::Messages { envelopes } => {

@@ -225,6 +225,27 @@ message_types! {
     Sealed(Sealed) = 513, "SEALED";
 }
 
+impl Payload {
+    /// The proposal a governance message belongs to: a PROPOSAL's own id (`own_id`), or the
+    /// proposal named by a revision, sponsorship, withdrawal, comment, ballot or attestation.
+    /// `None` for federation-level messages (charter, delegation, key management, federation
+    /// traffic). Sync summarises messages per proposal with it.
+    pub fn proposal(&self, own_id: &MessageId) -> Option<ProposalId> {
+        match self {
+            Payload::Proposal(_) => Some(*own_id),
+            Payload::Revision(r) => Some(r.proposal),
+            Payload::Sponsor(s) => Some(s.proposal),
+            Payload::Withdraw(w) => Some(w.proposal),
+            Payload::Comment(c) => Some(c.proposal),
+            Payload::Vote(v) => Some(v.proposal),
+            Payload::VoteCommit(v) => Some(v.proposal),
+            Payload::VoteReveal(v) => Some(v.proposal),
+            Payload::TallyAttestation(a) => Some(a.proposal),
+            _ => None,
+        }
+    }
+}
+
 impl MessageType {
     /// Whether messages of this type must name a target address.
     pub fn requires_target(self) -> bool {

@@ -33,6 +33,9 @@ const MESSAGES_TREE: &str = "messages";
 const PEERS_TREE: &str = "peers";
 const AUDIT_TREE: &str = "audit";
 const TRUST_TREE: &str = "trust";
+const BY_PROPOSAL_TREE: &str = "by_proposal";
+/// The bucket of messages that belong to no proposal (charter, delegations, …).
+pub const FEDERATION_BUCKET: MessageId = MessageId([0; 32]);
 /// Domain prefix of audit-log entry hashes.
 pub const AUDIT_DOMAIN: &[u8] = b"kos-audit-v1\0";
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -79,6 +82,8 @@ pub struct Store {
     peers: sled::Tree,
     audit: sled::Tree,
     trust: sled::Tree,
+    /// Index: bucket (proposal id, or [`FEDERATION_BUCKET`]) ‖ message id → ().
+    by_proposal: sled::Tree,
 }
 
 /// One entry of the hash-chained audit log.
@@ -117,6 +122,7 @@ impl Store {
             peers: db.open_tree(PEERS_TREE)?,
             audit: db.open_tree(AUDIT_TREE)?,
             trust: db.open_tree(TRUST_TREE)?,
+            by_proposal: db.open_tree(BY_PROPOSAL_TREE)?,
             meta,
             messages,
             db,
@@ -128,7 +134,46 @@ impl Store {
     pub fn insert(&self, msg: &Message) -> Result<bool, StoreError> {
         let prev =
             self.messages.compare_and_swap(msg.id().0, None as Option<&[u8]>, Some(msg.bytes()))?;
+        let bucket = msg.payload().proposal(&msg.id()).unwrap_or(FEDERATION_BUCKET);
+        let mut key = bucket.0.to_vec();
+        key.extend_from_slice(&msg.id().0);
+        self.by_proposal.insert(key, &[])?;
         Ok(prev.is_ok())
+    }
+
+    /// Per bucket (proposal id, or [`FEDERATION_BUCKET`]): the ids of its messages, ascending.
+    pub fn buckets(&self) -> std::collections::BTreeMap<MessageId, Vec<MessageId>> {
+        let mut out: std::collections::BTreeMap<MessageId, Vec<MessageId>> = Default::default();
+        for key in self.by_proposal.iter().keys().filter_map(Result::ok) {
+            if let (Some(b), Some(m)) = (key.get(..32), key.get(32..64))
+                && let (Ok(b), Ok(m)) = (<[u8; 32]>::try_from(b), <[u8; 32]>::try_from(m))
+            {
+                out.entry(MessageId(b)).or_default().push(MessageId(m));
+            }
+        }
+        out
+    }
+
+    /// Up to `limit` ids of bucket `bucket` greater than `after`, ascending.
+    pub fn bucket_ids_after(
+        &self,
+        bucket: &MessageId,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> Vec<MessageId> {
+        let mut start = bucket.0.to_vec();
+        if let Some(a) = after {
+            start.extend_from_slice(&a.0);
+        }
+        self.by_proposal
+            .range(start..)
+            .keys()
+            .filter_map(Result::ok)
+            .take_while(|k| k.get(..32) == Some(&bucket.0[..]))
+            .filter_map(|k| k.get(32..64).and_then(|m| <[u8; 32]>::try_from(m).ok()).map(MessageId))
+            .filter(|m| after != Some(m))
+            .take(limit)
+            .collect()
     }
 
     /// Whether a message is stored.
@@ -148,27 +193,6 @@ impl Store {
             let id = MessageId(key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta)?);
             verify(id, &bytes)
         })
-    }
-
-    /// Every stored message id, ascending.
-    pub fn ids(&self) -> Vec<MessageId> {
-        self.ids_after(None, usize::MAX)
-    }
-
-    /// Up to `limit` stored ids greater than `after`, ascending.
-    pub fn ids_after(&self, after: Option<&MessageId>, limit: usize) -> Vec<MessageId> {
-        let range = match after {
-            Some(a) => self
-                .messages
-                .range((std::ops::Bound::Excluded(a.0.to_vec()), std::ops::Bound::Unbounded)),
-            None => self.messages.range::<Vec<u8>, _>(..),
-        };
-        range
-            .keys()
-            .filter_map(|k| k.ok().and_then(|k| <[u8; 32]>::try_from(k.as_ref()).ok()))
-            .map(MessageId)
-            .take(limit)
-            .collect()
     }
 
     /// Number of stored messages.
@@ -406,6 +430,23 @@ mod tests {
         assert_eq!(entries[1].event, "proposal created");
         store.tamper_audit_for_test(1, "proposal deleted").expect("tamper");
         assert_eq!(store.verify_audit().expect("read"), Err(1));
+    }
+
+    #[test]
+    fn messages_are_indexed_by_proposal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (a, b) = (vote(1), vote(2));
+        store.insert(&a).expect("insert");
+        store.insert(&b).expect("insert");
+        let buckets = store.buckets();
+        let mut want = vec![a.id(), b.id()];
+        want.sort();
+        assert_eq!(buckets.get(&MessageId([1; 32])), Some(&want));
+        let first = store.bucket_ids_after(&MessageId([1; 32]), None, 1);
+        assert_eq!(first, vec![want[0]]);
+        assert_eq!(store.bucket_ids_after(&MessageId([1; 32]), Some(&want[0]), 10), vec![want[1]]);
+        assert!(store.bucket_ids_after(&MessageId([2; 32]), None, 10).is_empty());
     }
 
     #[test]
