@@ -6,6 +6,7 @@
 
 mod api;
 mod devnet;
+mod limits;
 mod net;
 mod node;
 

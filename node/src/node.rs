@@ -269,6 +269,7 @@ pub async fn run(
         pending: HashMap::new(),
         failures: HashMap::new(),
         blocked_until: HashMap::new(),
+        quota: Default::default(),
     };
     let mut sync_timer = tokio::time::interval(settings.sync_interval);
     let mut wake = tokio::time::interval(Duration::from_millis(250));
@@ -326,6 +327,8 @@ struct Loop {
     failures: HashMap<PeerId, Vec<u64>>,
     /// Peers blocked by the immune system, and until when.
     blocked_until: HashMap<PeerId, u64>,
+    /// Per-peer gossip quota.
+    quota: crate::limits::RateLimiter,
 }
 
 impl Loop {
@@ -472,7 +475,16 @@ impl Loop {
                 message_id,
                 message,
             })) => {
-                let acceptance = self.on_gossip(swarm, &message.data);
+                let acceptance = if self.quota.allow(
+                    propagation_source,
+                    now_ms(),
+                    crate::limits::GOSSIP_PER_MINUTE,
+                ) {
+                    self.on_gossip(swarm, &message.data)
+                } else {
+                    self.penalise(swarm, propagation_source, "over its gossip quota");
+                    gossipsub::MessageAcceptance::Ignore
+                };
                 let rejected = matches!(acceptance, gossipsub::MessageAcceptance::Reject);
                 swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
