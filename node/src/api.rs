@@ -196,11 +196,7 @@ async fn connect(AxState(ctx): AxState<Ctx>, Json(req): Json<ConnectReq>) -> Api
         libp2p::Multiaddr::from_str(&req.addr)
             .map_err(|e| bad(format!("invalid multiaddr: {e}")))?
     };
-    ctx.handle
-        .commands
-        .send(Command::Dial(addr.clone()))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Dial(addr.clone())).await?;
     Ok(Json(json!({ "dialing": addr.to_string() })))
 }
 
@@ -212,12 +208,13 @@ struct PeerReq {
 async fn disconnect(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
     let peer: libp2p::PeerId =
         req.peer.trim_start_matches("peer://").parse().map_err(|_| bad("invalid peer id"))?;
-    ctx.handle
-        .commands
-        .send(Command::Disconnect(peer))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Disconnect(peer)).await?;
     Ok(Json(json!({ "disconnected": peer.to_string() })))
+}
+
+/// Hands a command to the event loop.
+async fn send(ctx: &Ctx, cmd: Command) -> Result<(), ApiError> {
+    ctx.handle.commands.send(cmd).await.map_err(|_| bad("node is shutting down"))
 }
 
 fn peer_of(s: &str) -> Result<libp2p::PeerId, ApiError> {
@@ -226,26 +223,14 @@ fn peer_of(s: &str) -> Result<libp2p::PeerId, ApiError> {
 
 async fn block(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
     let peer = peer_of(&req.peer)?;
-    ctx.handle
-        .commands
-        .send(Command::Block(peer))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
-    ctx.handle
-        .commands
-        .send(Command::Disconnect(peer))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Block(peer)).await?;
+    send(&ctx, Command::Disconnect(peer)).await?;
     Ok(Json(json!({ "blocked": peer.to_string() })))
 }
 
 async fn unblock(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
     let peer = peer_of(&req.peer)?;
-    ctx.handle
-        .commands
-        .send(Command::Unblock(peer))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Unblock(peer)).await?;
     Ok(Json(json!({ "unblocked": peer.to_string() })))
 }
 
@@ -279,16 +264,8 @@ struct CreateReq {
 
 async fn federation_create(AxState(ctx): AxState<Ctx>, Json(req): Json<CreateReq>) -> ApiResult {
     let (fed, msg) = create_charter(&ctx, req)?;
-    ctx.handle
-        .commands
-        .send(Command::Follow(fed))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
-    ctx.handle
-        .commands
-        .send(Command::Publish(msg.bytes().to_vec()))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Follow(fed)).await?;
+    send(&ctx, Command::Publish(msg.bytes().to_vec())).await?;
     Ok(Json(json!({ "federation": fed.to_string() })))
 }
 
@@ -390,17 +367,9 @@ async fn federation_join(AxState(ctx): AxState<Ctx>, Json(req): Json<JoinReq>) -
     if let Some(b) = req.bootstrap {
         let addr =
             libp2p::Multiaddr::from_str(&b).map_err(|e| bad(format!("invalid multiaddr: {e}")))?;
-        ctx.handle
-            .commands
-            .send(Command::Dial(addr))
-            .await
-            .map_err(|_| bad("node is shutting down"))?;
+        send(&ctx, Command::Dial(addr)).await?;
     }
-    ctx.handle
-        .commands
-        .send(Command::Follow(fed))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Follow(fed)).await?;
     Ok(Json(json!({ "federation": fed.to_string() })))
 }
 
@@ -538,11 +507,7 @@ async fn propose(AxState(ctx): AxState<Ctx>, Json(req): Json<ProposeReq>) -> Api
         };
         st.create(Payload::Proposal(body), None)?
     };
-    ctx.handle
-        .commands
-        .send(Command::Publish(msg.bytes().to_vec()))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(&ctx, Command::Publish(msg.bytes().to_vec())).await?;
     Ok(Json(json!({ "id": msg.id().to_string() })))
 }
 
@@ -652,11 +617,7 @@ fn parse_choice(s: &str) -> Result<Choice, ApiError> {
 
 async fn create_and_publish(ctx: &Ctx, payload: Payload) -> ApiResult {
     let msg = ctx.handle.lock().create(payload, None)?;
-    ctx.handle
-        .commands
-        .send(Command::Publish(msg.bytes().to_vec()))
-        .await
-        .map_err(|_| bad("node is shutting down"))?;
+    send(ctx, Command::Publish(msg.bytes().to_vec())).await?;
     Ok(Json(json!({ "id": msg.id().to_string() })))
 }
 

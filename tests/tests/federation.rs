@@ -32,6 +32,24 @@ fn tally(n: &Node, p: &str) -> Value {
     n.json(&["tally", p])
 }
 
+/// Waits until every node has a final result counting `counted` ballots; returns their tallies,
+/// after checking they agree.
+fn final_everywhere(nodes: &[&Node], p: &str, counted: u64) -> Vec<Value> {
+    let results: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            wait_for(120, "finality on every node", || {
+                let t = tally(n, p);
+                (t["final"].is_object() && t["tally"]["counted"] == counted).then_some(t)
+            })
+        })
+        .collect();
+    for r in &results {
+        assert_eq!(r["tally"], results[0]["tally"]);
+    }
+    results
+}
+
 fn executed(n: &Node, p: &str) -> Option<Value> {
     let t = tally(n, p);
     (t["status"] == "executed").then_some(t)
@@ -147,18 +165,7 @@ fn a_killed_node_restarts_from_its_store_with_its_acknowledged_vote() {
     assert_eq!(t["tally"]["totals"][1], 3000, "B's no (trusted, 3) is counted: {t}");
     c.json(&["vote", &p, "yes"]);
     // B redials its known peers and everyone converges.
-    let results: Vec<Value> = [&a, &b, &c]
-        .iter()
-        .map(|n| {
-            wait_for(90, "finality everywhere", || {
-                let t = tally(n, &p);
-                (t["final"].is_object() && t["tally"]["counted"] == 2).then_some(t)
-            })
-        })
-        .collect();
-    for r in &results {
-        assert_eq!(r["tally"], results[0]["tally"]);
-    }
+    final_everywhere(&[&a, &b, &c], &p, 2);
     let _ = vote;
 }
 
@@ -216,18 +223,7 @@ fn a_partition_with_votes_on_both_sides_heals_to_identical_state() {
     c.json(&["unblock", &pa]);
     a.json(&["connect", &b.bootstrap_addr()]);
     a.json(&["connect", &c.bootstrap_addr()]);
-    let results: Vec<Value> = [&a, &b, &c]
-        .iter()
-        .map(|n| {
-            wait_for(120, "finality after healing", || {
-                let t = tally(n, &p);
-                (t["final"].is_object() && t["tally"]["counted"] == 3).then_some(t)
-            })
-        })
-        .collect();
-    for r in &results {
-        assert_eq!(r["tally"], results[0]["tally"]);
-    }
+    let results = final_everywhere(&[&a, &b, &c], &p, 3);
     // yes 5 (A), no 6 (B, C): rejected.
     assert_eq!(results[0]["final"]["outcome"], "rejected");
     wait_for(30, "identical state hashes", || {

@@ -558,21 +558,10 @@ impl Engine {
                 return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
             }
         }
-        let released = self.apply_one(msg)?;
-        let mut applied = vec![msg.id()];
-        let mut queue = released;
+        let mut queue = self.apply_one(msg)?;
         queue.extend(self.new_epochs(now_ms));
-        while let Some(dep) = queue.pop() {
-            let Some(waiting) = self.pending.remove(&dep) else { continue };
-            self.pending_len -= waiting.len();
-            for m in waiting {
-                if let Ok(more) = self.apply_one(&m) {
-                    applied.push(m.id());
-                    queue.extend(more);
-                    queue.extend(self.new_epochs(now_ms));
-                }
-            }
-        }
+        let mut applied = vec![msg.id()];
+        applied.extend(self.release(queue, now_ms));
         Ok(applied)
     }
 
@@ -637,8 +626,14 @@ impl Engine {
     /// Advances time: executions that fall due release proposals waiting for the registry epochs
     /// they create. Returns the ids of messages applied as a result.
     pub fn tick(&mut self, now_ms: u64) -> Vec<MessageId> {
+        let queue = self.new_epochs(now_ms);
+        self.release(queue, now_ms)
+    }
+
+    /// Re-applies the messages held for each satisfied dependency in `queue`, and for every
+    /// dependency those satisfy in turn. Returns the ids applied.
+    fn release(&mut self, mut queue: Vec<Dependency>, now_ms: u64) -> Vec<MessageId> {
         let mut applied = Vec::new();
-        let mut queue = self.new_epochs(now_ms);
         while let Some(dep) = queue.pop() {
             let Some(waiting) = self.pending.remove(&dep) else { continue };
             self.pending_len -= waiting.len();
