@@ -122,8 +122,13 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
 }
 
 impl Node {
-    /// Starts a node in `dir` (created with a development identity if new).
+    /// Starts a node in `dir` (created with a development identity if new), on TCP.
     pub fn start(dir: PathBuf) -> Node {
+        Self::start_on(dir, "/ip4/127.0.0.1/tcp/0")
+    }
+
+    /// Starts a node listening on `listen`.
+    pub fn start_on(dir: PathBuf, listen: &str) -> Node {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         std::fs::create_dir_all(&dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -138,7 +143,7 @@ impl Node {
                 "run",
                 "--insecure-plain-key",
                 "--listen",
-                "/ip4/127.0.0.1/tcp/0",
+                listen,
                 "--api",
                 "127.0.0.1:0",
                 "--sync-interval-secs",

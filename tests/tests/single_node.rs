@@ -253,3 +253,22 @@ fn kosctl_covers_files_trust_delegation_sponsors_and_peer_addresses() {
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("cannot sponsor own proposal"), "{r:?}");
 }
+
+#[test]
+fn nodes_sync_over_quic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quic = "/ip4/127.0.0.1/udp/0/quic-v1";
+    let a = Node::start_on(dir.path().join("a"), quic);
+    let b = Node::start_on(dir.path().join("b"), quic);
+    let boot = a.bootstrap_addr();
+    assert!(boot.contains("/quic-v1/"), "{boot}");
+    let fed = a.json(&["federation", "create", "quic", "--dev-timing"])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    b.json(&["federation", "join", &fed, "--bootstrap", &boot]);
+    wait_for(60, "the charter over QUIC", || {
+        (b.json(&["federation", "show"])["synced"] == true).then_some(())
+    });
+    assert_eq!(b.status()["peers"][0], a.peer_id().as_str());
+}
