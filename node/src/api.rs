@@ -572,6 +572,13 @@ async fn tally(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiR
     Ok(Json(json!({
         "status": engine.status(&id, now).map(status_name),
         "tally": engine.tally(&id, now).as_ref().map(tally_json),
+        "attestations": engine.attestations(&id).into_iter().map(|(who, k, at)| json!({
+            "member": who.to_did(),
+            "outcome": k.outcome.as_str(),
+            "votes_root": k.votes_root.to_string(),
+            "revision": k.revision,
+            "at_ms": at,
+        })).collect::<Vec<_>>(),
         "final": fin.map(|f| json!({
             "outcome": f.key.outcome.as_str(),
             "votes_root": f.key.votes_root.to_string(),

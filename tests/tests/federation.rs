@@ -100,6 +100,10 @@ fn three_nodes_vote_reach_final_and_execute_and_a_late_joiner_catches_up() {
         .collect();
     for r in &results {
         assert_eq!(r["tally"], results[0]["tally"]);
+        // The attestations that made it final name the same root.
+        let atts = r["attestations"].as_array().expect("attestations");
+        assert!(atts.len() >= 2, "{r}");
+        assert!(atts.iter().all(|a| a["votes_root"] == r["final"]["votes_root"]), "{r}");
         assert_eq!(r["final"]["outcome"], "approved");
         assert_eq!(r["final"]["votes_root"], results[0]["tally"]["votes_root"]);
         assert_eq!(r["execution"]["result"], "ok");

@@ -1119,6 +1119,16 @@ impl Engine {
         })
     }
 
+    /// Each member's latest attestation of proposal `id`: who, what it names, and when.
+    pub fn attestations(&self, id: &ProposalId) -> Vec<(PublicKey, FinalKey, u64)> {
+        self.proposals.get(id).map_or_else(Vec::new, |p| {
+            p.attestations
+                .iter()
+                .filter_map(|(who, h)| h.values().next_back().map(|a| (*who, a.key, a.created_ms)))
+                .collect()
+        })
+    }
+
     /// Executions due by `now_ms`, in deterministic order (voting end, then proposal id), with
     /// the registry version each produced.
     pub fn executions(&self, now_ms: u64) -> Vec<Execution> {
