@@ -38,6 +38,18 @@ pub const FAILURE_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// …block the peer for this long.
 pub const BLOCK_MS: u64 = 60 * 60 * 1000;
 
+/// The gossipsub application score of a local trust level: quarantine drives a peer below the
+/// graylist (and so into a block); higher trust helps a peer stay in the mesh.
+pub fn application_score(level: &str) -> f64 {
+    match level {
+        "core" => 5.0,
+        "trusted" => 3.0,
+        "standard" => 1.0,
+        "sandbox" => 0.0,
+        _ => -100.0,
+    }
+}
+
 /// Discovered peers are dialed while fewer than this many are connected.
 pub const DIAL_TARGET: usize = 16;
 
@@ -284,6 +296,16 @@ pub async fn run(
                     loop_state.start_sync(&mut swarm, p);
                 }
                 let _ = swarm.behaviour_mut().kad.bootstrap();
+                // Local trust feeds gossip scoring (application-specific score, weight 10).
+                let trust = handle.lock().store.trust().unwrap_or_default();
+                let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                for peer in connected {
+                    let target = format!("peer://{peer}");
+                    if let Some((_, level)) = trust.iter().find(|(t, _)| *t == target) {
+                        let score = application_score(level);
+                        swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+                    }
+                }
                 let scores: Vec<(PeerId, f64)> = swarm
                     .connected_peers()
                     .filter_map(|p| swarm.behaviour().gossipsub.peer_score(p).map(|s| (*p, s)))

@@ -272,3 +272,24 @@ fn nodes_sync_over_quic() {
     });
     assert_eq!(b.status()["peers"][0], a.peer_id().as_str());
 }
+
+#[test]
+fn local_trust_quarantine_gets_a_peer_blocked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let fed = a.json(&["federation", "create", "trust", "--dev-timing"])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    let pb = b.peer_id();
+    wait_for(60, "B connected to A", || {
+        a.status()["peers"].as_array().filter(|p| p.iter().any(|x| x == pb.as_str())).map(|_| ())
+    });
+    a.json(&["trust", &format!("peer://{pb}"), "quarantine"]);
+    wait_for(60, "A to block B", || {
+        let p = a.json(&["peers"]);
+        p["blocked"].as_array().filter(|b| b.iter().any(|x| x == pb.as_str())).map(|_| ())
+    });
+}
