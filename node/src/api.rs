@@ -71,6 +71,7 @@ pub async fn serve(
     tracing::info!(%bound, "control API listening");
     let ctx = Ctx { handle, token };
     let app = Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/connect", post(connect))
@@ -164,6 +165,11 @@ async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
         "registry_epoch": st.engine.as_ref().and_then(|e| e.registry(now)).map(|r| r.epoch),
         "config": st.engine.as_ref().and_then(|e| e.registry(now)).map(|r| r.config),
     })))
+}
+
+async fn metrics(AxState(ctx): AxState<Ctx>) -> Response {
+    let text = ctx.handle.lock().metrics.encode();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn peers(AxState(ctx): AxState<Ctx>) -> ApiResult {

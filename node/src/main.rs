@@ -7,6 +7,7 @@
 mod api;
 mod devnet;
 mod limits;
+mod metrics;
 mod net;
 mod node;
 

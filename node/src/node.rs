@@ -97,6 +97,8 @@ pub struct State {
     pub scores: Vec<(PeerId, f64)>,
     /// Blocked peers.
     pub blocked: Vec<PeerId>,
+    /// Metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for State {
@@ -163,6 +165,7 @@ impl State {
         self.store.set_meta("seq", &self.seq.to_be_bytes())?;
         self.store.insert(&msg)?;
         self.store.audit(now, &format!("created {} {}", msg.kind(), msg.id()))?;
+        self.metrics.local_messages.inc();
         // Durable before the command that created it reports success.
         self.store.flush()?;
         Ok(msg)
@@ -243,6 +246,7 @@ pub fn open_state(key: SecretKey, data_dir: &std::path::Path) -> anyhow::Result<
         listen: Vec::new(),
         scores: Vec::new(),
         blocked: Vec::new(),
+        metrics: Default::default(),
     })
 }
 
@@ -319,6 +323,10 @@ pub async fn run(
                     }
                 }
                 let mut st = handle.lock();
+                st.metrics.connected_peers.set(swarm.connected_peers().count() as i64);
+                st.metrics.stored_messages.set(st.store.len() as i64);
+                let pending = st.engine.as_ref().map_or(0, Engine::pending_len);
+                st.metrics.pending_messages.set(pending as i64);
                 st.scores = scores;
                 if let Err(e) = st.store.flush() {
                     warn!("flush: {e}");
@@ -380,6 +388,7 @@ impl Loop {
         if !st.blocked.contains(&peer) {
             st.blocked.push(peer);
         }
+        st.metrics.blocks.inc();
         let _ = st.store.audit(now, &format!("immune system blocked peer {peer} for 1 h: {why}"));
     }
 
@@ -504,6 +513,7 @@ impl Loop {
                 ) {
                     self.on_gossip(swarm, &message.data)
                 } else {
+                    self.handle.lock().metrics.gossip("over_quota");
                     self.penalise(swarm, propagation_source, "over its gossip quota");
                     gossipsub::MessageAcceptance::Ignore
                 };
@@ -554,17 +564,20 @@ impl Loop {
             Ok(m) => m,
             Err(e) => {
                 debug!("malformed gossip: {e}");
-                let _ = self
-                    .handle
-                    .lock()
-                    .store
-                    .audit(now_ms(), &format!("rejected malformed gossip: {e}"));
+                let st = self.handle.lock();
+                st.metrics.gossip("malformed");
+                let _ = st.store.audit(now_ms(), &format!("rejected malformed gossip: {e}"));
                 return gossipsub::MessageAcceptance::Reject;
             }
         };
         let (step, due) = {
             let mut st = self.handle.lock();
             let step = st.receive(&msg, Origin::Gossip);
+            st.metrics.gossip(match step.as_ref().map(|s| s.verdict) {
+                Some(Verdict::Accept) => "accept",
+                Some(Verdict::Reject) => "reject",
+                _ => "ignore",
+            });
             let due = st.due_attestations();
             (step, due)
         };

@@ -236,6 +236,18 @@ fn a_partition_with_votes_on_both_sides_heals_to_identical_state() {
     });
 }
 
+/// A plain HTTP/1.1 GET, so that the test sees exactly what the API answers.
+fn raw_get(addr: &str, path: &str, token: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
+    let header = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
 #[test]
 fn the_control_api_requires_its_token_and_stays_on_loopback() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -249,20 +261,17 @@ fn the_control_api_requires_its_token_and_stays_on_loopback() {
         assert_eq!(mode & 0o777, 0o600);
     }
     // Without a token, or with a wrong one: 401 and a one-line error from kosctl.
-    let raw = |auth: Option<&str>| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
-        let header = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(s, "GET /v1/status HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    };
+    let raw = |auth: Option<&str>| raw_get(&addr, "/v1/status", auth);
     assert!(raw(None).starts_with("HTTP/1.1 401"));
     assert!(raw(Some("nope")).starts_with("HTTP/1.1 401"));
     let token = std::fs::read_to_string(a.dir.join("api.token")).expect("token");
     assert!(raw(Some(token.trim())).starts_with("HTTP/1.1 200"));
+    // Prometheus metrics, behind the same token.
+    let metrics = |auth: Option<&str>| raw_get(&addr, "/metrics", auth);
+    assert!(metrics(None).starts_with("HTTP/1.1 401"));
+    let m = metrics(Some(token.trim()));
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("kos_local_messages_total"), "{m}");
     let r = a.ctl(&["status", "--token", "wrong"]);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("missing or wrong bearer token"), "{r:?}");

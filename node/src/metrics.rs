@@ -1,0 +1,83 @@
+//! Prometheus metrics of the node, all declared here (served at `GET /metrics` on the control
+//! API, with its token).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// The outcome of a gossip message, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// accept, ignore, reject, malformed or over_quota.
+    pub verdict: &'static str,
+}
+
+/// Every metric of the node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Gossip messages by verdict.
+    pub gossip: Family<VerdictLabel, Counter>,
+    /// Messages received by sync.
+    pub sync_messages: Counter,
+    /// Messages created on this node.
+    pub local_messages: Counter,
+    /// Peers blocked by the immune system or the operator.
+    pub blocks: Counter,
+    /// Connected peers.
+    pub connected_peers: Gauge,
+    /// Messages in the store.
+    pub stored_messages: Gauge,
+    /// Messages held for a missing dependency.
+    pub pending_messages: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kos");
+        let m = Metrics {
+            gossip: Family::default(),
+            sync_messages: Counter::default(),
+            local_messages: Counter::default(),
+            blocks: Counter::default(),
+            connected_peers: Gauge::default(),
+            stored_messages: Gauge::default(),
+            pending_messages: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("gossip_messages", "Gossip messages by verdict", m.gossip.clone());
+        registry.register("sync_messages", "Messages received by sync", m.sync_messages.clone());
+        registry.register(
+            "local_messages",
+            "Messages created on this node",
+            m.local_messages.clone(),
+        );
+        registry.register("peer_blocks", "Peers blocked", m.blocks.clone());
+        registry.register("connected_peers", "Connected peers", m.connected_peers.clone());
+        registry.register("stored_messages", "Messages in the store", m.stored_messages.clone());
+        registry.register(
+            "pending_messages",
+            "Messages waiting for a dependency",
+            m.pending_messages.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts a gossip message with its verdict.
+    pub fn gossip(&self, verdict: &'static str) {
+        self.gossip.get_or_create(&VerdictLabel { verdict }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
