@@ -643,6 +643,16 @@ fn federation_of(ctx: &Ctx) -> Result<FederationId, ApiError> {
         .ok_or_else(|| bad("this node follows no federation"))
 }
 
+/// The revision of `proposal` in force on this node (what new ballots and comments bind to).
+fn revision_in_force(ctx: &Ctx, proposal: &MessageId) -> Result<u32, ApiError> {
+    ctx.handle
+        .lock()
+        .engine
+        .as_ref()
+        .and_then(|e| e.proposal(proposal).map(|p| p.2))
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {proposal}")))
+}
+
 async fn vote(
     AxState(ctx): AxState<Ctx>,
     UrlPath(id): UrlPath<String>,
@@ -651,13 +661,7 @@ async fn vote(
     let proposal = parse_id(&id)?;
     let choice = parse_choice(&req.choice)?;
     let federation = federation_of(&ctx)?;
-    let revision = ctx
-        .handle
-        .lock()
-        .engine
-        .as_ref()
-        .and_then(|e| e.proposal(&proposal).map(|p| p.2))
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {proposal}")))?;
+    let revision = revision_in_force(&ctx, &proposal)?;
     create_and_publish(
         &ctx,
         Payload::Vote(Vote { choice, reason: req.reason, proposal, revision, federation }),
@@ -688,13 +692,7 @@ async fn comment(
         .map_err(|e: UnknownName| bad(e.to_string()))?;
     let parent = req.parent.as_deref().map(parse_id).transpose()?;
     let federation = federation_of(&ctx)?;
-    let revision = ctx
-        .handle
-        .lock()
-        .engine
-        .as_ref()
-        .and_then(|e| e.proposal(&proposal).map(|p| p.2))
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {proposal}")))?;
+    let revision = revision_in_force(&ctx, &proposal)?;
     create_and_publish(
         &ctx,
         Payload::Comment(Comment { kind, text: req.text, parent, proposal, revision, federation }),

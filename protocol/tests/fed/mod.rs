@@ -46,16 +46,13 @@ pub fn test_timing() -> Timing {
     }
 }
 
+/// The engine's built-in configuration (quorum 3/10, veto 334/1000) with this rule and
+/// weighting.
 pub fn config(rule: DecisionRule, weighting: Weighting) -> VotingConfig {
     VotingConfig {
         rule,
-        veto: Ratio(334, 1000),
-        quorum: Ratio(3, 10),
-        secret: false,
-        sponsors: 0,
-        reasoning: false,
         weighting,
-        early_close: false,
+        ..kos_protocol::engine::default_config(ProposalType::ResourceAllocation)
     }
 }
 
