@@ -14,11 +14,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use kos_protocol::{
-    MessageId, Payload, PublicKey,
-    engine::{Engine, Status, Tally},
-    payload::*,
-};
+use kos_engine::{Engine, Status, Tally};
+use kos_protocol::{MessageId, Payload, PublicKey, payload::*};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -333,9 +330,7 @@ fn create_charter(
         // Apply and persist like any local message.
         let now = now_ms();
         let engine = st.engine.as_mut().ok_or_else(|| bad("no engine"))?;
-        engine
-            .apply(&msg, kos_protocol::engine::Origin::Local, now)
-            .map_err(|e| bad(e.to_string()))?;
+        engine.apply(&msg, kos_engine::Origin::Local, now).map_err(|e| bad(e.to_string()))?;
         st.store.insert(&msg).map_err(|e| bad(e.to_string()))?;
         st.store
             .audit(now, &format!("created federation {fed}"))

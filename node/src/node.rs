@@ -1,6 +1,6 @@
 //! The node: shared state (identity, store, engine) and the event loop around the swarm.
 //!
-//! The governance logic is `kos_protocol::engine`; this module only moves messages between the
+//! The governance logic is `kos_engine`; this module only moves messages between the
 //! network, the store and the engine, and performs the engine's effects.
 
 use std::{
@@ -13,11 +13,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use kos_protocol::{
-    Message, MessageId, Payload, SecretKey,
-    engine::{Effect, Engine, Origin, Step, Verdict, merkle_root},
-    payload::FederationId,
-};
+use kos_engine::{Effect, Engine, Origin, Step, Verdict, merkle_root};
+use kos_protocol::{Message, MessageId, Payload, SecretKey, payload::FederationId};
 use kos_storage::Store;
 use libp2p::{
     Multiaddr, PeerId, Swarm, gossipsub, identify, kad, request_response, swarm::SwarmEvent,
@@ -55,6 +52,8 @@ pub const DIAL_TARGET: usize = 16;
 
 /// Bound of the channel from the API to the event loop.
 pub const COMMAND_QUEUE: usize = 256;
+/// Longest sleep of the event loop's clock when the engine has nothing scheduled.
+const MAX_SLEEP_MS: u64 = 60_000;
 
 /// Milliseconds since the Unix epoch: the only clock of the node.
 #[allow(clippy::disallowed_methods)] // the shell reads the clock and passes `now` to the core
@@ -157,13 +156,14 @@ impl State {
         let me = self.key.public();
         let step = engine.handle(&msg, Origin::Local, now, Some(&me));
         if let Some(r) = &step.refusal
-            && !matches!(r, kos_protocol::engine::Refusal::Pending(_))
+            && !matches!(r, kos_engine::Refusal::Pending(_))
         {
             bail!("refused: {r}");
         }
         self.seq += 1;
         self.store.set_meta("seq", &self.seq.to_be_bytes())?;
-        self.store.insert(&msg)?;
+        // Only applied messages are stored (and served); a held one is stored when released.
+        self.persist(&step);
         self.store.audit(now, &format!("created {} {}", msg.kind(), msg.id()))?;
         self.metrics.local_messages.inc();
         // Durable before the command that created it reports success.
@@ -177,16 +177,25 @@ impl State {
         let me = self.key.public();
         let engine = self.engine.as_mut()?;
         let step = engine.handle(msg, origin, now, Some(&me));
-        let keep = step.effects.iter().any(|e| matches!(e, Effect::Persist(_) | Effect::Hold(..)));
-        if keep && let Err(e) = self.store.insert(msg) {
-            warn!("store: {e}");
-        }
+        self.persist(&step);
         if step.verdict == Verdict::Reject {
             let _ = self
                 .store
                 .audit(now, &format!("rejected {} from network: {:?}", msg.id(), step.refusal));
         }
         Some(step)
+    }
+
+    /// Stores every message the engine applied: the one handled and any held ones it released.
+    /// Held messages are never stored, so sync never serves them.
+    fn persist(&mut self, step: &Step) {
+        for e in &step.effects {
+            if let Effect::Persist(m) = e
+                && let Err(e) = self.store.insert(m)
+            {
+                warn!("store: {e}");
+            }
+        }
     }
 
     /// Attestations the engine asks this node to sign now.
@@ -228,13 +237,21 @@ pub fn open_state(key: SecretKey, data_dir: &std::path::Path) -> anyhow::Result<
     let mut engine = federation.map(|f| Engine::new(MessageId(f)));
     if let Some(engine) = engine.as_mut() {
         let now = now_ms();
-        let mut n = 0usize;
-        for m in store.messages() {
-            let m = m?;
-            let _ = engine.apply(&m, Origin::Sync, now);
-            n += 1;
+        let msgs = store.messages().collect::<Result<Vec<_>, _>>()?;
+        let n = msgs.len();
+        // Replayed in dependency order whatever order the store returns: the state after a
+        // restart is the state before it.
+        let report = engine.replay(msgs, now);
+        info!(
+            messages = n,
+            applied = report.applied,
+            held = report.held,
+            duplicates = report.duplicates,
+            "rebuilt state from the store"
+        );
+        for (reason, count) in &report.refused {
+            warn!(reason, count, "stored messages refused on replay");
         }
-        info!(messages = n, "rebuilt state from the store");
     }
     store.audit(now_ms(), "node started")?;
     Ok(State {
@@ -288,8 +305,16 @@ pub async fn run(
         quota: Default::default(),
     };
     let mut sync_timer = tokio::time::interval(settings.sync_interval);
-    let mut wake = tokio::time::interval(Duration::from_millis(250));
     loop {
+        // The engine says when a status next changes by the clock alone (voting opens or
+        // closes, a grace period ends, an execution falls due); sleep until then, at most a
+        // minute, at least 20 ms.
+        let next_wake = {
+            let now = now_ms();
+            let at = handle.lock().engine.as_ref().and_then(|e| e.next_wakeup(now));
+            let ms = at.map_or(MAX_SLEEP_MS, |t| t.saturating_sub(now)).clamp(20, MAX_SLEEP_MS);
+            tokio::time::sleep(Duration::from_millis(ms))
+        };
         tokio::select! {
             event = swarm.select_next_some() => loop_state.on_swarm_event(&mut swarm, event),
             Some(cmd) = commands.recv() => loop_state.on_command(&mut swarm, cmd),
@@ -323,6 +348,9 @@ pub async fn run(
                     }
                 }
                 let mut st = handle.lock();
+                if let Some(e) = st.engine.as_mut() {
+                    e.tick(now_ms());
+                }
                 st.metrics.connected_peers.set(swarm.connected_peers().count() as i64);
                 st.metrics.stored_messages.set(st.store.len() as i64);
                 let pending = st.engine.as_ref().map_or(0, Engine::pending_len);
@@ -332,8 +360,8 @@ pub async fn run(
                     warn!("flush: {e}");
                 }
             }
-            _ = wake.tick() => {
-                // Time-driven transitions: executions falling due, attestations to sign.
+            _ = next_wake => {
+                // Time-driven transitions: held messages expire, attestations fall due.
                 let msgs = {
                     let mut st = handle.lock();
                     if let Some(e) = st.engine.as_mut() {

@@ -27,7 +27,7 @@ pub enum CborError {
 
 /// Encodes `value` into CBOR. Our types only hold integers, byte and text strings, arrays and
 /// maps, so encoding into a `Vec` cannot fail.
-pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
     if let Err(e) = ciborium::into_writer(value, &mut out) {
         // Writing into a Vec is infallible and our types contain no unsupported values (no
@@ -39,9 +39,7 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Decodes exactly one CBOR item of type `T` from `bytes`, refusing trailing bytes and any
 /// encoding that is not the canonical one.
-pub(crate) fn from_slice_canonical<T: Serialize + DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<T, CborError> {
+pub fn from_slice_canonical<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
     decode(bytes, None)
 }
 

@@ -33,7 +33,6 @@
 
 pub mod address;
 mod cbor;
-pub mod engine;
 mod envelope;
 pub mod identity;
 pub mod payload;
@@ -43,7 +42,7 @@ pub mod vault;
 use sha2::{Digest as _, Sha256};
 
 pub use address::{Address, AddressError, Host};
-pub use cbor::{CborError, diagnostic};
+pub use cbor::{CborError, diagnostic, from_slice_canonical as from_cbor, to_vec as to_cbor};
 pub use envelope::{
     DecodeError, EncodeError, Header, MAX_ENVELOPE_LEN, Message, MessageType, PROTOCOL_VERSION,
     Payload, SIGNATURE_DOMAIN, message_id,

@@ -2,7 +2,8 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::payload::{Choice, DecisionRule, Digest, MessageId, Outcome, Ratio};
+use kos_protocol::payload::{Choice, DecisionRule, Digest, MessageId, Outcome, Ratio};
+use serde::{Deserialize, Serialize};
 
 /// The result of counting a proposal's ballots.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -176,30 +177,91 @@ pub fn merkle_root(ids: &[MessageId]) -> Digest {
     if sorted.is_empty() {
         return Digest(Sha256::digest(b"kos-klp-v1/empty-root").into());
     }
-    let mut level: Vec<[u8; 32]> = sorted
-        .iter()
-        .map(|id| {
-            let mut h = Sha256::new();
-            h.update([0u8]);
-            h.update(id.0);
-            h.finalize().into()
-        })
-        .collect();
+    let mut level: Vec<[u8; 32]> = sorted.iter().map(|id| leaf_hash(id)).collect();
     while level.len() > 1 {
         level = level
             .chunks(2)
             .map(|pair| match pair {
-                [l, r] => {
-                    let mut h = Sha256::new();
-                    h.update([1u8]);
-                    h.update(l);
-                    h.update(r);
-                    h.finalize().into()
-                }
+                [l, r] => node_hash(l, r),
                 [one] => *one,
                 _ => unreachable!("chunks(2) yields one or two items"),
             })
             .collect();
     }
     Digest(level[0])
+}
+
+fn leaf_hash(id: &MessageId) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(id.0);
+    h.finalize().into()
+}
+
+fn node_hash(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(l);
+    h.update(r);
+    h.finalize().into()
+}
+
+/// One step of a Merkle inclusion proof: the sibling's hash and which side it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofStep {
+    /// The sibling node (hex in JSON).
+    #[serde(with = "hex_digest")]
+    pub sibling: Digest,
+    /// Whether the sibling is the left child (the proven node is then on the right).
+    pub left: bool,
+}
+
+/// The inclusion proof of `id` in the tree of [`merkle_root`] over `ids`, or `None` if `id` is
+/// not a leaf. Levels where the node is carried up unchanged contribute no step.
+pub fn merkle_proof(ids: &[MessageId], id: &MessageId) -> Option<Vec<ProofStep>> {
+    let mut sorted: Vec<&MessageId> = ids.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut index = sorted.binary_search(&id).ok()?;
+    let mut level: Vec<[u8; 32]> = sorted.iter().map(|id| leaf_hash(id)).collect();
+    let mut steps = Vec::new();
+    while level.len() > 1 {
+        let sibling = index ^ 1;
+        if let Some(s) = level.get(sibling) {
+            steps.push(ProofStep { sibling: Digest(*s), left: sibling < index });
+        }
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => node_hash(l, r),
+                [one] => *one,
+                _ => unreachable!("chunks(2) yields one or two items"),
+            })
+            .collect();
+        index /= 2;
+    }
+    Some(steps)
+}
+
+/// Whether `proof` leads from the leaf `id` to `root`.
+pub fn verify_merkle_proof(id: &MessageId, proof: &[ProofStep], root: &Digest) -> bool {
+    let mut h = leaf_hash(id);
+    for step in proof {
+        h = if step.left { node_hash(&step.sibling.0, &h) } else { node_hash(&h, &step.sibling.0) };
+    }
+    h == root.0
+}
+
+mod hex_digest {
+    use kos_protocol::payload::Digest;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| D::Error::custom("expected 64 hex digits"))
+    }
 }

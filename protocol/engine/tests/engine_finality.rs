@@ -3,10 +3,8 @@
 mod fed;
 
 use fed::*;
-use kos_protocol::{
-    engine::{Dependency, Inverse, Origin, Refusal, Registry, Status},
-    payload::*,
-};
+use kos_engine::{Dependency, Inverse, Origin, Refusal, Registry, Status};
+use kos_protocol::payload::*;
 
 use TrustLevel::*;
 
@@ -103,7 +101,7 @@ fn membership_creates_a_registry_epoch_that_later_proposals_name() {
 
     // A proposal naming epoch 1 arrives before the attestations: held.
     let later = f.propose_action(0, ProposalType::ResourceAllocation, Action::None, epoch1, 60 * S);
-    assert_eq!(f.apply(&later), Err(Refusal::Pending(Dependency::Registry(1))));
+    assert_eq!(f.apply(&later), Err(Refusal::Pending(Dependency::Registry(epoch1.hash))));
     // The attestations make the membership final and executed; the held proposal is released.
     let mut applied = vec![];
     for a in &atts {
@@ -228,7 +226,7 @@ fn quarantine_and_trust_adjustment_change_member_records() {
 
 #[test]
 fn handle_reports_verdicts_and_effects_for_the_shell() {
-    use kos_protocol::engine::{Effect, Verdict};
+    use kos_engine::{Effect, Verdict};
     let mut f = Fed::new(&[Core, Trusted]);
     let p = f.propose(0, config(DecisionRule::SimpleMajority, Weighting::Trust), &[]);
     let v = f.vote(1, &p, Choice::Yes);
@@ -240,7 +238,10 @@ fn handle_reports_verdicts_and_effects_for_the_shell() {
     // The proposal: accepted, and it releases the vote; both to persist. Next wake-up: voting end.
     let step = f.engine.handle(&p, Origin::Gossip, VOTE_START + S, Some(&me));
     assert_eq!(step.verdict, Verdict::Accept);
-    assert_eq!(step.effects[..2], [Effect::Persist(p.id()), Effect::Persist(v.id())]);
+    assert_eq!(
+        step.effects[..2],
+        [Effect::Persist(Box::new(p.clone())), Effect::Persist(Box::new(v.clone()))]
+    );
     assert_eq!(step.effects.last(), Some(&Effect::WakeAt(VOTE_END)));
     // A forged-window vote is rejected and the sender penalised.
     let bad = f.vote_at(0, &p, Choice::No, VOTE_END + S);

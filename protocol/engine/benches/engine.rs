@@ -9,11 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use kos_protocol::{
-    Message, Payload, SecretKey,
-    engine::{Engine, Origin, Registry},
-    payload::*,
-};
+use kos_engine::{Engine, Origin, Registry};
+use kos_protocol::{Message, Payload, SecretKey, payload::*};
 
 const MEMBERS: usize = 500;
 const T0: u64 = 1_700_000_000_000;

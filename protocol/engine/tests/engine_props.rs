@@ -6,7 +6,8 @@ mod fed;
 use std::collections::{BTreeMap, BTreeSet};
 
 use fed::*;
-use kos_protocol::{Message, Payload, engine::Origin, payload::*};
+use kos_engine::Origin;
+use kos_protocol::{Message, Payload, payload::*};
 use proptest::prelude::*;
 
 /// One generated federation and the messages exchanged in it.

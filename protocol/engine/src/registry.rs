@@ -2,22 +2,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::{
-    cbor,
-    identity::PublicKey,
+use kos_protocol::{
+    PublicKey,
     payload::{BodyKind, Charter, Digest, HybridWeights, Member, Role, TrustLevel, Weighting},
+    to_cbor,
 };
 
 /// Domain prefix of registry hashes.
 pub const REGISTRY_DOMAIN: &[u8] = b"kos-klp-v1/registry\0";
 
 /// One version of the federation's registry: members, bodies and governed settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
-    /// Version number: 0 is the charter's, each execution that changes the registry adds one.
+    /// Version number: 0 is the charter's; each execution that changes the registry adds one.
+    /// Part of the content, so two versions never share a hash; versions are looked up by hash.
     pub epoch: u64,
     /// Members by key.
     pub members: BTreeMap<PublicKey, Member>,
@@ -58,7 +59,7 @@ impl Registry {
     pub fn hash(&self) -> Digest {
         let mut h = Sha256::new();
         h.update(REGISTRY_DOMAIN);
-        h.update(cbor::to_vec(self));
+        h.update(to_cbor(self));
         Digest(h.finalize().into())
     }
 

@@ -2,12 +2,8 @@
 //! that sign every governance message type.
 #![allow(dead_code)]
 
-use kos_protocol::{
-    Message, Payload, SecretKey,
-    engine::{Engine, Origin, Refusal, Registry},
-    payload::*,
-    vote_commitment,
-};
+use kos_engine::{Engine, Origin, Refusal, Registry};
+use kos_protocol::{Message, Payload, SecretKey, payload::*, vote_commitment};
 
 /// Seconds, in ms.
 pub const S: u64 = 1000;
@@ -49,11 +45,7 @@ pub fn test_timing() -> Timing {
 /// The engine's built-in configuration (quorum 3/10, veto 334/1000) with this rule and
 /// weighting.
 pub fn config(rule: DecisionRule, weighting: Weighting) -> VotingConfig {
-    VotingConfig {
-        rule,
-        weighting,
-        ..kos_protocol::engine::default_config(ProposalType::ResourceAllocation)
-    }
+    VotingConfig { rule, weighting, ..kos_engine::default_config(ProposalType::ResourceAllocation) }
 }
 
 impl Fed {

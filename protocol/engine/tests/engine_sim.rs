@@ -8,11 +8,8 @@ mod fed;
 use std::collections::{BTreeMap, BTreeSet};
 
 use fed::*;
-use kos_protocol::{
-    Message, Payload,
-    engine::{Engine, Origin},
-    payload::*,
-};
+use kos_engine::{Engine, Origin};
+use kos_protocol::{Message, Payload, payload::*};
 
 /// splitmix64: a tiny deterministic generator, so a seed replays the same trace forever.
 struct Rng(u64);

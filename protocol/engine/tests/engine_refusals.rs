@@ -3,11 +3,8 @@
 mod fed;
 
 use fed::*;
-use kos_protocol::{
-    Message, Payload,
-    engine::{Dependency, Origin, Refusal, Verdict},
-    payload::*,
-};
+use kos_engine::{Dependency, Origin, Refusal, Verdict};
+use kos_protocol::{Message, Payload, payload::*};
 
 use TrustLevel::*;
 
@@ -53,32 +50,91 @@ fn votes_outside_the_window() {
 
 #[test]
 fn non_members() {
+    // A stranger — a key that is a member of no registry version — changes nothing and nothing
+    // of theirs is kept: not on a known proposal, not on an unknown one, not a delegation.
     let (mut f, p) = setup();
     let stranger = key(99);
-    let vote = Message::sign(
-        &stranger,
-        1,
-        VOTE_START + S,
-        None,
+    let sign = |seq, at, payload| Message::sign(&stranger, seq, at, None, payload).expect("sign");
+    let vote = |proposal| {
         Payload::Vote(Vote {
             choice: Choice::Yes,
             reason: None,
-            proposal: p.id(),
+            proposal,
+            revision: 0,
+            federation: f.id(),
+        })
+    };
+    let on_known = sign(1, VOTE_START + S, vote(p.id()));
+    let on_unknown = sign(2, VOTE_START + S, vote(MessageId([7; 32])));
+    let prop = sign(
+        3,
+        T0 + S,
+        Payload::Proposal(f.proposal_body(ProposalType::ResourceAllocation, None, &[])),
+    );
+    let delegation = sign(
+        4,
+        T0 + S,
+        Payload::Delegation(Delegation {
+            delegate: Some(key(0).public()),
+            scope: DelegationScope::All,
+            federation: f.id(),
+        }),
+    );
+    for m in [&on_known, &on_unknown, &prop, &delegation] {
+        refused(&mut f, m, Refusal::UnknownAuthor);
+        assert!(!f.engine.is_held(&m.id()) && !f.engine.is_applied(&m.id()));
+        assert_eq!(Refusal::UnknownAuthor.verdict(), Verdict::Ignore);
+    }
+    assert_eq!(f.engine.pending_len(), 0);
+    assert_eq!(f.engine.held_bytes(&stranger.public()), 0);
+}
+
+#[test]
+fn a_members_unresolvable_flood_stays_within_its_byte_bound() {
+    // A member signs votes on proposals nobody has: they are held, but only up to the per-author
+    // byte bound; everyone else's messages are still held and applied.
+    let (mut f, _) = setup();
+    let mut full = 0;
+    for i in 0..20_000u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        let m = f.sign(
+            1,
+            VOTE_START + S,
+            Payload::Vote(Vote {
+                choice: Choice::Yes,
+                reason: Some("x".repeat(200)),
+                proposal: MessageId(id),
+                revision: 0,
+                federation: f.id(),
+            }),
+        );
+        match f.apply(&m) {
+            Err(Refusal::Pending(_)) => {}
+            Err(Refusal::PendingFull) => full += 1,
+            other => panic!("{other:?}"),
+        }
+        assert!(f.engine.held_bytes(&key(1).public()) <= kos_engine::MAX_HELD_BYTES_PER_AUTHOR);
+    }
+    assert!(full > 0, "the bound was never reached");
+    // Another member's held message is still accepted into the pool.
+    let other = f.sign(
+        2,
+        VOTE_START + S,
+        Payload::Vote(Vote {
+            choice: Choice::Yes,
+            reason: None,
+            proposal: MessageId([0xee; 32]),
             revision: 0,
             federation: f.id(),
         }),
-    )
-    .expect("sign");
-    refused(&mut f, &vote, Refusal::NotMember);
-    let prop = Message::sign(
-        &stranger,
-        2,
-        T0 + S,
-        None,
-        Payload::Proposal(f.proposal_body(ProposalType::ResourceAllocation, None, &[])),
-    )
-    .expect("sign");
-    refused(&mut f, &prop, Refusal::NotMember);
+    );
+    assert!(matches!(f.apply(&other), Err(Refusal::Pending(_))));
+    // Held messages expire.
+    let dropped = f.engine.tick(VOTE_START + S + kos_engine::HOLD_TTL_MS + 1);
+    assert!(dropped > 0);
+    assert_eq!(f.engine.pending_len(), 0);
+    assert_eq!(f.engine.held_bytes(&key(1).public()), 0);
 }
 
 #[test]
@@ -220,7 +276,8 @@ fn proposal_shape_errors() {
     let mut body = f.proposal_body(ProposalType::ResourceAllocation, None, &[]);
     body.registry.hash = Digest([9; 32]);
     let m = f.sign(0, T0 + S, Payload::Proposal(body));
-    refused(&mut f, &m, Refusal::RegistryMismatch(0));
+    // An unknown registry version is held, never refused: it may yet become known.
+    refused(&mut f, &m, Refusal::Pending(Dependency::Registry(Digest([9; 32]))));
 
     let mut body = f.proposal_body(ProposalType::ResourceAllocation, None, &[]);
     body.federation = MessageId([1; 32]);

@@ -4,9 +4,9 @@
 mod fed;
 
 use fed::*;
-use kos_protocol::{
-    engine::{Refusal, Status, Verdict},
-    payload::{Choice, DecisionRule, DelegationScope, Outcome, Ratio, TrustLevel, Weighting},
+use kos_engine::{Refusal, Status, Verdict};
+use kos_protocol::payload::{
+    Choice, DecisionRule, DelegationScope, Outcome, Ratio, TrustLevel, Weighting,
 };
 
 use TrustLevel::*;

@@ -1,0 +1,854 @@
+//! # kos-engine
+//!
+//! The governance engine of kOS: a pure, deterministic state machine over verified KLP messages.
+//!
+//! Inputs are [`Engine::handle`] / [`Engine::apply`] (a verified [`Message`], where it came from,
+//! and the current time) and [`Engine::tick`]; queries take `now`. The engine does no I/O, reads
+//! no clock and draws no randomness: its only dependencies are the wire types, serde and SHA-256,
+//! and `clippy.toml` beside this crate forbids clocks, hash-ordered collections and file or socket
+//! access. Its derived state — proposals, statuses, tallies, certificates, registry versions and
+//! the [`Engine::state_hash`] over them — is a function of the *set* of valid messages it has been
+//! given and of `now`, never of their order, of duplicates, of who relayed what or of a restart.
+//!
+//! How that is achieved (normative text: `docs/governance.md`):
+//! - a message's validity depends only on the message and on messages it names; one whose
+//!   dependency is missing is *held* ([`Refusal::Pending`]) in a pool bounded in bytes per author
+//!   that expires, is never served and never enters the state hash;
+//! - registry versions are named by the hash of their content and looked up by hash: a proposal
+//!   pinning a version this node does not know is held, never refused;
+//! - the registry chain is a function of the message set: final, approved proposals execute at
+//!   `close + grace + execution delay` (signed timeline only), in `(time, proposal id)` order;
+//! - finality is monotone: a *certificate* is attestations from members holding ≥ 2/3 of the
+//!   eligible weight for one (revision, votes root, outcome, winner); once a key is certified it
+//!   stays certified, and re-attestations never undo it;
+//! - where several messages compete (vote changes, conflicting revisions, repeated sponsorship),
+//!   the winner is chosen by a total order on `(sequence number, message id)`, never by arrival.
+//!
+//! Every message updates only what it touches; queries cost O(log n) or O(electorate) (the state
+//! hash is O(proposals) over cached per-proposal digests). Every refusal has a typed reason and a
+//! gossip [`Verdict`]; a refused message changes nothing.
+
+mod ballots;
+mod certificate;
+mod chain;
+mod finality;
+mod hash;
+mod judge;
+mod registry;
+mod tally;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use kos_protocol::{Message, MessageType, PublicKey, payload::*};
+use serde::{Deserialize, Serialize};
+
+pub use certificate::{
+    CERTIFICATE_KIND, CertificateBundle, CertificateError, RECEIPT_KIND, ReceiptBundle,
+    VerifiedCertificate, VerifiedReceipt, verify_certificate, verify_receipt,
+};
+pub use chain::{Execution, Inverse};
+pub use finality::{Certificate, Final, FinalKey};
+pub use hash::STATE_DOMAIN;
+pub use registry::{REGISTRY_DOMAIN, Registry};
+pub use tally::{Count, ProofStep, merkle_proof, merkle_root, verify_merkle_proof};
+
+use chain::Version;
+use finality::Attestations;
+
+/// Most messages held while waiting for a dependency, over all authors.
+pub const MAX_PENDING: usize = 65_536;
+/// Most bytes of held messages per author.
+pub const MAX_HELD_BYTES_PER_AUTHOR: usize = 1 << 20;
+/// How long a message is held before it is dropped (its peers will offer it again by sync).
+pub const HOLD_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// Where a message came from. Only the clock-skew bound depends on it: live gossip and messages
+/// created on this node are held to the charter's clock skew; messages fetched by sync or
+/// replayed from the store are judged by their signed time alone. Every other rule is the same
+/// for every origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Created on this node.
+    Local,
+    /// Received on a gossip topic.
+    Gossip,
+    /// Fetched by anti-entropy sync or loaded from the store.
+    Sync,
+}
+
+/// What gossip should do with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and relay.
+    Accept,
+    /// Not relayed, sender not penalised (duplicates, missing dependencies, stale gossip).
+    Ignore,
+    /// Invalid: not relayed, sender penalised.
+    Reject,
+}
+
+/// What the shell must do after [`Engine::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Persist (flush) this accepted message's bytes before acknowledging it: the message
+    /// handled, or a held message it released.
+    Persist(Box<Message>),
+    /// The message is held in the engine's pool until this dependency arrives. The shell must
+    /// not store it as accepted nor serve it to peers.
+    Hold(MessageId, Dependency),
+    /// Penalise the peer that relayed the message.
+    Penalise(Refusal),
+    /// Sign and publish this attestation with the node's identity.
+    Attest(TallyAttestation),
+    /// Call [`Engine::tick`] (or `handle` again) at this time: a status changes then.
+    WakeAt(u64),
+}
+
+/// The engine's answer to one message: a gossip verdict and effects for the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// What gossip does with the message.
+    pub verdict: Verdict,
+    /// Why it was refused, if it was.
+    pub refusal: Option<Refusal>,
+    /// What to do, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// Something a message waits for before it can be judged.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dependency {
+    /// The federation's charter.
+    Charter,
+    /// A registry version, by content hash, in force when the message was signed.
+    Registry(Digest),
+    /// A proposal.
+    Proposal(ProposalId),
+    /// A revision of a proposal.
+    Revision(ProposalId, u32),
+    /// A comment (a reply's parent).
+    Comment(MessageId),
+    /// A VOTE_COMMIT by this voter (its public key bytes) on this proposal.
+    Commit(ProposalId, [u8; 32]),
+}
+
+/// Why the engine refused a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Already applied.
+    #[error("duplicate message")]
+    Duplicate,
+    /// Held until a dependency arrives; it will be applied then.
+    #[error("waiting for {0:?}")]
+    Pending(Dependency),
+    /// The pool of held messages is full, or this author's share of it is.
+    #[error("too many bytes waiting for dependencies from this author")]
+    PendingFull,
+    /// The author is a member of no registry version this node knows: nothing is kept.
+    #[error("author is a member of no known registry version")]
+    UnknownAuthor,
+    /// The message belongs to another federation.
+    #[error("message is for another federation")]
+    WrongFederation,
+    /// Not a governance message.
+    #[error("{0} is not a governance message")]
+    NotGovernance(MessageType),
+    /// Live gossip (or a local message) whose signed time is too far from this node's clock.
+    #[error("signed time {created_ms} is more than {skew_ms} ms from now ({now_ms})")]
+    ClockSkew {
+        /// Signed time.
+        created_ms: u64,
+        /// This node's time.
+        now_ms: u64,
+        /// Allowed skew.
+        skew_ms: u64,
+    },
+    /// The charter's author is not a founding member.
+    #[error("charter author is not a founding member")]
+    CharterAuthor,
+    /// The author is not a member of the registry version that applies.
+    #[error("author is not a member")]
+    NotMember,
+    /// The author is quarantined.
+    #[error("author is quarantined")]
+    Quarantined,
+    /// The author's vote would weigh nothing under the proposal's weighting.
+    #[error("author has no vote weight under this weighting")]
+    ZeroWeight,
+    /// The proposer's trust is below what the proposal type requires.
+    #[error("{kind} proposals need trust {required} or higher (proposer has {actual})")]
+    InsufficientTrust {
+        /// Proposal type.
+        kind: ProposalType,
+        /// Required level.
+        required: TrustLevel,
+        /// The proposer's level.
+        actual: TrustLevel,
+    },
+    /// The proposal's timeline breaks the charter's bounds.
+    #[error("timeline: {0}")]
+    BadTimeline(&'static str),
+    /// The action does not fit the proposal type.
+    #[error("action does not fit a {0} proposal")]
+    ActionMismatch(ProposalType),
+    /// The options do not fit the decision rule.
+    #[error("options do not fit the decision rule")]
+    OptionsMismatch,
+    /// Signed time outside the window in which this message is allowed.
+    #[error("signed time {created_ms} outside [{start_ms}, {end_ms})")]
+    OutsideWindow {
+        /// Signed time.
+        created_ms: u64,
+        /// Window start.
+        start_ms: u64,
+        /// Window end (exclusive).
+        end_ms: u64,
+    },
+    /// The ballot's form does not fit the decision rule.
+    #[error("ballot does not fit the decision rule")]
+    WrongBallot,
+    /// The ballot names an option the proposal does not have.
+    #[error("ballot names option {0}, which does not exist")]
+    NoSuchOption(u16),
+    /// The voting configuration requires reasoning.
+    #[error("this vote requires reasoning")]
+    MissingReason,
+    /// A public VOTE on a secret ballot.
+    #[error("proposal uses secret ballots: commit and reveal instead")]
+    SecretBallot,
+    /// A commit or reveal on a public ballot.
+    #[error("proposal does not use secret ballots")]
+    NotSecret,
+    /// Only the proposer may do this.
+    #[error("only the proposer may do this")]
+    NotProposer,
+    /// Another revision with the same number was already accepted.
+    #[error("conflicting revision {0}")]
+    ConflictingRevision(u32),
+    /// A second reveal of the same commitment.
+    #[error("commitment already revealed")]
+    DoubleReveal,
+    /// The reveal does not open any of the voter's commitments.
+    #[error("reveal does not match a commitment")]
+    CommitmentMismatch,
+    /// A proposer cannot sponsor their own proposal, nor a member delegate to themselves.
+    #[error("cannot sponsor own proposal or delegate to self")]
+    SelfReference,
+    /// A summary by someone who is neither proposer nor mediator.
+    #[error("only the proposer or a mediator may summarise")]
+    NotMediator,
+    /// A reply to a comment on another proposal.
+    #[error("parent comment belongs to another proposal")]
+    ParentMismatch,
+}
+
+impl Refusal {
+    /// The gossip verdict for this refusal.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Refusal::Duplicate
+            | Refusal::Pending(_)
+            | Refusal::PendingFull
+            | Refusal::UnknownAuthor
+            | Refusal::NotGovernance(_)
+            | Refusal::ClockSkew { .. }
+            | Refusal::WrongFederation
+            | Refusal::ConflictingRevision(_)
+            | Refusal::DoubleReveal => Verdict::Ignore,
+            _ => Verdict::Reject,
+        }
+    }
+}
+
+/// A proposal's lifecycle state at some `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for sponsors (before discussion ends).
+    SeekingSponsors,
+    /// In discussion; the proposer may revise or withdraw.
+    Discussion,
+    /// Voting is open.
+    Voting,
+    /// Secret ballot reveal window.
+    Reveal,
+    /// Voting over, outcome not yet final.
+    Closed,
+    /// Final and approved.
+    Approved,
+    /// Final and rejected.
+    Rejected,
+    /// Final, quorum not met.
+    FailedQuorum,
+    /// Final, vetoed.
+    Vetoed,
+    /// Did not get its sponsors in time.
+    Expired,
+    /// Withdrawn by the proposer.
+    Withdrawn,
+    /// Final, approved and executed.
+    Executed,
+    /// Final and approved, but its action could not be applied.
+    ExecutionFailed,
+}
+
+/// The minimum proposer trust for each proposal type (SPEC 4.2). Emergency actions also accept
+/// members of the Security Board.
+pub fn required_trust(kind: ProposalType) -> TrustLevel {
+    match kind {
+        ProposalType::ResourceAllocation | ProposalType::Membership => TrustLevel::Standard,
+        ProposalType::EmergencyAction => TrustLevel::Core,
+        _ => TrustLevel::Trusted,
+    }
+}
+
+pub(crate) fn trust_rank(t: TrustLevel) -> u8 {
+    match t {
+        TrustLevel::Quarantine => 0,
+        TrustLevel::Sandbox => 1,
+        TrustLevel::Standard => 2,
+        TrustLevel::Trusted => 3,
+        TrustLevel::Core => 4,
+    }
+}
+
+/// The built-in voting configuration for a proposal type the charter does not configure.
+pub fn default_config(kind: ProposalType) -> VotingConfig {
+    let rule = match kind {
+        ProposalType::ConstitutionalChange | ProposalType::ProtocolUpgrade => {
+            DecisionRule::Supermajority(Ratio(2, 3))
+        }
+        _ => DecisionRule::SimpleMajority,
+    };
+    VotingConfig {
+        rule,
+        veto: Ratio(334, 1000),
+        quorum: Ratio(3, 10),
+        secret: false,
+        sponsors: 0,
+        reasoning: false,
+        weighting: Weighting::Trust,
+        early_close: false,
+    }
+}
+
+/// Key ordering "latest wins": higher sequence number, then higher message id.
+pub(crate) type Order = (u64, MessageId);
+
+/// Every delegation message of one delegator and scope: signed time and delegate, by order.
+type DelegationHistory = BTreeMap<Order, (u64, Option<PublicKey>)>;
+
+/// The lowest message id, for range bounds.
+const ZERO_ID: MessageId = MessageId([0; 32]);
+
+#[derive(Clone, Debug)]
+struct RevisionRec {
+    id: MessageId,
+    body: Revision,
+}
+
+#[derive(Clone, Debug)]
+struct VoteRec {
+    id: MessageId,
+    created_ms: u64,
+    revision: u32,
+    choice: Choice,
+}
+
+#[derive(Clone, Debug)]
+struct CommitRec {
+    id: MessageId,
+    revision: u32,
+    commitment: Digest,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct CommentRec {
+    author: PublicKey,
+    kind: CommentKind,
+    parent: Option<MessageId>,
+    revision: u32,
+}
+
+/// Values derived from a proposal's records, computed on first use and dropped when a record
+/// they depend on changes.
+#[derive(Clone, Debug, Default)]
+struct Caches {
+    tally: std::cell::OnceCell<Tally>,
+    early_close: std::cell::OnceCell<Option<u64>>,
+    digest: std::cell::OnceCell<Digest>,
+}
+
+impl Caches {
+    fn clear(&mut self) {
+        self.tally.take();
+        self.early_close.take();
+        self.digest.take();
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ProposalState {
+    id: ProposalId,
+    author: PublicKey,
+    created_ms: u64,
+    body: Proposal,
+    /// The registry version the proposal pinned (shared between proposals, by content hash).
+    registry: Arc<Registry>,
+    /// Total weight of the electorate under the proposal's weighting.
+    eligible: u64,
+    /// Whether the pinned version is valid for the proposal's signed time under the current
+    /// registry chain. An inactive proposal keeps its records but counts for nothing.
+    active: bool,
+    attestations: Attestations,
+    config: VotingConfig,
+    revisions: BTreeMap<u32, RevisionRec>,
+    sponsors: BTreeMap<PublicKey, MessageId>,
+    withdrawn: Option<MessageId>,
+    votes: BTreeMap<PublicKey, BTreeMap<Order, VoteRec>>,
+    commits: BTreeMap<PublicKey, BTreeMap<Order, CommitRec>>,
+    reveals: BTreeMap<(PublicKey, Digest), Choice>,
+    comments: BTreeMap<MessageId, CommentRec>,
+    /// The counted ballots under the certified root, once this node's own count matched it.
+    certified_counted: Option<Vec<MessageId>>,
+    cache: Caches,
+}
+
+impl ProposalState {
+    /// The revision in force: the highest `n` such that revisions `1..=n` are all known.
+    fn current_revision(&self) -> u32 {
+        let mut n = 0;
+        while self.revisions.contains_key(&(n + 1)) {
+            n += 1;
+        }
+        n
+    }
+
+    fn options(&self, revision: u32) -> Option<&[String]> {
+        if revision == 0 {
+            Some(&self.body.options)
+        } else {
+            self.revisions.get(&revision).map(|r| r.body.options.as_slice())
+        }
+    }
+
+    fn action(&self) -> &Action {
+        self.revisions.get(&self.current_revision()).map_or(&self.body.action, |r| &r.body.action)
+    }
+
+    fn voting_start(&self) -> u64 {
+        self.body.timeline.discussion_end_ms
+    }
+
+    fn voting_end(&self) -> u64 {
+        self.body.timeline.voting_end_ms
+    }
+
+    fn closes_at(&self) -> u64 {
+        self.body.timeline.reveal_end_ms.unwrap_or(self.body.timeline.voting_end_ms)
+    }
+
+    fn sponsored(&self) -> bool {
+        self.sponsors.len() >= usize::from(self.config.sponsors)
+    }
+
+    fn weight(&self, key: &PublicKey) -> u64 {
+        self.registry.member(key).map_or(0, |m| self.registry.weight(m, self.config.weighting))
+    }
+}
+
+/// The result of counting a proposal, as a node sees it now.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tally {
+    /// The proposal.
+    pub proposal: ProposalId,
+    /// The revision counted.
+    pub revision: u32,
+    /// Ids of the counted ballots (VOTE, or VOTE_COMMIT for secret ballots), ascending.
+    pub counted: Vec<MessageId>,
+    /// Merkle root over `counted`.
+    pub votes_root: Digest,
+    /// The count.
+    pub count: Count,
+}
+
+/// A voter's inclusion receipt: the counted ballot and its Merkle path to the certified root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The proposal.
+    pub proposal: ProposalId,
+    /// The voter.
+    pub voter: PublicKey,
+    /// The counted ballot (VOTE, or VOTE_COMMIT for secret ballots).
+    pub ballot: MessageId,
+    /// The certified votes root.
+    pub votes_root: Digest,
+    /// The path from the ballot's leaf to the root.
+    pub proof: Vec<ProofStep>,
+}
+
+/// Why no receipt can be given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// No such (active) proposal.
+    #[error("unknown proposal")]
+    UnknownProposal,
+    /// The proposal has no certificate yet.
+    #[error("the proposal is not final: no certificate yet")]
+    NotFinal,
+    /// This node's counted ballots do not (yet) reproduce the certified root.
+    #[error("this node's counted ballots do not reproduce the certified root; sync and retry")]
+    RootUnknown,
+    /// The voter has no ballot under the certified root (did not vote, or voted by delegation).
+    #[error("the voter has no ballot under the certified root")]
+    NotCounted,
+}
+
+/// What [`Engine::replay`] did with a batch of stored messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Messages applied (including released held ones).
+    pub applied: usize,
+    /// Duplicates in the batch.
+    pub duplicates: usize,
+    /// Messages still held for a dependency.
+    pub held: usize,
+    /// Messages refused, by reason.
+    pub refused: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug)]
+struct Held {
+    msg: Message,
+    since_ms: u64,
+}
+
+/// The hold pool: messages waiting for a dependency, bounded per author in bytes and in total,
+/// expiring after [`HOLD_TTL_MS`].
+#[derive(Clone, Debug, Default)]
+struct HoldPool {
+    by_dep: BTreeMap<Dependency, BTreeMap<MessageId, Held>>,
+    index: BTreeMap<MessageId, Dependency>,
+    by_time: BTreeSet<(u64, MessageId)>,
+    bytes: BTreeMap<PublicKey, usize>,
+}
+
+impl HoldPool {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn insert(&mut self, msg: &Message, dep: Dependency, now_ms: u64) -> Result<(), Refusal> {
+        let id = msg.id();
+        if self.index.contains_key(&id) {
+            return Ok(());
+        }
+        let size = msg.bytes().len();
+        let used = self.bytes.get(&msg.author()).copied().unwrap_or(0);
+        if self.len() >= MAX_PENDING || used + size > MAX_HELD_BYTES_PER_AUTHOR {
+            return Err(Refusal::PendingFull);
+        }
+        self.bytes.insert(msg.author(), used + size);
+        self.by_time.insert((now_ms, id));
+        self.index.insert(id, dep.clone());
+        self.by_dep.entry(dep).or_default().insert(id, Held { msg: msg.clone(), since_ms: now_ms });
+        Ok(())
+    }
+
+    fn forget(&mut self, held: &Held) {
+        let id = held.msg.id();
+        self.index.remove(&id);
+        self.by_time.remove(&(held.since_ms, id));
+        let author = held.msg.author();
+        if let Some(b) = self.bytes.get_mut(&author) {
+            *b = b.saturating_sub(held.msg.bytes().len());
+            if *b == 0 {
+                self.bytes.remove(&author);
+            }
+        }
+    }
+
+    fn take(&mut self, dep: &Dependency) -> Vec<Message> {
+        let Some(waiting) = self.by_dep.remove(dep) else { return Vec::new() };
+        waiting
+            .into_values()
+            .map(|h| {
+                self.forget(&h);
+                h.msg
+            })
+            .collect()
+    }
+
+    fn expire(&mut self, now_ms: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(HOLD_TTL_MS);
+        let old: Vec<(u64, MessageId)> = self.by_time.range(..(cutoff, ZERO_ID)).copied().collect();
+        for (_, id) in &old {
+            if let Some(dep) = self.index.get(id).cloned()
+                && let Some(list) = self.by_dep.get_mut(&dep)
+                && let Some(h) = list.remove(id)
+            {
+                if list.is_empty() {
+                    self.by_dep.remove(&dep);
+                }
+                self.forget(&h);
+            }
+        }
+        old.len()
+    }
+}
+
+/// The governance engine of one federation.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    federation: FederationId,
+    charter: Option<Charter>,
+    /// The registry chain: version 0 is the charter's; each execution that changes the registry
+    /// adds one, starting at the execution's time. A function of the message set.
+    chain: Vec<Version>,
+    /// Chain versions by content hash: index into `chain`.
+    versions: BTreeMap<Digest, usize>,
+    /// Every key that is a member of some registry version this node has computed.
+    known_members: BTreeSet<PublicKey>,
+    /// Executions in the current chain, by proposal.
+    executions: BTreeMap<ProposalId, Execution>,
+    /// Final, approved, sponsored, not withdrawn proposals: their execution time.
+    exec_at: BTreeMap<ProposalId, u64>,
+    /// The same, ordered by time.
+    exec_order: BTreeSet<(u64, ProposalId)>,
+    proposals: BTreeMap<ProposalId, ProposalState>,
+    /// Proposals by signed time, and by end of voting.
+    by_created: BTreeSet<(u64, ProposalId)>,
+    by_voting_end: BTreeSet<(u64, ProposalId)>,
+    /// Active proposals without a certificate: the only ones that can need an attestation.
+    unsettled: BTreeSet<ProposalId>,
+    /// Times at which some status can change by the clock alone.
+    wake: BTreeSet<u64>,
+    /// Which proposal each comment belongs to.
+    comment_owner: BTreeMap<MessageId, ProposalId>,
+    /// Every delegation message, by (delegator, scope), ordered "latest wins".
+    delegations: BTreeMap<(PublicKey, DelegationScope), DelegationHistory>,
+    delegations_digest: std::cell::OnceCell<Digest>,
+    chain_digest: std::cell::OnceCell<Digest>,
+    applied: BTreeSet<MessageId>,
+    pending: HoldPool,
+    /// Dependencies satisfied as a side effect (registry rebuilds), to release.
+    released: Vec<Dependency>,
+}
+
+impl Engine {
+    /// An engine for the federation whose charter has id `federation`.
+    pub fn new(federation: FederationId) -> Self {
+        Engine {
+            federation,
+            charter: None,
+            chain: Vec::new(),
+            versions: BTreeMap::new(),
+            known_members: BTreeSet::new(),
+            executions: BTreeMap::new(),
+            exec_at: BTreeMap::new(),
+            exec_order: BTreeSet::new(),
+            proposals: BTreeMap::new(),
+            by_created: BTreeSet::new(),
+            by_voting_end: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
+            wake: BTreeSet::new(),
+            comment_owner: BTreeMap::new(),
+            delegations: BTreeMap::new(),
+            delegations_digest: std::cell::OnceCell::new(),
+            chain_digest: std::cell::OnceCell::new(),
+            applied: BTreeSet::new(),
+            pending: HoldPool::default(),
+            released: Vec::new(),
+        }
+    }
+
+    /// The federation id.
+    pub fn federation(&self) -> FederationId {
+        self.federation
+    }
+
+    /// The charter, once known.
+    pub fn charter(&self) -> Option<&Charter> {
+        self.charter.as_ref()
+    }
+
+    fn grace(&self) -> u64 {
+        self.charter.as_ref().map_or(0, |c| c.timing.grace_ms)
+    }
+
+    /// Applies a verified message. On success returns the ids of every message applied, this one
+    /// first, then any held messages it released (all of them to be persisted and relayed).
+    pub fn apply(
+        &mut self,
+        msg: &Message,
+        origin: Origin,
+        now_ms: u64,
+    ) -> Result<Vec<MessageId>, Refusal> {
+        Ok(self.apply_messages(msg, origin, now_ms)?.iter().map(Message::id).collect())
+    }
+
+    /// [`Engine::apply`], returning the messages applied (this one first, then released ones).
+    fn apply_messages(
+        &mut self,
+        msg: &Message,
+        origin: Origin,
+        now_ms: u64,
+    ) -> Result<Vec<Message>, Refusal> {
+        if matches!(origin, Origin::Gossip | Origin::Local)
+            && let Some(c) = &self.charter
+        {
+            let skew = c.timing.clock_skew_ms;
+            let created = msg.header().created_ms;
+            if created.abs_diff(now_ms) > skew {
+                return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
+            }
+        }
+        let deps = self.apply_one(msg, now_ms)?;
+        let mut applied = vec![msg.clone()];
+        applied.extend(self.release(deps, now_ms));
+        Ok(applied)
+    }
+
+    /// Handles one verified message for the shell: applies it, and returns the gossip verdict
+    /// with effects — what to persist, what is held, whom to penalise, which attestations `me`
+    /// (the node's identity, if it is a member) must sign, and when to wake up next.
+    pub fn handle(
+        &mut self,
+        msg: &Message,
+        origin: Origin,
+        now_ms: u64,
+        me: Option<&PublicKey>,
+    ) -> Step {
+        let mut effects = Vec::new();
+        let (verdict, refusal) = match self.apply_messages(msg, origin, now_ms) {
+            Ok(applied) => {
+                effects.extend(applied.into_iter().map(|m| Effect::Persist(Box::new(m))));
+                (Verdict::Accept, None)
+            }
+            Err(r) => {
+                match &r {
+                    Refusal::Pending(dep) => effects.push(Effect::Hold(msg.id(), dep.clone())),
+                    r if r.verdict() == Verdict::Reject => {
+                        effects.push(Effect::Penalise(r.clone()))
+                    }
+                    _ => {}
+                }
+                (r.verdict(), Some(r))
+            }
+        };
+        if let Some(me) = me {
+            effects.extend(self.attestations_due(me, now_ms).into_iter().map(Effect::Attest));
+        }
+        if let Some(t) = self.next_wakeup(now_ms) {
+            effects.push(Effect::WakeAt(t));
+        }
+        Step { verdict, refusal, effects }
+    }
+
+    /// Applies a batch of stored messages in a dependency-friendly order (the charter, then by
+    /// signed time, then id), so that a restart rebuilds the same state whatever order the store
+    /// returns them in. Clock-skew rules do not apply (origin [`Origin::Sync`]).
+    pub fn replay(&mut self, mut msgs: Vec<Message>, now_ms: u64) -> ReplayReport {
+        msgs.sort_by_key(|m| {
+            (m.payload().message_type() != MessageType::Charter, m.header().created_ms, m.id())
+        });
+        let mut report = ReplayReport::default();
+        for m in &msgs {
+            match self.apply(m, Origin::Sync, now_ms) {
+                Ok(ids) => report.applied += ids.len(),
+                Err(Refusal::Duplicate) => report.duplicates += 1,
+                Err(Refusal::Pending(_)) => {}
+                Err(r) => *report.refused.entry(refusal_name(&r)).or_default() += 1,
+            }
+        }
+        report.held = self.pending.len();
+        report
+    }
+
+    /// The next time after `now_ms` at which some proposal's status can change by the clock
+    /// alone (voting opens or closes, a reveal ends, a grace period ends, an execution falls
+    /// due). O(log n).
+    pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
+        self.wake.range(now_ms.saturating_add(1)..).next().copied()
+    }
+
+    /// Advances time: drops held messages older than [`HOLD_TTL_MS`]. The registry chain and
+    /// every status are functions of the message set and `now`, so nothing else needs doing.
+    /// Returns the number of held messages dropped.
+    pub fn tick(&mut self, now_ms: u64) -> usize {
+        self.pending.expire(now_ms)
+    }
+
+    /// Re-applies the messages held for each satisfied dependency in `queue`, and for every
+    /// dependency those satisfy in turn. Returns the messages applied.
+    fn release(&mut self, mut queue: Vec<Dependency>, now_ms: u64) -> Vec<Message> {
+        let mut applied = Vec::new();
+        queue.append(&mut self.released);
+        while let Some(dep) = queue.pop() {
+            for m in self.pending.take(&dep) {
+                if let Ok(more) = self.apply_one(&m, now_ms) {
+                    queue.extend(more);
+                    applied.push(m);
+                }
+                queue.append(&mut self.released);
+            }
+        }
+        applied
+    }
+
+    /// Applies one message; on success returns the dependencies it satisfies.
+    fn apply_one(&mut self, msg: &Message, now_ms: u64) -> Result<Vec<Dependency>, Refusal> {
+        let id = msg.id();
+        if self.applied.contains(&id) {
+            return Err(Refusal::Duplicate);
+        }
+        if let Some(dep) = self.pending.index.get(&id) {
+            return Err(Refusal::Pending(dep.clone()));
+        }
+        match self.judge(msg) {
+            Ok(deps) => {
+                self.applied.insert(id);
+                Ok(deps)
+            }
+            Err(Refusal::Pending(dep)) => {
+                self.pending.insert(msg, dep.clone(), now_ms)?;
+                Err(Refusal::Pending(dep))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Number of messages held for missing dependencies.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes held for missing dependencies from `author`.
+    pub fn held_bytes(&self, author: &PublicKey) -> usize {
+        self.pending.bytes.get(author).copied().unwrap_or(0)
+    }
+
+    /// Whether message `id` has been applied (it is part of the state and may be served).
+    pub fn is_applied(&self, id: &MessageId) -> bool {
+        self.applied.contains(id)
+    }
+
+    /// Whether message `id` is in the hold pool.
+    pub fn is_held(&self, id: &MessageId) -> bool {
+        self.pending.index.contains_key(id)
+    }
+
+    /// Number of messages applied.
+    pub fn applied_len(&self) -> usize {
+        self.applied.len()
+    }
+}
+
+/// A short, stable name for a refusal (its variant), for logs and reports.
+pub fn refusal_name(r: &Refusal) -> String {
+    let s = format!("{r:?}");
+    s.split(['(', ' ', '{']).next().unwrap_or_default().to_owned()
+}
