@@ -750,19 +750,35 @@ impl Engine {
 
     /// Applies a batch of stored messages in a dependency-friendly order (the charter, then by
     /// signed time, then id), so that a restart rebuilds the same state whatever order the store
-    /// returns them in. Clock-skew rules do not apply (origin [`Origin::Sync`]).
+    /// returns them in. Messages refused only for what this node did not know yet (an author
+    /// admitted by an execution later in the batch) are retried until nothing more applies.
+    /// Clock-skew rules do not apply (origin [`Origin::Sync`]).
     pub fn replay(&mut self, mut msgs: Vec<Message>, now_ms: u64) -> ReplayReport {
         msgs.sort_by_key(|m| {
             (m.payload().message_type() != MessageType::Charter, m.header().created_ms, m.id())
         });
         let mut report = ReplayReport::default();
-        for m in &msgs {
-            match self.apply(m, Origin::Sync, now_ms) {
-                Ok(ids) => report.applied += ids.len(),
-                Err(Refusal::Duplicate) => report.duplicates += 1,
-                Err(Refusal::Pending(_)) => {}
-                Err(r) => *report.refused.entry(refusal_name(&r)).or_default() += 1,
+        loop {
+            let mut retry = Vec::new();
+            let before = report.applied;
+            for m in msgs {
+                match self.apply(&m, Origin::Sync, now_ms) {
+                    Ok(ids) => report.applied += ids.len(),
+                    Err(Refusal::Duplicate) => report.duplicates += 1,
+                    Err(Refusal::Pending(_)) => {}
+                    Err(Refusal::UnknownAuthor | Refusal::PendingFull) => retry.push(m),
+                    Err(r) => *report.refused.entry(refusal_name(&r)).or_default() += 1,
+                }
             }
+            if retry.is_empty() || report.applied == before {
+                for m in &retry {
+                    if let Err(r) = self.apply(m, Origin::Sync, now_ms) {
+                        *report.refused.entry(refusal_name(&r)).or_default() += 1;
+                    }
+                }
+                break;
+            }
+            msgs = retry;
         }
         report.held = self.pending.len();
         report
