@@ -8,7 +8,7 @@ mod fed;
 use std::collections::{BTreeMap, BTreeSet};
 
 use fed::*;
-use kos_engine::{Engine, Origin};
+use kos_engine::{Engine, FinalKey, Origin};
 use kos_protocol::{Message, Payload, payload::*};
 
 /// splitmix64: a tiny deterministic generator, so a seed replays the same trace forever.
@@ -40,7 +40,20 @@ struct Node {
 /// Per node: state hash and each proposal's final outcome.
 type NodeResult = (Digest, Vec<Option<Outcome>>);
 
+/// What the run observed about finality: late in-window votes applied by a node that already
+/// held a final result, and final results that changed on some node (must be none).
+#[derive(Debug, Default, PartialEq)]
+struct FinalityWatch {
+    late_after_final: usize,
+    changed: Vec<String>,
+}
+
 fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
+    let (results, before, _) = simulate_watch(seed);
+    (results, before)
+}
+
+fn simulate_watch(seed: u64) -> (Vec<NodeResult>, usize, FinalityWatch) {
     let mut rng = Rng(seed);
     let n = 4 + rng.below(4) as usize; // 4..=7 nodes, node i is member i
     let levels: Vec<TrustLevel> = (0..n)
@@ -98,6 +111,34 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
         ),
     ));
 
+    // Late votes: signed in the window by members who changed their mind, but delivered only
+    // after the attestation rounds, when nodes already hold certificates.
+    let mut late: Vec<(usize, Message)> = vec![];
+    for who in 0..n {
+        if rng.chance(40) {
+            let c = [Choice::Yes, Choice::No][rng.below(2) as usize].clone();
+            late.push((who, f.vote_at(who, &p1, c, VOTE_END - S)));
+        }
+    }
+    let late_ids: BTreeSet<MessageId> = late.iter().map(|(_, m)| m.id()).collect();
+    let mut watch = FinalityWatch::default();
+    let mut first_final: BTreeMap<(usize, MessageId), FinalKey> = BTreeMap::new();
+    let observe = |nodes: &Vec<Node>,
+                   i: usize,
+                   first: &mut BTreeMap<(usize, MessageId), FinalKey>,
+                   watch: &mut FinalityWatch| {
+        for p in [p1.id(), p2.id()] {
+            if let Some(f) = nodes[i].engine.finality(&p) {
+                let was = *first.entry((i, p)).or_insert(f.key);
+                if was != f.key {
+                    watch.changed.push(format!("node {i} {p:?}: {was:?} -> {:?}", f.key));
+                }
+            } else if let Some(was) = first.get(&(i, p)) {
+                watch.changed.push(format!("node {i} {p:?}: {was:?} -> not final"));
+            }
+        }
+    };
+
     // A partition {0, 1} | {2, ..} from halfway through voting until after attestations start.
     let (cut_from, cut_until) = (VOTE_START + 15 * S, VOTE_END + 30 * S);
     let side = |i: usize| i < 2;
@@ -123,6 +164,9 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
     for (from, m) in &msgs {
         schedule(&mut events, &mut rng, *from, m, m.header().created_ms);
     }
+    for (from, m) in &late {
+        schedule(&mut events, &mut rng, *from, m, VOTE_END + 25 * S);
+    }
     // Attestation rounds during and after the partition.
     let rounds = [VOTE_END + 6 * S, VOTE_END + 20 * S];
     let mut processed = 0;
@@ -136,6 +180,11 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
             (Some(_), _) => {
                 let (at, _, to, m, origin) = events[processed].clone();
                 processed += 1;
+                if late_ids.contains(&m.id())
+                    && [p1.id(), p2.id()].iter().any(|p| nodes[to].engine.finality(p).is_some())
+                {
+                    watch.late_after_final += 1;
+                }
                 let node = &mut nodes[to];
                 if node.engine.apply(&m, origin, at).is_ok() || node.known.contains_key(&m.id()) {
                     node.known.insert(m.id(), m);
@@ -144,6 +193,7 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
                     // bytes of held messages too).
                     node.known.insert(m.id(), m);
                 }
+                observe(&nodes, to, &mut first_final, &mut watch);
                 continue;
             }
             (None, None) => break,
@@ -179,6 +229,9 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
                 nd.known.insert(m.id(), m.clone());
             }
         }
+        for i in 0..n {
+            observe(&nodes, i, &mut first_final, &mut watch);
+        }
         for (i, node) in nodes.iter_mut().enumerate() {
             for a in node.engine.attestations_due(&key(i).public(), end) {
                 node.seq += 1;
@@ -187,6 +240,7 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
                 let _ = node.engine.apply(&m, Origin::Local, end);
                 node.known.insert(m.id(), m);
             }
+            observe_one(node, i, &p1, &p2, &mut first_final, &mut watch);
         }
     }
     let results = nodes
@@ -199,7 +253,27 @@ fn simulate(seed: u64) -> (Vec<NodeResult>, usize) {
             (nd.engine.state_hash(end), outcomes)
         })
         .collect();
-    (results, before_heal.len())
+    (results, before_heal.len(), watch)
+}
+
+fn observe_one(
+    node: &Node,
+    i: usize,
+    p1: &Message,
+    p2: &Message,
+    first: &mut BTreeMap<(usize, MessageId), FinalKey>,
+    watch: &mut FinalityWatch,
+) {
+    for p in [p1.id(), p2.id()] {
+        if let Some(f) = node.engine.finality(&p) {
+            let was = *first.entry((i, p)).or_insert(f.key);
+            if was != f.key {
+                watch.changed.push(format!("node {i} {p:?}: {was:?} -> {:?}", f.key));
+            }
+        } else if let Some(was) = first.get(&(i, p)) {
+            watch.changed.push(format!("node {i} {p:?}: {was:?} -> not final"));
+        }
+    }
 }
 
 /// Checks convergence; returns how many distinct states there were before healing.
@@ -223,6 +297,19 @@ fn nodes_converge_after_drops_and_a_partition() {
 }
 
 #[test]
+fn late_votes_after_finality_change_no_final_outcome_on_any_node() {
+    let mut late_after_final = 0;
+    for seed in 1..=16 {
+        let (_, _, watch) = simulate_watch(seed);
+        assert!(watch.changed.is_empty(), "seed {seed}: {:?}", watch.changed);
+        late_after_final += watch.late_after_final;
+    }
+    // The late votes really arrived where results were already final.
+    assert!(late_after_final >= 5, "only {late_after_final} late votes met a final result");
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // a test knob, read outside the engine
 fn any_seed_by_hand() {
     if let Ok(seed) = std::env::var("KOS_SIM_SEED") {
         let seed: u64 = seed.parse().expect("KOS_SIM_SEED is a number");
