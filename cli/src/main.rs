@@ -236,6 +236,35 @@ enum Command {
         /// Proposal id.
         id: String,
     },
+    /// Export a final proposal's certificate (signed charter, proposal and attestations).
+    Certificate {
+        /// Proposal id.
+        id: String,
+        /// Write it to this file (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Check a certificate file offline, against the charter it carries. Exit status 1 if invalid.
+    VerifyCertificate {
+        /// The certificate file.
+        file: std::path::PathBuf,
+    },
+    /// Export the inclusion receipt of a voter's counted ballot under the certified votes root.
+    Receipt {
+        /// Proposal id.
+        id: String,
+        /// The voter's did:key (default: this node's identity).
+        #[arg(long)]
+        voter: Option<String>,
+        /// Write it to this file (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Check a receipt file offline: its certificate, the ballot's signature and its Merkle path.
+    VerifyReceipt {
+        /// The receipt file.
+        file: std::path::PathBuf,
+    },
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -265,6 +294,35 @@ fn read_input(file: Option<&str>) -> anyhow::Result<Vec<u8>> {
         bail!("input is larger than any KLP envelope ({MAX_ENVELOPE_LEN} bytes)");
     }
     Ok(buf)
+}
+
+/// Most bytes of a certificate or receipt file: a charter of at most 512 members and one
+/// attestation per member, hex-encoded, with room to spare.
+const MAX_BUNDLE_LEN: u64 = 16 << 20;
+
+fn read_json<T: serde::de::DeserializeOwned>(file: &std::path::Path) -> anyhow::Result<T> {
+    let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_BUNDLE_LEN + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if buf.len() as u64 > MAX_BUNDLE_LEN {
+        bail!("{} is larger than {MAX_BUNDLE_LEN} bytes", file.display());
+    }
+    serde_json::from_slice(&buf).with_context(|| format!("{} is not a kOS file", file.display()))
+}
+
+fn write_out(v: &serde_json::Value, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    match out {
+        Some(path) => {
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -364,6 +422,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             show(api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?)
         }
         Command::Tally { id } => show(api()?.get(&format!("/v1/proposals/{id}/tally"))?),
+        Command::Certificate { id, out } => {
+            let v = api()?.get(&format!("/v1/proposals/{id}/certificate"))?;
+            write_out(&v, out.as_deref())
+        }
+        Command::Receipt { id, voter, out } => {
+            let path = match voter {
+                Some(did) => format!("/v1/proposals/{id}/receipt?voter={did}"),
+                None => format!("/v1/proposals/{id}/receipt"),
+            };
+            let v = api()?.get(&path)?;
+            write_out(&v, out.as_deref())
+        }
+        Command::VerifyCertificate { file } => {
+            let bundle: kos_engine::CertificateBundle = read_json(&file)?;
+            let c = kos_engine::verify_certificate(&bundle)
+                .with_context(|| format!("{} is not a valid certificate", file.display()))?;
+            show(serde_json::json!({
+                "valid": true,
+                "federation": c.federation.to_string(),
+                "proposal": c.proposal.to_string(),
+                "outcome": c.key.outcome.as_str(),
+                "winner": c.key.winner,
+                "revision": c.key.revision,
+                "votes_root": c.key.votes_root.to_string(),
+                "weight": c.weight,
+                "eligible": c.eligible,
+                "attesters": c.attesters,
+            }))
+        }
+        Command::VerifyReceipt { file } => {
+            let bundle: kos_engine::ReceiptBundle = read_json(&file)?;
+            let r = kos_engine::verify_receipt(&bundle)
+                .with_context(|| format!("{} is not a valid receipt", file.display()))?;
+            show(serde_json::json!({
+                "valid": true,
+                "proposal": r.certificate.proposal.to_string(),
+                "voter": r.voter.to_did(),
+                "ballot": r.ballot.to_string(),
+                "votes_root": r.certificate.key.votes_root.to_string(),
+                "outcome": r.certificate.key.outcome.as_str(),
+            }))
+        }
         Command::Audit(AuditCmd::Verify) => {
             let v = api()?.get("/v1/audit/verify")?;
             if v["ok"] != serde_json::Value::Bool(true) {

@@ -14,12 +14,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use kos_engine::{Engine, Status, Tally};
+use kos_engine::{CertificateBundle, Engine, ReceiptBundle, Status, Tally};
 use kos_protocol::{MessageId, Payload, PublicKey, payload::*};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::node::{Command, Handle, now_ms};
+use crate::node::{Command, Handle, State, now_ms};
 
 /// An API error: status and one-line message.
 pub struct ApiError(StatusCode, String);
@@ -87,6 +87,8 @@ pub async fn serve(
         .route("/v1/proposals/{id}/withdraw", post(withdraw))
         .route("/v1/proposals/{id}/revise", post(revise))
         .route("/v1/proposals/{id}/tally", get(tally))
+        .route("/v1/proposals/{id}/certificate", get(certificate))
+        .route("/v1/proposals/{id}/receipt", get(receipt))
         .route("/v1/delegate", post(delegate))
         .route("/v1/audit/verify", get(audit_verify))
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
@@ -583,8 +585,16 @@ async fn tally(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiR
         "final": fin.map(|f| json!({
             "outcome": f.key.outcome.as_str(),
             "votes_root": f.key.votes_root.to_string(),
+            "revision": f.key.revision,
+            "winner": f.key.winner,
             "weight": f.weight,
             "final_at_ms": f.final_at_ms,
+        })),
+        "certificate": engine.certificate(&id).map(|c| json!({
+            "attesters": c.attesters.len(),
+            "weight": c.final_.weight,
+            "eligible": c.eligible,
+            "equivocators": c.equivocators.iter().map(|k| k.to_did()).collect::<Vec<_>>(),
         })),
         "execution": execution.map(|e| json!({
             "at_ms": e.at_ms,
@@ -592,6 +602,88 @@ async fn tally(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiR
             "result": match e.result { Ok(()) => "ok".to_owned(), Err(s) => s },
         })),
     })))
+}
+
+/// The certificate bundle of a final proposal: the signed charter, proposal and attestations
+/// (and the pinned registry version when it is not the charter's), verifiable offline.
+fn certificate_bundle(st: &State, id: &MessageId) -> Result<CertificateBundle, ApiError> {
+    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
+    if engine.proposal(id).is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {id}")));
+    }
+    let cert = engine.certificate(id).ok_or_else(|| {
+        ApiError(StatusCode::CONFLICT, format!("proposal {id} is not final: no certificate yet"))
+    })?;
+    let bytes = |mid: &MessageId| -> Result<String, ApiError> {
+        match st.store.get(mid) {
+            Ok(Some(m)) => Ok(hex::encode(m.bytes())),
+            Ok(None) => Err(bad(format!("message {mid} is not in the store"))),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    };
+    let (registry, _) = engine.electorate(id).ok_or_else(|| bad("no electorate"))?;
+    let charter = engine.charter().ok_or_else(|| bad("no charter"))?;
+    let own = kos_engine::Registry::from_charter(charter).hash() == registry.hash();
+    Ok(CertificateBundle {
+        kind: kos_engine::CERTIFICATE_KIND.to_owned(),
+        charter: bytes(&engine.federation())?,
+        proposal: bytes(id)?,
+        registry: (!own).then(|| hex::encode(kos_protocol::to_cbor(registry))),
+        attestations: cert
+            .attesters
+            .iter()
+            .map(|(_, mid, _, _)| bytes(mid))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+async fn certificate(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let st = ctx.handle.lock();
+    let bundle = certificate_bundle(&st, &id)?;
+    Ok(Json(serde_json::to_value(bundle).map_err(|e| bad(e.to_string()))?))
+}
+
+#[derive(Deserialize)]
+struct ReceiptQuery {
+    /// The voter's did:key; the node's own identity if absent.
+    voter: Option<String>,
+}
+
+async fn receipt(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(id): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ReceiptQuery>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let st = ctx.handle.lock();
+    let voter = match q.voter {
+        Some(did) => {
+            PublicKey::from_did(&did).map_err(|e| bad(format!("invalid voter {did}: {e}")))?
+        }
+        None => st.key.public(),
+    };
+    let certificate = certificate_bundle(&st, &id)?;
+    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
+    let r = engine.receipt(&id, &voter).map_err(|e| {
+        let code = match e {
+            kos_engine::ReceiptError::NotCounted => StatusCode::NOT_FOUND,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError(code, format!("{e}"))
+    })?;
+    let ballot = match st.store.get(&r.ballot) {
+        Ok(Some(m)) => hex::encode(m.bytes()),
+        Ok(None) => return Err(bad(format!("ballot {} is not in the store", r.ballot))),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let bundle = ReceiptBundle {
+        kind: kos_engine::RECEIPT_KIND.to_owned(),
+        certificate,
+        ballot,
+        proof: r.proof,
+    };
+    Ok(Json(serde_json::to_value(bundle).map_err(|e| bad(e.to_string()))?))
 }
 
 #[derive(Deserialize)]

@@ -293,3 +293,93 @@ fn the_control_api_requires_its_token_and_stays_on_loopback() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("only listens on loopback"), "{r:?}");
 }
+
+#[test]
+fn certificates_and_receipts_verify_offline_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let mut b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    federation(&a, &[&b, &c]);
+    let p = id_of(
+        &a.json(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            "Buy a server",
+            "--description",
+            "One more relay.",
+            "--discussion-secs",
+            "2",
+            "--voting-secs",
+            "4",
+        ]),
+        "id",
+    );
+    for n in [&a, &b, &c] {
+        wait_for(60, "the proposal everywhere", || {
+            (n.json(&["show", &p])["status"] == "voting").then_some(())
+        });
+    }
+    a.json(&["vote", &p, "yes"]);
+    b.json(&["vote", &p, "yes"]);
+    c.json(&["vote", &p, "no"]);
+    let finals = final_everywhere(&[&a, &b, &c], &p, 3);
+    let cert = &finals[1]["certificate"];
+    assert!(cert["attesters"].as_u64().expect("attesters") >= 2, "{cert}");
+    assert_eq!(cert["equivocators"], serde_json::json!([]));
+
+    // Export from B, verify offline (no node involved).
+    let file = dir.path().join("cert.json");
+    b.ctl(&["certificate", &p, "--out", file.to_str().expect("path")]).ok();
+    let v = b.json(&["verify-certificate", file.to_str().expect("path")]);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["proposal"], p.as_str());
+    assert_eq!(v["outcome"], "approved");
+    assert_eq!(v["votes_root"], finals[1]["final"]["votes_root"]);
+
+    // A tampered attestation, or too few attestations, is refused with the reason.
+    let text = std::fs::read_to_string(&file).expect("read");
+    let mut bundle: Value = serde_json::from_str(&text).expect("json");
+    let good = bundle.clone();
+    let att = bundle["attestations"][0].as_str().expect("hex").to_owned();
+    let flipped =
+        format!("{}{}", &att[..att.len() - 1], if att.ends_with('0') { "1" } else { "0" });
+    bundle["attestations"][0] = Value::String(flipped);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, bundle.to_string()).expect("write");
+    let r = b.ctl(&["verify-certificate", bad.to_str().expect("path")]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("not a valid certificate"), "{r:?}");
+    let mut few = good.clone();
+    few["attestations"] = serde_json::json!([good["attestations"][0]]);
+    std::fs::write(&bad, few.to_string()).expect("write");
+    let r = b.ctl(&["verify-certificate", bad.to_str().expect("path")]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("2/3"), "{r:?}");
+
+    // C's receipt, exported by A: C's ballot is under the certified root.
+    let receipt = dir.path().join("receipt.json");
+    a.ctl(&["receipt", &p, "--voter", &c.did(), "--out", receipt.to_str().expect("path")]).ok();
+    let v = a.json(&["verify-receipt", receipt.to_str().expect("path")]);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["voter"], c.did());
+    let mut forged: Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).expect("read")).expect("json");
+    forged["proof"] = serde_json::json!([]);
+    std::fs::write(&bad, forged.to_string()).expect("write");
+    let r = a.ctl(&["verify-receipt", bad.to_str().expect("path")]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("not under the certified votes root"), "{r:?}");
+
+    // A restart rebuilds the same final state from the store.
+    let before = tally(&b, &p);
+    let hash = b.status()["state_hash"].clone();
+    b.kill();
+    let b = Node::start(dir.path().join("b"));
+    let after = tally(&b, &p);
+    assert_eq!(after["final"], before["final"]);
+    assert_eq!(after["status"], before["status"]);
+    assert_eq!(b.status()["state_hash"], hash, "the restarted node rebuilt another state");
+}

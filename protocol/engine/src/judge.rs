@@ -443,6 +443,7 @@ impl Engine {
             reveals: BTreeMap::new(),
             comments: BTreeMap::new(),
             certified_counted: None,
+            applied: std::collections::BTreeSet::new(),
             cache: Caches::default(),
         };
         let grace = timing.grace_ms;

@@ -414,6 +414,9 @@ struct ProposalState {
     comments: BTreeMap<MessageId, CommentRec>,
     /// The counted ballots under the certified root, once this node's own count matched it.
     certified_counted: Option<Vec<MessageId>>,
+    /// Ids of the applied messages that name this proposal (duplicate detection stays
+    /// proportional to the proposal, not to the federation's history).
+    applied: BTreeSet<MessageId>,
     cache: Caches,
 }
 
@@ -818,7 +821,12 @@ impl Engine {
     /// Applies one message; on success returns the dependencies it satisfies.
     fn apply_one(&mut self, msg: &Message, now_ms: u64) -> Result<Vec<Dependency>, Refusal> {
         let id = msg.id();
-        if self.applied.contains(&id) {
+        let bucket = named_proposal(msg.payload());
+        let applied = match bucket.and_then(|p| self.proposals.get(&p)) {
+            Some(p) => p.applied.contains(&id),
+            None => self.applied.contains(&id),
+        };
+        if applied {
             return Err(Refusal::Duplicate);
         }
         if let Some(dep) = self.pending.index.get(&id) {
@@ -826,7 +834,10 @@ impl Engine {
         }
         match self.judge(msg) {
             Ok(deps) => {
-                self.applied.insert(id);
+                match bucket.and_then(|p| self.proposals.get_mut(&p)) {
+                    Some(p) => p.applied.insert(id),
+                    None => self.applied.insert(id),
+                };
                 Ok(deps)
             }
             Err(Refusal::Pending(dep)) => {
@@ -848,8 +859,9 @@ impl Engine {
     }
 
     /// Whether message `id` has been applied (it is part of the state and may be served).
+    /// O(proposals): for tests and diagnostics.
     pub fn is_applied(&self, id: &MessageId) -> bool {
-        self.applied.contains(id)
+        self.applied.contains(id) || self.proposals.values().any(|p| p.applied.contains(id))
     }
 
     /// Whether message `id` is in the hold pool.
@@ -857,10 +869,26 @@ impl Engine {
         self.pending.index.contains_key(id)
     }
 
-    /// Number of messages applied.
+    /// Number of messages applied. O(proposals).
     pub fn applied_len(&self) -> usize {
-        self.applied.len()
+        self.applied.len() + self.proposals.values().map(|p| p.applied.len()).sum::<usize>()
     }
+}
+
+/// The proposal a message names (votes, attestations, comments, revisions, ...), if any.
+fn named_proposal(payload: &kos_protocol::Payload) -> Option<ProposalId> {
+    use kos_protocol::Payload as P;
+    Some(match payload {
+        P::Revision(r) => r.proposal,
+        P::Sponsor(s) => s.proposal,
+        P::Withdraw(w) => w.proposal,
+        P::Comment(c) => c.proposal,
+        P::Vote(v) => v.proposal,
+        P::VoteCommit(v) => v.proposal,
+        P::VoteReveal(v) => v.proposal,
+        P::TallyAttestation(a) => a.proposal,
+        _ => return None,
+    })
 }
 
 /// A short, stable name for a refusal (its variant), for logs and reports.
