@@ -158,7 +158,7 @@ impl Engine {
     }
 
     pub(crate) fn status_of(&self, p: &ProposalState, now_ms: u64) -> Status {
-        if p.withdrawn.is_some() {
+        if p.is_withdrawn() {
             return Status::Withdrawn;
         }
         let sponsored = p.sponsored();

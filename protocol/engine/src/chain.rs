@@ -138,7 +138,7 @@ impl Engine {
     pub(crate) fn touch(&mut self, pid: &ProposalId, force: bool) {
         let Some(p) = self.proposals.get(pid) else { return };
         let approved = p.attestations.final_().is_some_and(|f| f.key.outcome == Outcome::Approved);
-        let new = (approved && p.withdrawn.is_none() && p.sponsored()).then(|| self.exec_time(p));
+        let new = (approved && !p.is_withdrawn() && p.sponsored()).then(|| self.exec_time(p));
         let old = self.exec_at.get(pid).copied();
         if new == old && !(force && old.is_some()) {
             return;

@@ -187,7 +187,6 @@ impl Engine {
                 let p = self.proposal_mut(&w.proposal)?;
                 p.withdrawn = Some(p.withdrawn.map_or(id, |prev| prev.min(id)));
                 p.cache.digest.take();
-                self.unsettled.remove(&w.proposal);
                 self.touch(&w.proposal, false);
                 Ok(vec![])
             }
@@ -240,8 +239,7 @@ impl Engine {
                 };
                 let p = self.proposal_mut(&v.proposal)?;
                 p.votes.entry(author).or_default().insert((msg.header().seq, id), rec);
-                p.cache.clear();
-                self.after_ballot(&v.proposal);
+                self.ballot_recorded(&v.proposal, &author, v.revision);
                 Ok(vec![])
             }
             Payload::VoteCommit(v) => {
@@ -257,8 +255,7 @@ impl Engine {
                 let rec = CommitRec { id, revision: v.revision, commitment: v.commitment };
                 let p = self.proposal_mut(&v.proposal)?;
                 p.commits.entry(author).or_default().insert((msg.header().seq, id), rec);
-                p.cache.clear();
-                self.after_ballot(&v.proposal);
+                self.ballot_recorded(&v.proposal, &author, v.revision);
                 Ok(vec![Dependency::Commit(v.proposal, author.to_bytes())])
             }
             Payload::VoteReveal(v) => {
@@ -438,6 +435,7 @@ impl Engine {
             revisions: BTreeMap::new(),
             sponsors: BTreeMap::new(),
             withdrawn: None,
+            named_by_ballots: None,
             votes: BTreeMap::new(),
             commits: BTreeMap::new(),
             reveals: BTreeMap::new(),
@@ -460,6 +458,20 @@ impl Engine {
         self.unsettled.insert(id);
         self.proposals.insert(id, state);
         Ok(vec![Dependency::Proposal(id), Dependency::Revision(id, 0)])
+    }
+
+    /// After a VOTE or VOTE_COMMIT by `voter` on `revision`: the revision in force and a
+    /// withdrawal's effect may change (and with them the action an execution applies).
+    fn ballot_recorded(&mut self, pid: &ProposalId, voter: &PublicKey, revision: u32) {
+        let Some(p) = self.proposals.get_mut(pid) else { return };
+        let before = (p.current_revision(), p.is_withdrawn());
+        p.note_ballot(voter, revision);
+        p.cache.clear();
+        let changed = (p.current_revision(), p.is_withdrawn()) != before;
+        if changed {
+            self.touch(pid, true);
+        }
+        self.after_ballot(pid);
     }
 
     /// After a ballot or delegation change on `pid`: the tally and the early close may move.

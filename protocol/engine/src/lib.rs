@@ -414,6 +414,9 @@ struct ProposalState {
     comments: BTreeMap<MessageId, CommentRec>,
     /// The counted ballots under the certified root, once this node's own count matched it.
     certified_counted: Option<Vec<MessageId>>,
+    /// The highest revision named by a ballot (VOTE or VOTE_COMMIT) of a member other than the
+    /// proposer, if there is any such ballot.
+    named_by_ballots: Option<u32>,
     /// Ids of the applied messages that name this proposal (duplicate detection stays
     /// proportional to the proposal, not to the federation's history).
     applied: BTreeSet<MessageId>,
@@ -421,13 +424,35 @@ struct ProposalState {
 }
 
 impl ProposalState {
-    /// The revision in force: the highest `n` such that revisions `1..=n` are all known.
-    fn current_revision(&self) -> u32 {
+    /// The highest `n` such that revisions `1..=n` are all known.
+    fn latest_revision(&self) -> u32 {
         let mut n = 0;
         while self.revisions.contains_key(&(n + 1)) {
             n += 1;
         }
         n
+    }
+
+    /// The revision in force: the latest revision, except that once members other than the
+    /// proposer have cast ballots, a revision none of them has named is not in force. A
+    /// proposer's revision signed "before voting" but first shown after the ballots (backdated)
+    /// therefore cannot void them; a revision voters saw and voted on is in force.
+    fn current_revision(&self) -> u32 {
+        let latest = self.latest_revision();
+        self.named_by_ballots.map_or(latest, |named| named.min(latest))
+    }
+
+    /// Whether a withdrawal takes effect: only if no member other than the proposer has cast a
+    /// ballot (a withdrawal first shown after voting began cannot void the ballots).
+    fn is_withdrawn(&self) -> bool {
+        self.withdrawn.is_some() && self.named_by_ballots.is_none()
+    }
+
+    /// Records a ballot on `revision` by `voter`.
+    fn note_ballot(&mut self, voter: &PublicKey, revision: u32) {
+        if *voter != self.author {
+            self.named_by_ballots = Some(self.named_by_ballots.map_or(revision, |n| n.max(revision)));
+        }
     }
 
     fn options(&self, revision: u32) -> Option<&[String]> {

@@ -253,3 +253,68 @@ fn handle_reports_verdicts_and_effects_for_the_shell() {
     assert_eq!(dup.refusal, Some(Refusal::Duplicate));
     assert!(dup.effects.iter().any(|e| matches!(e, Effect::Attest(a) if a.proposal == p.id())));
 }
+
+#[test]
+fn four_messages_in_any_order_give_one_state() {
+    // Three equal members. Two attest the approved configuration change (2/3: final, it executes
+    // and creates registry version 1); a later proposal pins that version; then one of the two
+    // re-attests a different root (a late vote moved its tally). Whatever the order of these four
+    // messages, every node ends in one state: the result stays final, the version stays, and the
+    // later proposal is accepted.
+    let mut f = Fed::new(&[Core, Core, Core]);
+    let p = f.propose_action(
+        0,
+        ProposalType::Configuration,
+        Action::Configuration { key: "relay.quota".into(), new: "7".into(), old: None },
+        f.registry0(),
+        0,
+    );
+    f.apply(&p).expect("proposal");
+    f.apply_all(&[f.vote(0, &p, Choice::Yes), f.vote(1, &p, Choice::Yes)]);
+    let due = f.engine.attestations_due(&key(0).public(), ATTEST);
+    let a = due.into_iter().find(|a| a.proposal == p.id()).expect("due");
+    let att0 = f.sign(0, ATTEST, kos_protocol::Payload::TallyAttestation(a.clone()));
+    let att1 = f.sign(1, ATTEST, kos_protocol::Payload::TallyAttestation(a.clone()));
+    let mut moved = a.clone();
+    moved.votes_root = Digest([1; 32]);
+    let att1_again = f.sign(1, ATTEST + S, kos_protocol::Payload::TallyAttestation(moved));
+    let mut base = f.engine.clone();
+    for m in [&att0, &att1] {
+        base.apply(m, Origin::Sync, ATTEST + 2 * S).expect("attestation");
+    }
+    let v1 = base.registry(ATTEST + 60 * S).expect("registry");
+    assert_eq!(v1.epoch, 1, "the change executed");
+    let later = f.propose_action(
+        0,
+        ProposalType::ResourceAllocation,
+        Action::None,
+        RegistryVersion { hash: v1.hash(), epoch: 1 },
+        60 * S,
+    );
+    let msgs = [att0, att1, att1_again, later.clone()];
+    let now = ATTEST + 200 * S;
+    let mut states = std::collections::BTreeSet::new();
+    // All 24 orders.
+    let mut orders: Vec<Vec<usize>> = vec![vec![]];
+    for _ in 0..4 {
+        let mut next = vec![];
+        for o in &orders {
+            for i in (0..4).filter(|i| !o.contains(i)) {
+                let mut o = o.clone();
+                o.push(i);
+                next.push(o);
+            }
+        }
+        orders = next;
+    }
+    for order in &orders {
+        let mut e = f.engine.clone();
+        for &i in order {
+            let _ = e.apply(&msgs[i], Origin::Sync, now);
+        }
+        assert!(e.finality(&p.id()).is_some(), "order {order:?}: finality lost");
+        assert!(e.proposal(&later.id()).is_some(), "order {order:?}: later proposal missing");
+        states.insert(e.state_hash(now));
+    }
+    assert_eq!(states.len(), 1, "{} different states over 24 orders", states.len());
+}

@@ -3,7 +3,7 @@
 mod fed;
 
 use fed::*;
-use kos_engine::{Dependency, Origin, Refusal, Verdict};
+use kos_engine::{Dependency, Origin, Refusal, Status, Verdict};
 use kos_protocol::{Message, Payload, payload::*};
 
 use TrustLevel::*;
@@ -381,4 +381,47 @@ fn non_governance_messages_are_not_the_engines() {
         Payload::BroadcastAnnounce(BroadcastAnnounce { text: "x".into(), topic: "y".into() }),
     );
     refused(&mut f, &m, Refusal::NotGovernance(kos_protocol::MessageType::BroadcastAnnounce));
+}
+
+#[test]
+fn a_backdated_revision_or_withdrawal_cannot_void_the_ballots() {
+    // The proposer signs a revision and a withdrawal dated "before voting", but shows them only
+    // after members voted (as sync or a local API would deliver them). The ballots stand.
+    let (mut f, p) = setup();
+    let v1 = f.vote(1, &p, Choice::Yes);
+    let v2 = f.vote(2, &p, Choice::Yes);
+    f.apply_all(&[v1.clone(), v2.clone()]);
+    let before = f.engine.tally(&p.id(), VOTE_END).expect("tally");
+    let revision = f.sign(
+        0,
+        VOTE_START - 1,
+        Payload::Revision(Revision {
+            title: "Backdated".into(),
+            action: Action::None,
+            options: vec![],
+            proposal: p.id(),
+            revision: 1,
+            federation: f.id(),
+            description: "Voids the votes".into(),
+        }),
+    );
+    let withdraw = f.sign(
+        0,
+        VOTE_START - 1,
+        Payload::Withdraw(Withdraw { proposal: p.id(), federation: f.id(), reason: None }),
+    );
+    // Both are validly signed in their window, so they are recorded...
+    f.apply(&revision).expect("revision recorded");
+    f.apply(&withdraw).expect("withdrawal recorded");
+    // ...but neither takes effect: no ballot named revision 1, and members had voted.
+    let after = f.engine.tally(&p.id(), VOTE_END).expect("tally");
+    assert_eq!(after.revision, 0);
+    assert_eq!(after.counted, before.counted);
+    assert_eq!(f.engine.status(&p.id(), VOTE_START + 2 * S), Some(Status::Voting));
+    // In any order: the same state.
+    let mut g = Fed::new(&[Core, Trusted, Standard, Sandbox, Quarantine]);
+    for m in [&withdraw, &revision, &v2, &p, &v1] {
+        let _ = g.engine.apply(m, Origin::Sync, VOTE_END);
+    }
+    assert_eq!(g.engine.state_hash(VOTE_END + S), f.engine.state_hash(VOTE_END + S));
 }
