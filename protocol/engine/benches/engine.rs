@@ -1,7 +1,7 @@
 #![allow(clippy::disallowed_methods)] // a benchmark measures time
 //! Engine throughput: votes applied per second and tally-query time at 10k, 100k and 1M votes,
 //! with decoding (signature verification) of the same votes as the baseline measured in the same
-//! run. Run: `cargo bench -p kos-protocol --bench engine` (add `-- --quick` for 10k and 100k only).
+//! run. Run: `cargo bench -p kos-engine --bench engine` (add `-- --quick` for 10k and 100k only).
 //!
 //! The electorate is 500 members (trust weighting, transitive delegations for a tenth of them);
 //! votes beyond 500 are vote changes, so every tally resolves "latest vote wins" over the full
@@ -107,6 +107,19 @@ fn main() {
                 .expect("vote")
         })
         .collect();
+    // Five more votes, used to drop the tally cache before each tally measurement.
+    let extra: Vec<Message> = (0..5)
+        .map(|k| {
+            let payload = Payload::Vote(Vote {
+                choice: Choice::Yes,
+                reason: None,
+                proposal: proposal.id(),
+                revision: 0,
+                federation: fed,
+            });
+            Message::sign(&keys[k], u64::MAX - 10 + k as u64, T0 + 3, None, payload).expect("vote")
+        })
+        .collect();
     println!(
         "signed {max} votes in {:.1} s (setup, not measured)",
         started.elapsed().as_secs_f64()
@@ -122,11 +135,12 @@ fn main() {
     println!("baseline: decode+verify {decode_rate:.0} messages/s ({sample} envelopes)");
     println!();
     println!(
-        "{:>9} | {:>14} | {:>9} | {:>13} | {:>10}",
-        "votes", "apply votes/s", "vs decode", "tally query", "state hash"
+        "{:>9} | {:>14} | {:>9} | {:>13} | {:>10} | {:>12}",
+        "votes", "apply votes/s", "vs decode", "tally query", "state hash", "engine RSS"
     );
 
     for &n in sizes {
+        let rss_before = rss_bytes();
         let mut engine = Engine::new(fed);
         engine.apply(&charter, Origin::Sync, T0).expect("charter");
         engine.apply(&proposal, Origin::Sync, T0).expect("proposal");
@@ -139,20 +153,31 @@ fn main() {
         }
         let apply = t.elapsed();
         let rate = n as f64 / apply.as_secs_f64();
-        let tally_time = median(5, || {
-            std::hint::black_box(engine.tally(&proposal.id(), voting_end).expect("tally"));
-        });
+        let rss = rss_bytes().saturating_sub(rss_before);
+        // The tally after a new vote (its cache dropped): what a query costs when ballots move.
+        let mut times: Vec<Duration> = (0..5)
+            .map(|k| {
+                engine.apply(&extra[k], Origin::Sync, T0).expect("vote");
+                let t = Instant::now();
+                std::hint::black_box(engine.tally(&proposal.id(), voting_end).expect("tally"));
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        let tally_time = times[2];
         let hash_time = median(3, || {
             std::hint::black_box(engine.state_hash(voting_end));
         });
         let t = engine.tally(&proposal.id(), voting_end).expect("tally");
-        assert_eq!(t.counted.len(), MEMBERS.min(n));
+        assert_eq!(t.counted.len(), MEMBERS.min(n + 5));
         println!(
-            "{n:>9} | {rate:>14.0} | {:>8.1}x | {:>10.3} ms | {:>7.3} ms",
+            "{n:>9} | {rate:>14.0} | {:>8.1}x | {:>10.3} ms | {:>7.3} ms | {:>9.1} MB",
             rate / decode_rate,
             tally_time.as_secs_f64() * 1e3,
-            hash_time.as_secs_f64() * 1e3
+            hash_time.as_secs_f64() * 1e3,
+            rss as f64 / 1e6,
         );
+        drop(engine);
     }
 }
 
@@ -166,4 +191,12 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
         .collect();
     times.sort();
     times[runs / 2]
+}
+
+/// Resident set size of this process, from /proc (Linux); 0 elsewhere.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4096)
 }

@@ -105,7 +105,7 @@ impl Engine {
         let max_depth = self.charter.as_ref().map_or(0, |c| c.max_delegation_depth);
         let mut weight_of: BTreeMap<PublicKey, u64> = BTreeMap::new();
         let has_delegations = !self.delegations.is_empty();
-        for (key, m) in &reg.members {
+        for (key, m) in reg.members.iter() {
             let w = reg.weight(m, weighting);
             if w == 0 {
                 continue;

@@ -2,8 +2,8 @@
 //!
 //! The chain is a function of the message set alone (not of `now`, not of arrival order): every
 //! final, approved, sponsored and not withdrawn proposal whose pinned version is valid executes at
-//! `close + grace + execution delay` (its signed timeline), in `(time, proposal id)` order, each
-//! against the version before it. A version is in force from its execution's time until the next
+//! `max(final_at, close + grace) + execution delay` (signed times only), in `(time, end of
+//! voting, proposal id)` order, each against the version before it. A version is in force from its execution's time until the next
 //! one's. Versions are looked up by content hash; a proposal's pin is valid if it names a version
 //! in force at some moment of `[signed time − grace, signed time]`.
 //!
@@ -60,7 +60,7 @@ pub enum Inverse {
 pub struct Execution {
     /// The proposal executed.
     pub proposal: ProposalId,
-    /// When it executes (signed timeline: close + grace + the proposal's execution delay).
+    /// When it executes: `max(final_at, close + grace)` plus the proposal's execution delay.
     pub at_ms: u64,
     /// The registry epoch it produced, if it changed the registry.
     pub epoch: Option<u64>,
@@ -112,11 +112,11 @@ impl Engine {
         self.chain.iter().map(|v| (v.start_ms, v.hash)).collect()
     }
 
-    /// Executions due by `now_ms`, in chain order (time, then proposal id).
+    /// Executions due by `now_ms`, in chain order (time, end of voting, proposal id).
     pub fn executions(&self, now_ms: u64) -> Vec<Execution> {
         self.exec_order
-            .range(..(now_ms.saturating_add(1), ZERO_ID))
-            .filter_map(|(_, pid)| self.executions.get(pid))
+            .range(..(now_ms.saturating_add(1), 0, ZERO_ID))
+            .filter_map(|(_, _, pid)| self.executions.get(pid))
             .cloned()
             .collect()
     }
@@ -126,10 +126,14 @@ impl Engine {
         self.executions.get(id)
     }
 
-    /// When proposal `p` executes if it is approved: close + grace + execution delay.
+    /// When proposal `p` executes if it is approved: `max(final_at, close + grace)` plus its
+    /// execution delay — never before its certificate completed (by signed time), so a proposer
+    /// who learns of the certificate within the grace period pins the version it creates.
     pub(crate) fn exec_time(&self, p: &ProposalState) -> u64 {
+        let final_at = p.attestations.final_().map_or(0, |f| f.final_at_ms);
         self.effective_close(p)
             .saturating_add(self.grace())
+            .max(final_at)
             .saturating_add(p.body.timeline.execution_delay_ms)
     }
 
@@ -143,12 +147,14 @@ impl Engine {
         if new == old && !(force && old.is_some()) {
             return;
         }
+        let end = p.voting_end();
+        self.mark(*pid);
         if let Some(t) = old {
-            self.exec_order.remove(&(t, *pid));
+            self.exec_order.remove(&(t, end, *pid));
             self.exec_at.remove(pid);
         }
         if let Some(t) = new {
-            self.exec_order.insert((t, *pid));
+            self.exec_order.insert((t, end, *pid));
             self.exec_at.insert(*pid, t);
             self.wake.insert(t);
         }
@@ -178,15 +184,20 @@ impl Engine {
         if let Some(v) = self.chain.last() {
             self.released.push(Dependency::Registry(v.hash));
         }
-        let mut events: Vec<(u64, u8, ProposalId)> =
-            self.exec_order.range((t0, ZERO_ID)..).map(|&(t, pid)| (t, 0, pid)).collect();
+        // (time, kind: 0 execution / 1 pin check, tie-break: end of voting, proposal)
+        let mut events: Vec<(u64, u8, u64, ProposalId)> = self
+            .exec_order
+            .range((t0, 0, ZERO_ID)..)
+            .map(|&(t, end, pid)| (t, 0, end, pid))
+            .collect();
         events.extend(
             self.by_created
                 .range((t0.saturating_sub(grace), ZERO_ID)..)
-                .map(|&(t, pid)| (t, 1, pid)),
+                .map(|&(t, pid)| (t, 1, 0, pid)),
         );
         events.sort();
-        for (t, kind, pid) in events {
+        for (t, kind, _, pid) in events {
+            self.mark(pid);
             if kind == 1 {
                 let Some(p) = self.proposals.get(&pid) else { continue };
                 let valid = self.version_for(&p.body.registry.hash, p.created_ms).is_some();
@@ -248,13 +259,13 @@ pub(crate) fn execute(
             Inverse::Config { key: key.clone(), value: current }
         }
         Action::TrustAdjustment { level, member } => {
-            let m = reg.members.get_mut(member).ok_or("not a member")?;
+            let m = Arc::make_mut(&mut reg.members).get_mut(member).ok_or("not a member")?;
             let before = m.clone();
             m.trust = *level;
             Inverse::Member { key: *member, record: Some(Box::new(before)) }
         }
         Action::Quarantine(member) => {
-            let m = reg.members.get_mut(member).ok_or("not a member")?;
+            let m = Arc::make_mut(&mut reg.members).get_mut(member).ok_or("not a member")?;
             let before = m.clone();
             m.trust = TrustLevel::Quarantine;
             Inverse::Member { key: *member, record: Some(Box::new(before)) }
@@ -263,11 +274,11 @@ pub(crate) fn execute(
             if reg.members.contains_key(&m.key) {
                 return Err("already a member");
             }
-            reg.members.insert(m.key, m.clone());
+            Arc::make_mut(&mut reg.members).insert(m.key, m.clone());
             Inverse::Member { key: m.key, record: None }
         }
         Action::RemoveMember(key) => {
-            let before = reg.members.remove(key).ok_or("not a member")?;
+            let before = Arc::make_mut(&mut reg.members).remove(key).ok_or("not a member")?;
             for body in reg.bodies.values_mut() {
                 body.remove(key);
             }
@@ -300,8 +311,8 @@ pub(crate) fn execute(
                 }
                 Inverse::Member { key, record } => {
                     let current = match record {
-                        Some(m) => reg.members.insert(key, *m),
-                        None => reg.members.remove(&key),
+                        Some(m) => Arc::make_mut(&mut reg.members).insert(key, *m),
+                        None => Arc::make_mut(&mut reg.members).remove(&key),
                     };
                     Inverse::Member { key, record: current.map(Box::new) }
                 }

@@ -355,6 +355,7 @@ impl Engine {
                     if let Some(p) = self.proposals.get_mut(&pid) {
                         p.cache.clear();
                     }
+                    self.mark(pid);
                     self.after_ballot(&pid);
                 }
                 Ok(vec![])

@@ -17,7 +17,8 @@
 //! - registry versions are named by the hash of their content and looked up by hash: a proposal
 //!   pinning a version this node does not know is held, never refused;
 //! - the registry chain is a function of the message set: final, approved proposals execute at
-//!   `close + grace + execution delay` (signed timeline only), in `(time, proposal id)` order;
+//!   `max(final_at, close + grace) + execution delay` (signed times only), in `(time, proposal
+//!   id)` order;
 //! - finality is monotone: a *certificate* is attestations from members holding ≥ 2/3 of the
 //!   eligible weight for one (revision, votes root, outcome, winner); once a key is certified it
 //!   stays certified, and re-attestations never undo it;
@@ -644,8 +645,8 @@ pub struct Engine {
     executions: BTreeMap<ProposalId, Execution>,
     /// Final, approved, sponsored, not withdrawn proposals: their execution time.
     exec_at: BTreeMap<ProposalId, u64>,
-    /// The same, ordered by time.
-    exec_order: BTreeSet<(u64, ProposalId)>,
+    /// The same, in execution order: (time, end of voting, proposal).
+    exec_order: BTreeSet<(u64, u64, ProposalId)>,
     proposals: BTreeMap<ProposalId, ProposalState>,
     /// Proposals by signed time, and by end of voting.
     by_created: BTreeSet<(u64, ProposalId)>,
@@ -660,6 +661,8 @@ pub struct Engine {
     delegations: BTreeMap<(PublicKey, DelegationScope), DelegationHistory>,
     delegations_digest: std::cell::OnceCell<Digest>,
     chain_digest: std::cell::OnceCell<Digest>,
+    /// The state hash's incrementally maintained sum of proposal terms.
+    hash_state: std::cell::RefCell<hash::HashState>,
     applied: BTreeSet<MessageId>,
     pending: HoldPool,
     /// Dependencies satisfied as a side effect (registry rebuilds), to release.
@@ -687,6 +690,7 @@ impl Engine {
             delegations: BTreeMap::new(),
             delegations_digest: std::cell::OnceCell::new(),
             chain_digest: std::cell::OnceCell::new(),
+            hash_state: std::cell::RefCell::new(hash::HashState::default()),
             applied: BTreeSet::new(),
             pending: HoldPool::default(),
             released: Vec::new(),
@@ -715,11 +719,15 @@ impl Engine {
         origin: Origin,
         now_ms: u64,
     ) -> Result<Vec<MessageId>, Refusal> {
-        Ok(self.apply_messages(msg, origin, now_ms)?.iter().map(Message::id).collect())
+        let released = self.apply_released(msg, origin, now_ms)?;
+        let mut ids = Vec::with_capacity(1 + released.len());
+        ids.push(msg.id());
+        ids.extend(released.iter().map(Message::id));
+        Ok(ids)
     }
 
-    /// [`Engine::apply`], returning the messages applied (this one first, then released ones).
-    fn apply_messages(
+    /// [`Engine::apply`], returning the held messages it released (applied after it).
+    fn apply_released(
         &mut self,
         msg: &Message,
         origin: Origin,
@@ -735,9 +743,10 @@ impl Engine {
             }
         }
         let deps = self.apply_one(msg, now_ms)?;
-        let mut applied = vec![msg.clone()];
-        applied.extend(self.release(deps, now_ms));
-        Ok(applied)
+        if deps.is_empty() && self.released.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.release(deps, now_ms))
     }
 
     /// Handles one verified message for the shell: applies it, and returns the gossip verdict
@@ -751,9 +760,10 @@ impl Engine {
         me: Option<&PublicKey>,
     ) -> Step {
         let mut effects = Vec::new();
-        let (verdict, refusal) = match self.apply_messages(msg, origin, now_ms) {
-            Ok(applied) => {
-                effects.extend(applied.into_iter().map(|m| Effect::Persist(Box::new(m))));
+        let (verdict, refusal) = match self.apply_released(msg, origin, now_ms) {
+            Ok(released) => {
+                effects.push(Effect::Persist(Box::new(msg.clone())));
+                effects.extend(released.into_iter().map(|m| Effect::Persist(Box::new(m))));
                 (Verdict::Accept, None)
             }
             Err(r) => {
@@ -859,6 +869,11 @@ impl Engine {
         }
         match self.judge(msg) {
             Ok(deps) => {
+                if let Some(pid) = bucket {
+                    self.mark(pid);
+                } else if msg.payload().message_type() == MessageType::Proposal {
+                    self.mark(id);
+                }
                 match bucket.and_then(|p| self.proposals.get_mut(&p)) {
                     Some(p) => p.applied.insert(id),
                     None => self.applied.insert(id),
@@ -871,6 +886,11 @@ impl Engine {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Notes that proposal `pid`'s term in the state hash must be recomputed.
+    fn mark(&mut self, pid: ProposalId) {
+        self.hash_state.get_mut().dirty.insert(pid);
     }
 
     /// Number of messages held for missing dependencies.

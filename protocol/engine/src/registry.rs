@@ -1,6 +1,9 @@
 //! The member registry and vote weights.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -20,8 +23,9 @@ pub struct Registry {
     /// Version number: 0 is the charter's; each execution that changes the registry adds one.
     /// Part of the content, so two versions never share a hash; versions are looked up by hash.
     pub epoch: u64,
-    /// Members by key.
-    pub members: BTreeMap<PublicKey, Member>,
+    /// Members by key. Shared between versions that do not change them (copy on write:
+    /// `Arc::make_mut`); encoded exactly like the map itself.
+    pub members: Arc<BTreeMap<PublicKey, Member>>,
     /// Governing bodies.
     pub bodies: BTreeMap<BodyKind, BTreeSet<PublicKey>>,
     /// Role weights (thousandths).
@@ -41,7 +45,7 @@ impl Registry {
     pub fn from_charter(charter: &Charter) -> Self {
         Registry {
             epoch: 0,
-            members: charter.members.iter().map(|m| (m.key, m.clone())).collect(),
+            members: Arc::new(charter.members.iter().map(|m| (m.key, m.clone())).collect()),
             bodies: charter
                 .bodies
                 .iter()

@@ -96,7 +96,7 @@ fn membership_creates_a_registry_epoch_that_later_proposals_name() {
     // The registry after execution, computed independently.
     let mut expected = f.engine.registry(T0).expect("epoch 0");
     expected.epoch = 1;
-    expected.members.insert(newcomer.key, newcomer);
+    std::sync::Arc::make_mut(&mut expected.members).insert(newcomer.key, newcomer);
     let epoch1 = RegistryVersion { hash: expected.hash(), epoch: 1 };
 
     // A proposal naming epoch 1 arrives before the attestations: held.

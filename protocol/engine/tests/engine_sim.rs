@@ -1,7 +1,7 @@
 //! A seeded simulator of many nodes: random delivery order and delay, drops, a partition, then
 //! healing by anti-entropy sync. Every node must end with the same state hash and the same final
 //! outcomes. Fixed seeds run in the suite; run any seed by hand with
-//! `KOS_SIM_SEED=1234 cargo test -p kos-protocol --test engine_sim -- --nocapture`.
+//! `KOS_SIM_SEED=1234 cargo test -p kos-engine --test engine_sim -- --nocapture`.
 
 mod fed;
 
