@@ -166,6 +166,26 @@ async fn forged_malformed_and_replayed_gossip_changes_nothing_and_gets_the_peer_
     for seq in 10..=14 {
         hostile.push(vote(seq).bytes().to_vec());
     }
+    // A non-member's votes on proposals nobody has: refused by the membership gate, never held
+    // or stored (they would otherwise wait for their proposal and be served by sync).
+    for seq in 20..=22u8 {
+        let m = Message::sign(
+            &stranger,
+            u64::from(seq),
+            now,
+            None,
+            Payload::Vote(Vote {
+                choice: Choice::Yes,
+                reason: None,
+                proposal: MessageId([seq; 32]),
+                revision: 0,
+                federation,
+            }),
+        )
+        .expect("sign");
+        // First, before anything gets the peer blocked.
+        hostile.insert(0, m.bytes().to_vec());
+    }
     let mut sent = 0;
     for bytes in &hostile {
         // Once the node has blocked us, publishing finds no peer: that is the point.
@@ -179,6 +199,7 @@ async fn forged_malformed_and_replayed_gossip_changes_nothing_and_gets_the_peer_
     let after = a.status();
     assert_eq!(after["state_hash"], hash, "hostile messages changed the state");
     assert_eq!(after["messages"], before["messages"], "hostile messages were stored");
+    assert_eq!(after["pending"], 0, "a non-member's messages were held");
 
     // Gossipsub scored the peer down (each invalid message weighs -100) and the immune system
     // blocked it; the node reports it and the audit log records it.

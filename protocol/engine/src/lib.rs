@@ -452,7 +452,8 @@ impl ProposalState {
     /// Records a ballot on `revision` by `voter`.
     fn note_ballot(&mut self, voter: &PublicKey, revision: u32) {
         if *voter != self.author {
-            self.named_by_ballots = Some(self.named_by_ballots.map_or(revision, |n| n.max(revision)));
+            self.named_by_ballots =
+                Some(self.named_by_ballots.map_or(revision, |n| n.max(revision)));
         }
     }
 
