@@ -55,6 +55,7 @@ pub struct SecretKey(SigningKey);
 
 impl SecretKey {
     /// A fresh key from the operating system's random number generator.
+    #[cfg(feature = "os-rng")]
     pub fn generate() -> Self {
         SecretKey(SigningKey::generate(&mut rand_core::OsRng))
     }

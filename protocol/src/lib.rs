@@ -37,6 +37,7 @@ mod envelope;
 pub mod identity;
 pub mod payload;
 pub mod seal;
+#[cfg(feature = "os-rng")]
 pub mod vault;
 
 use sha2::{Digest as _, Sha256};

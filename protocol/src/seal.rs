@@ -94,6 +94,7 @@ impl SecretKey {
 }
 
 /// Seals `inner` from `sender` to the holder of `recipient`, addressed to `target`.
+#[cfg(feature = "os-rng")]
 pub fn seal(
     sender: &SecretKey,
     recipient: &EncryptionKey,
@@ -152,7 +153,11 @@ fn seal_inner(
         serde_bytes::Bytes::new(&inner.encode()),
     )));
     let (enc, ct) = match ephemeral_ikm {
+        // Only `seal`, which exists with the `os-rng` feature, passes no ikm.
+        #[cfg(not(feature = "os-rng"))]
+        None => return Err(SealError::InvalidKey),
         // The system random number generator (getrandom).
+        #[cfg(feature = "os-rng")]
         None => hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(
             &OpModeS::Base,
             &pk,
