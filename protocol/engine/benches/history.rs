@@ -161,11 +161,19 @@ struct Row {
     status: Duration,
     tally: Duration,
     hash: Duration,
+    first_hash: Duration,
     due: Duration,
+    rss: usize,
 }
 
 fn measure(h: usize, fed: &mut Fed) -> Row {
+    let rss_before = rss_bytes();
     let (mut e, t) = history(fed, h);
+    let rss = rss_bytes().saturating_sub(rss_before);
+    // The first state hash sums every proposal once (as after a restart).
+    let first = Instant::now();
+    std::hint::black_box(e.state_hash(t));
+    let first_hash = first.elapsed();
     let versions = e.registry_chain().len();
     let p = fed.proposal(&e, t, 1 << 30, None);
     e.apply(&p, Origin::Sync, t).expect("proposal");
@@ -194,14 +202,31 @@ fn measure(h: usize, fed: &mut Fed) -> Row {
         .collect();
     times.sort();
     let tally = times[times.len() / 2];
-    let hash = median(5, || {
-        std::hint::black_box(e.state_hash(now));
-    });
+    // The state hash after one more vote (one proposal to re-sum): the steady cost of a query.
+    let mut times: Vec<Duration> = (100..121u64)
+        .map(|k| {
+            let v = fed.vote(k as usize % MEMBERS, &p, now + k, k % 2 == 0);
+            e.apply(&v, Origin::Sync, now + k).expect("vote");
+            let t0 = Instant::now();
+            std::hint::black_box(e.state_hash(now + k));
+            t0.elapsed()
+        })
+        .collect();
+    times.sort();
+    let hash = times[times.len() / 2];
     let due = median(101, || {
         std::hint::black_box(e.attestations_due(&me, now));
         std::hint::black_box(e.next_wakeup(now));
     });
-    Row { h, versions, rate, status, tally, hash, due }
+    Row { h, versions, rate, status, tally, hash, first_hash, due, rss }
+}
+
+/// Resident set size of this process, from /proc (Linux); 0 elsewhere.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4096)
 }
 
 fn main() {
@@ -211,7 +236,7 @@ fn main() {
     let rows: Vec<Row> = sizes.iter().map(|&h| measure(h, &mut fed)).collect();
     let base = rows[0].rate;
     println!(
-        "{:>7} | {:>8} | {:>15} | {:>8} | {:>9} | {:>10} | {:>10} | {:>12}",
+        "{:>7} | {:>8} | {:>14} | {:>7} | {:>9} | {:>9} | {:>10} | {:>11} | {:>9} | {:>9}",
         "closed",
         "versions",
         "handle votes/s",
@@ -219,19 +244,24 @@ fn main() {
         "status",
         "tally",
         "state hash",
-        "due+wake"
+        "first hash",
+        "due+wake",
+        "history"
     );
     for r in &rows {
         println!(
-            "{:>7} | {:>8} | {:>15.0} | {:>7.2}x | {:>6.2} µs | {:>7.1} µs | {:>7.2} ms | {:>9.2} µs",
+            "{:>7} | {:>8} | {:>14.0} | {:>6.2}x | {:>6.2} µs | {:>6.1} µs | {:>7.1} µs | {:>8.2} ms \
+             | {:>6.2} µs | {:>6.1} MB",
             r.h,
             r.versions,
             r.rate,
             r.rate / base,
             r.status.as_secs_f64() * 1e6,
             r.tally.as_secs_f64() * 1e6,
-            r.hash.as_secs_f64() * 1e3,
+            r.hash.as_secs_f64() * 1e6,
+            r.first_hash.as_secs_f64() * 1e3,
             r.due.as_secs_f64() * 1e6,
+            r.rss as f64 / 1e6,
         );
     }
 }

@@ -60,8 +60,8 @@ pub struct Certificate {
 /// Every attestation of one proposal, indexed for finality.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Attestations {
-    /// Each member's attestations, ordered "latest wins": signed time, key.
-    by_member: BTreeMap<PublicKey, BTreeMap<Order, (u64, FinalKey)>>,
+    /// Each member's latest attestation ("latest wins"): order, signed time, key.
+    by_member: BTreeMap<PublicKey, (Order, u64, FinalKey)>,
     /// For each key, each attester's earliest attestation of it: (signed time, id).
     by_key: BTreeMap<FinalKey, BTreeMap<PublicKey, (u64, MessageId)>>,
     /// Weight of each key's attesters.
@@ -89,7 +89,13 @@ impl Attestations {
         weight_of: impl Fn(&PublicKey) -> u64,
     ) -> bool {
         let before = self.final_();
-        self.by_member.entry(who).or_default().insert(order, (created, key));
+        match self.by_member.get_mut(&who) {
+            Some(latest) if latest.0 >= order => {}
+            Some(latest) => *latest = (order, created, key),
+            None => {
+                self.by_member.insert(who, (order, created, key));
+            }
+        }
         let attesters = self.by_key.entry(key).or_default();
         let id = order.1;
         match attesters.get_mut(&who) {
@@ -129,13 +135,11 @@ impl Attestations {
 
     /// Each member's latest attestation: key and signed time.
     pub(crate) fn latest(&self) -> impl Iterator<Item = (&PublicKey, &FinalKey, u64)> {
-        self.by_member
-            .iter()
-            .filter_map(|(who, h)| h.values().next_back().map(|(t, k)| (who, k, *t)))
+        self.by_member.iter().map(|(who, (_, t, k))| (who, k, *t))
     }
 
     pub(crate) fn latest_of(&self, who: &PublicKey) -> Option<&FinalKey> {
-        self.by_member.get(who).and_then(|h| h.values().next_back()).map(|(_, k)| k)
+        self.by_member.get(who).map(|(_, _, k)| k)
     }
 
     pub(crate) fn attesters(&self, key: &FinalKey) -> Vec<(PublicKey, MessageId, u64)> {

@@ -351,6 +351,34 @@ struct RevisionRec {
     body: Revision,
 }
 
+/// One author's messages of one kind on one proposal, ordered "latest wins" (usually one or a
+/// few, so a sorted vector: a B-tree node per voter would cost ~1 KB).
+#[derive(Clone, Debug)]
+struct History<V>(Vec<(Order, V)>);
+
+impl<V> Default for History<V> {
+    fn default() -> Self {
+        History(Vec::new())
+    }
+}
+
+impl<V> History<V> {
+    fn insert(&mut self, order: Order, v: V) {
+        match self.0.binary_search_by(|(o, _)| o.cmp(&order)) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => self.0.insert(i, (order, v)),
+        }
+    }
+
+    fn values(&self) -> impl DoubleEndedIterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (&Order, &V)> {
+        self.0.iter().map(|(o, v)| (o, v))
+    }
+}
+
 #[derive(Clone, Debug)]
 struct VoteRec {
     id: MessageId,
@@ -409,8 +437,8 @@ struct ProposalState {
     revisions: BTreeMap<u32, RevisionRec>,
     sponsors: BTreeMap<PublicKey, MessageId>,
     withdrawn: Option<MessageId>,
-    votes: BTreeMap<PublicKey, BTreeMap<Order, VoteRec>>,
-    commits: BTreeMap<PublicKey, BTreeMap<Order, CommitRec>>,
+    votes: BTreeMap<PublicKey, History<VoteRec>>,
+    commits: BTreeMap<PublicKey, History<CommitRec>>,
     reveals: BTreeMap<(PublicKey, Digest), Choice>,
     comments: BTreeMap<MessageId, CommentRec>,
     /// The counted ballots under the certified root, once this node's own count matched it.
