@@ -233,8 +233,6 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[0, 100, 1_000] } else { &[0, 100, 1_000, 10_000] };
     let mut fed = Fed::new();
-    let rows: Vec<Row> = sizes.iter().map(|&h| measure(h, &mut fed)).collect();
-    let base = rows[0].rate;
     println!(
         "{:>7} | {:>8} | {:>14} | {:>7} | {:>9} | {:>9} | {:>10} | {:>11} | {:>9} | {:>9}",
         "closed",
@@ -248,7 +246,10 @@ fn main() {
         "due+wake",
         "history"
     );
-    for r in &rows {
+    let mut base = None;
+    for &h in sizes {
+        let r = measure(h, &mut fed);
+        let base = *base.get_or_insert(r.rate);
         println!(
             "{:>7} | {:>8} | {:>14.0} | {:>6.2}x | {:>6.2} µs | {:>6.1} µs | {:>7.1} µs | {:>8.2} ms \
              | {:>6.2} µs | {:>6.1} MB",
