@@ -42,6 +42,9 @@ struct PPlan {
     offsets: Vec<u64>,
     /// All members but this one also attest a conflicting result.
     equivocate: Option<usize>,
+    /// The re-attesting members were cut off: they re-attest without having seen the
+    /// certificate the others completed.
+    partitioned: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -52,27 +55,38 @@ struct Plan {
 
 fn pplan(n: usize) -> impl Strategy<Value = PPlan> {
     (
-        0u8..4,
-        0u64..4_000,
-        prop_oneof![Just(0u64), 0u64..8_000],
+        (0u8..4, 0u64..4_000, prop_oneof![Just(0u64), 0u64..8_000]),
         proptest::collection::vec((0usize..16, 0u8..6, 0u64..29_000), 0..8),
         proptest::collection::vec((0usize..16, 0u8..6), 0..3),
         proptest::collection::vec(0usize..16, 0..2),
         proptest::collection::vec(any::<bool>(), n + 4),
         proptest::collection::vec(0u64..4_000, n + 4),
         proptest::option::weighted(0.05, 0usize..16),
+        proptest::bool::weighted(0.3),
     )
         .prop_map(
-            |(kind, jitter, delay, votes, late, backdated, reattest, offsets, equivocate)| PPlan {
-                kind,
-                jitter,
-                delay,
+            |(
+                (kind, jitter, delay),
                 votes,
                 late,
                 backdated,
                 reattest,
                 offsets,
                 equivocate,
+                cut,
+            )| {
+                PPlan {
+                    kind,
+                    jitter,
+                    delay,
+                    votes,
+                    late,
+                    backdated,
+                    reattest,
+                    offsets,
+                    equivocate,
+                    partitioned: cut,
+                }
             },
         )
 }
@@ -255,8 +269,10 @@ fn history(plan: &Plan) -> (Vec<Message>, Vec<ProposalId>) {
             Ev::AttestPartial(i) | Ev::AttestFull(i) => {
                 let partial = matches!(ev, Ev::AttestPartial(_));
                 // Honest members stop attesting once they hold a certificate: re-attestation
-                // happens only while the result is not final.
-                if f.engine.finality(&ids[i]).is_some() {
+                // happens only while the result is not final — or, behind a partition, by
+                // members who never saw the certificate.
+                let cut_off = plan.proposals[i].partitioned;
+                if f.engine.finality(&ids[i]).is_some() && !(cut_off && !partial) {
                     continue;
                 }
                 let electorate = electorate(&f, &ids[i]);
@@ -264,6 +280,10 @@ fn history(plan: &Plan) -> (Vec<Message>, Vec<ProposalId>) {
                     let pp = &plan.proposals[i];
                     let re = pp.reattest.get(j).copied().unwrap_or(false);
                     if partial && !re {
+                        continue;
+                    }
+                    // Behind the partition only the re-attesters attest again.
+                    if !partial && cut_off && f.engine.finality(&ids[i]).is_some() && !re {
                         continue;
                     }
                     let Some(a) = attestation(&f, &ids[i], t) else { continue };
