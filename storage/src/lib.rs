@@ -21,9 +21,18 @@
 //! ```
 #![deny(missing_docs)]
 
-use std::path::Path;
+pub mod journal;
+mod node_store;
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use kos_protocol::{DecodeError, Message, MessageId};
+
+pub use journal::{Journal, JournalError, JournalReport};
+pub use node_store::{MIN_FREE_BYTES, Manifest, OpenOptions, OpenReport, WARN_FREE_BYTES};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -71,11 +80,66 @@ pub enum StoreError {
         /// Its key.
         id: MessageId,
     },
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Too little free disk space to write safely: writes are refused, reads keep working.
+    #[error("no space left on the data directory's disk ({available} bytes free)")]
+    NoSpace {
+        /// Free bytes.
+        available: u64,
+    },
+    /// The store holds fewer messages than it once had, and the journal cannot make up for it.
+    #[error(
+        "the store is corrupt: the manifest records {expected} messages but only {found} are \
+         left in the journal and the store; run `kosd repair` to rebuild from what is left and \
+         fetch the rest from peers"
+    )]
+    Lost {
+        /// Messages the manifest records.
+        expected: u64,
+        /// Messages still readable.
+        found: u64,
+    },
+    /// The data belongs to another node identity.
+    #[error(
+        "the store belongs to node {store}, not to this identity ({vault}); restore the right \
+         vault.bin, or start with --new-identity to keep this store under the new key"
+    )]
+    IdentityMismatch {
+        /// The identity the store was created for.
+        store: String,
+        /// The identity in the vault.
+        vault: String,
+    },
+    /// The manifest says there was data, but the store and journal are gone.
+    #[error(
+        "the store and journal in {dir} are missing, but its manifest records {records} \
+         messages; restore them, or start with --fresh-store to begin with an empty store"
+    )]
+    DataMissing {
+        /// The data directory.
+        dir: String,
+        /// Messages the manifest records.
+        records: u64,
+    },
+    /// A file operation on the data directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
-/// The sled store of a node.
+/// The sled store of a node, and (when opened with [`Store::open_node`]) its journal.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The journal of exact envelopes, the source of truth (absent for a bare sled store).
+    journal: Option<Arc<Mutex<Journal>>>,
+    /// The data directory (for the free-space guard).
+    data_dir: Option<std::path::PathBuf>,
     db: sled::Db,
     meta: sled::Tree,
     messages: sled::Tree,
@@ -119,6 +183,8 @@ impl Store {
         }
         let messages = db.open_tree(MESSAGES_TREE)?;
         Ok(Store {
+            journal: None,
+            data_dir: None,
             peers: db.open_tree(PEERS_TREE)?,
             audit: db.open_tree(AUDIT_TREE)?,
             trust: db.open_tree(TRUST_TREE)?,
@@ -129,16 +195,77 @@ impl Store {
         })
     }
 
-    /// Stores a verified message under its id. Returns `false` if it was already stored.
-    /// Durable only after [`Store::flush`].
+    /// Stores a verified message under its id: first in the journal (when there is one), then in
+    /// sled, both index trees in one transaction. Returns `false` if it was already stored.
+    /// Durable once the journal is synced ([`Store::commit`]), or for a bare sled store after
+    /// [`Store::flush`]. Refused (nothing written) when the disk is nearly full.
     pub fn insert(&self, msg: &Message) -> Result<bool, StoreError> {
-        let prev =
-            self.messages.compare_and_swap(msg.id().0, None as Option<&[u8]>, Some(msg.bytes()))?;
+        if self.messages.contains_key(msg.id().0)? {
+            return Ok(false);
+        }
+        self.check_space()?;
+        if let Some(j) = &self.journal {
+            j.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(msg.bytes())?;
+        }
+        self.index(msg)?;
+        Ok(true)
+    }
+
+    /// [`Store::insert`], then makes it durable before returning (what the API acknowledges).
+    pub fn insert_durable(&self, msg: &Message) -> Result<bool, StoreError> {
+        let new = self.insert(msg)?;
+        self.commit()?;
+        Ok(new)
+    }
+
+    /// Writes a message into sled only (both trees, one transaction).
+    fn index(&self, msg: &Message) -> Result<(), StoreError> {
+        use sled::Transactional as _;
         let bucket = msg.payload().proposal(&msg.id()).unwrap_or(FEDERATION_BUCKET);
         let mut key = bucket.0.to_vec();
         key.extend_from_slice(&msg.id().0);
-        self.by_proposal.insert(key, &[])?;
-        Ok(prev.is_ok())
+        let id = msg.id().0;
+        (&self.messages, &self.by_proposal)
+            .transaction(|(m, b)| {
+                m.insert(&id, msg.bytes())?;
+                b.insert(key.as_slice(), &[])?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::CorruptMeta,
+            })?;
+        Ok(())
+    }
+
+    /// Makes every message stored so far durable (group commit: one sync of the journal).
+    pub fn commit(&self) -> Result<(), StoreError> {
+        match &self.journal {
+            Some(j) => j.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sync()?,
+            None => {
+                self.db.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether messages were stored since the last [`Store::commit`].
+    pub fn has_uncommitted(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| {
+            j.lock().unwrap_or_else(std::sync::PoisonError::into_inner).has_unsynced()
+        })
+    }
+
+    /// Free bytes on the data directory's disk, if known.
+    pub fn free_space(&self) -> Option<u64> {
+        self.data_dir.as_ref().and_then(|d| fs2::available_space(d).ok())
+    }
+
+    fn check_space(&self) -> Result<(), StoreError> {
+        match self.free_space() {
+            Some(available) if available < MIN_FREE_BYTES => Err(StoreError::NoSpace { available }),
+            _ => Ok(()),
+        }
     }
 
     /// Per bucket (proposal id, or [`FEDERATION_BUCKET`]): the ids of its messages, ascending.
@@ -218,12 +345,14 @@ impl Store {
 
     /// Sets a metadata value.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.check_space()?;
         self.meta.insert(key.as_bytes(), value)?;
         Ok(())
     }
 
     /// Records a peer's addresses (text multiaddrs), replacing earlier ones.
     pub fn put_peer(&self, peer: &str, addrs: &[String]) -> Result<(), StoreError> {
+        self.check_space()?;
         self.peers.insert(peer.as_bytes(), addrs.join("\n").as_bytes())?;
         Ok(())
     }
@@ -246,6 +375,7 @@ impl Store {
 
     /// Sets this node's local trust in a peer or agent.
     pub fn set_trust(&self, target: &str, level: &str) -> Result<(), StoreError> {
+        self.check_space()?;
         self.trust.insert(target.as_bytes(), level.as_bytes())?;
         Ok(())
     }
@@ -266,6 +396,7 @@ impl Store {
 
     /// Appends an event to the hash-chained audit log.
     pub fn audit(&self, at_ms: u64, event: &str) -> Result<AuditEntry, StoreError> {
+        self.check_space()?;
         let (index, prev) = match self.audit.last()? {
             Some((k, v)) => {
                 let index =

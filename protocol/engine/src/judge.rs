@@ -113,6 +113,9 @@ impl Engine {
             if !c.members.iter().any(|m| m.key == author) {
                 return Err(Refusal::CharterAuthor);
             }
+            if self.dry_run {
+                return Ok(vec![]);
+            }
             self.charter = Some(c.clone());
             self.init_chain(Registry::from_charter(c));
             return Ok(vec![Dependency::Charter]);
@@ -149,16 +152,15 @@ impl Engine {
                     return Err(Refusal::Pending(Dependency::Revision(r.proposal, r.revision - 1)));
                 }
                 let (pid, n) = (r.proposal, r.revision);
-                let p = self.proposal_mut(&pid)?;
-                match p.revisions.get(&n) {
-                    // Competing revisions with one number: the lowest message id stands.
-                    Some(existing) if existing.id < id => {
-                        return Err(Refusal::ConflictingRevision(n));
-                    }
-                    _ => {
-                        p.revisions.insert(n, RevisionRec { id, body: r.clone() });
-                    }
+                // Competing revisions with one number: the lowest message id stands.
+                if p.revisions.get(&n).is_some_and(|existing| existing.id < id) {
+                    return Err(Refusal::ConflictingRevision(n));
                 }
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
+                let p = self.proposal_mut(&pid)?;
+                p.revisions.insert(n, RevisionRec { id, body: r.clone() });
                 p.cache.clear();
                 // The action may have changed: an execution already in the chain is redone.
                 self.touch(&pid, true);
@@ -171,6 +173,9 @@ impl Engine {
                 }
                 p.registry.member(&author).ok_or(Refusal::NotMember)?;
                 in_window(created, 0, p.voting_start())?;
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let p = self.proposal_mut(&s.proposal)?;
                 let slot = p.sponsors.entry(author).or_insert(id);
                 *slot = (*slot).min(id);
@@ -184,6 +189,9 @@ impl Engine {
                     return Err(Refusal::NotProposer);
                 }
                 in_window(created, 0, p.voting_start())?;
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let p = self.proposal_mut(&w.proposal)?;
                 p.withdrawn = Some(p.withdrawn.map_or(id, |prev| prev.min(id)));
                 p.cache.digest.take();
@@ -214,6 +222,9 @@ impl Engine {
                 }
                 let rec =
                     CommentRec { author, kind: c.kind, parent: c.parent, revision: c.revision };
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let p = self.proposal_mut(&c.proposal)?;
                 p.comments.insert(id, rec);
                 p.cache.digest.take();
@@ -237,6 +248,9 @@ impl Engine {
                     revision: v.revision,
                     choice: v.choice.clone(),
                 };
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let p = self.proposal_mut(&v.proposal)?;
                 p.votes.entry(author).or_default().insert((msg.header().seq, id), rec);
                 self.ballot_recorded(&v.proposal, &author, v.revision);
@@ -253,6 +267,9 @@ impl Engine {
                     return Err(Refusal::Pending(Dependency::Revision(v.proposal, v.revision)));
                 }
                 let rec = CommitRec { id, revision: v.revision, commitment: v.commitment };
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let p = self.proposal_mut(&v.proposal)?;
                 p.commits.entry(author).or_default().insert((msg.header().seq, id), rec);
                 self.ballot_recorded(&v.proposal, &author, v.revision);
@@ -290,6 +307,9 @@ impl Engine {
                 if p.reveals.contains_key(&(author, commitment)) {
                     return Err(Refusal::DoubleReveal);
                 }
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let p = self.proposal_mut(&v.proposal)?;
                 p.reveals.insert((author, commitment), v.choice.clone());
                 p.cache.clear();
@@ -314,6 +334,9 @@ impl Engine {
                     outcome: a.outcome,
                     winner: a.winner,
                 };
+                if self.dry_run {
+                    return Ok(vec![]);
+                }
                 let pid = a.proposal;
                 let p = self.proposal_mut(&pid)?;
                 let weight = p.weight(&author);
@@ -339,6 +362,9 @@ impl Engine {
             Payload::Delegation(d) => {
                 if d.delegate == Some(author) {
                     return Err(Refusal::SelfReference);
+                }
+                if self.dry_run {
+                    return Ok(vec![]);
                 }
                 self.delegations
                     .entry((author, d.scope))
@@ -423,6 +449,9 @@ impl Engine {
         let weighting = config.weighting;
         let eligible =
             reg.members.values().fold(0u64, |acc, m| acc.saturating_add(reg.weight(m, weighting)));
+        if self.dry_run {
+            return Ok(vec![]);
+        }
         let state = ProposalState {
             id,
             author,

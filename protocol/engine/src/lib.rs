@@ -696,6 +696,8 @@ pub struct Engine {
     pending: HoldPool,
     /// Dependencies satisfied as a side effect (registry rebuilds), to release.
     released: Vec<Dependency>,
+    /// While set, `judge` decides without recording ([`Engine::check`]).
+    dry_run: bool,
 }
 
 impl Engine {
@@ -723,6 +725,7 @@ impl Engine {
             applied: BTreeSet::new(),
             pending: HoldPool::default(),
             released: Vec::new(),
+            dry_run: false,
         }
     }
 
@@ -776,6 +779,36 @@ impl Engine {
             return Ok(Vec::new());
         }
         Ok(self.release(deps, now_ms))
+    }
+
+    /// Decides what [`Engine::apply`] would do with `msg` without changing anything: `Ok` if it
+    /// would be accepted. The shell calls this first, stores an acceptable message durably, and
+    /// only then applies it — so a failed write leaves the engine as it was.
+    pub fn check(&mut self, msg: &Message, origin: Origin, now_ms: u64) -> Result<(), Refusal> {
+        if matches!(origin, Origin::Gossip | Origin::Local)
+            && let Some(c) = &self.charter
+        {
+            let skew = c.timing.clock_skew_ms;
+            let created = msg.header().created_ms;
+            if created.abs_diff(now_ms) > skew {
+                return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
+            }
+        }
+        let id = msg.id();
+        let applied = match named_proposal(msg.payload()).and_then(|p| self.proposals.get(&p)) {
+            Some(p) => p.applied.contains(&id),
+            None => self.applied.contains(&id),
+        };
+        if applied {
+            return Err(Refusal::Duplicate);
+        }
+        if let Some(dep) = self.pending.index.get(&id) {
+            return Err(Refusal::Pending(dep.clone()));
+        }
+        self.dry_run = true;
+        let verdict = self.judge(msg);
+        self.dry_run = false;
+        verdict.map(|_| ())
     }
 
     /// Handles one verified message for the shell: applies it, and returns the gossip verdict

@@ -429,7 +429,12 @@ proptest! {
         let mut seen: BTreeMap<ProposalId, Final> = BTreeMap::new();
         let mut history: Vec<(ProposalId, Final)> = vec![];
         for m in &order {
-            let _ = e.apply(m, Origin::Sync, END);
+            // `check` predicts `apply` exactly, without changing anything.
+            let before = e.state_hash(END);
+            let predicted = e.check(m, Origin::Sync, END);
+            prop_assert_eq!(e.state_hash(END), before);
+            let applied = e.apply(m, Origin::Sync, END);
+            prop_assert_eq!(predicted, applied.map(|_| ()));
             for id in &ids {
                 match (seen.get(id), e.finality(id)) {
                     (Some(before), None) => {

@@ -1,0 +1,271 @@
+//! Opening a node's data directory: the journal (source of truth), the sled store (index and
+//! derived state, rebuilt from the journal whenever it is missing, unopenable or disagrees), the
+//! manifest (how many messages the node once had, and whose they are), and sled's snapshot trap.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! journal/NNNNNNNN.seg   the exact envelopes, append-only (journal.rs)
+//! store/                 sled: messages by id, the bucket index, meta, peers, trust, audit log
+//! store.manifest         node key, federation, message count; checksummed, replaced atomically
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use kos_protocol::{Message, MessageId, message_id};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Journal, JournalReport, Store, StoreError};
+
+/// Writes are refused (with [`StoreError::NoSpace`]) below this much free disk space, well
+/// before sled or the journal could hit the wall and block.
+pub const MIN_FREE_BYTES: u64 = 16 << 20;
+/// Below this much free space the node warns (log and metric).
+pub const WARN_FREE_BYTES: u64 = 256 << 20;
+
+const MANIFEST: &str = "store.manifest";
+const MANIFEST_VERSION: u32 = 1;
+
+/// The manifest: what the data directory must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// The node identity (did:key) the data belongs to.
+    pub node_key: String,
+    /// Messages stored as of the last checkpoint (a lower bound of what the node had).
+    pub records: u64,
+}
+
+impl Manifest {
+    fn encode(&self) -> String {
+        let body = format!(
+            "version={MANIFEST_VERSION}\nnode_key={}\nrecords={}\n",
+            self.node_key, self.records
+        );
+        let sum = hex::encode(Sha256::digest(body.as_bytes()));
+        format!("{body}sha256={sum}\n")
+    }
+
+    fn decode(text: &str) -> Option<Manifest> {
+        let (body, sum_line) = text.rsplit_once("sha256=")?;
+        if hex::encode(Sha256::digest(body.as_bytes())) != sum_line.trim() {
+            return None;
+        }
+        let mut m = Manifest::default();
+        for line in body.lines() {
+            match line.split_once('=')? {
+                ("version", v) if v == MANIFEST_VERSION.to_string() => {}
+                ("version", _) => return None,
+                ("node_key", v) => m.node_key = v.to_owned(),
+                ("records", v) => m.records = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(m)
+    }
+
+    /// Reads the manifest of `data_dir`: `Ok(None)` if there is none, `Err(())` if it is
+    /// unreadable or its checksum does not match.
+    pub fn read(data_dir: &Path) -> Result<Option<Manifest>, ()> {
+        match std::fs::read_to_string(data_dir.join(MANIFEST)) {
+            Ok(text) => Manifest::decode(&text).map(Some).ok_or(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Replaces the manifest atomically (temporary file, fsync, rename).
+    pub fn write(&self, data_dir: &Path) -> Result<(), StoreError> {
+        let tmp = data_dir.join(format!("{MANIFEST}.tmp"));
+        let ioerr = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| StoreError::Io { path: p, source }
+        };
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp).map_err(ioerr(&tmp))?;
+            f.write_all(self.encode().as_bytes()).map_err(ioerr(&tmp))?;
+            f.sync_all().map_err(ioerr(&tmp))?;
+        }
+        let dst = data_dir.join(MANIFEST);
+        std::fs::rename(&tmp, &dst).map_err(ioerr(&dst))?;
+        if let Ok(d) = std::fs::File::open(data_dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// How to open a data directory.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The node identity (did:key) opening it.
+    pub node_key: String,
+    /// Accept a store that belongs to another identity (re-key it to this one).
+    pub new_identity: bool,
+    /// Start empty even though the manifest records data that is gone.
+    pub fresh_store: bool,
+    /// Accept lost messages: rebuild from what is left and record the new count (`kosd repair`).
+    pub repair: bool,
+}
+
+/// What opening a data directory found and did. Every field a human should know about is
+/// reported by the node at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// The journal's own findings (records, torn tail, bad records).
+    pub journal: JournalReport,
+    /// Incomplete sled snapshot files moved aside.
+    pub snapshots_moved: Vec<PathBuf>,
+    /// sled could not be opened: the broken store was moved here and rebuilt from the journal.
+    pub store_moved_to: Option<PathBuf>,
+    /// Messages sled had lost (or held corrupt), restored from the journal.
+    pub restored_from_journal: u64,
+    /// Messages the journal had lost, restored from sled.
+    pub restored_from_store: u64,
+    /// Messages in the store after opening.
+    pub messages: u64,
+    /// The manifest was unreadable (its checksum failed) and was rewritten.
+    pub manifest_rewritten: bool,
+    /// With [`OpenOptions::repair`]: messages the manifest recorded that could not be recovered.
+    pub lost: u64,
+}
+
+fn ioerr(p: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let p = p.display().to_string();
+    move |source| StoreError::Io { path: p, source }
+}
+
+/// sled 0.34 takes an empty or partial `snap.*.generating` file (left by a kill during a
+/// snapshot) as its newest snapshot and refuses to open; move such files aside.
+fn move_aside_snapshots(store: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut moved = Vec::new();
+    let Ok(entries) = std::fs::read_dir(store) else { return Ok(moved) };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let to = store.join(format!("aside.{name}"));
+            std::fs::rename(e.path(), &to).map_err(ioerr(&e.path()))?;
+            moved.push(to);
+        }
+    }
+    Ok(moved)
+}
+
+impl Store {
+    /// Opens a node's data directory `data_dir` (see the module documentation): checks the
+    /// identity, moves sled's incomplete snapshots aside, opens the journal (truncating a torn
+    /// tail), opens sled (moving it aside and rebuilding it if it cannot be opened), makes sled
+    /// and the journal agree (each restores what the other lost), and checks nothing the manifest
+    /// records is missing.
+    pub fn open_node(
+        data_dir: &Path,
+        opts: &OpenOptions,
+    ) -> Result<(Store, OpenReport), StoreError> {
+        let mut report = OpenReport::default();
+        std::fs::create_dir_all(data_dir).map_err(ioerr(data_dir))?;
+        let store_dir = data_dir.join("store");
+        let journal_dir = data_dir.join("journal");
+        let manifest = match Manifest::read(data_dir) {
+            Ok(m) => m,
+            Err(()) => {
+                report.manifest_rewritten = true;
+                None
+            }
+        };
+        if let Some(m) = &manifest {
+            if !m.node_key.is_empty() && m.node_key != opts.node_key && !opts.new_identity {
+                return Err(StoreError::IdentityMismatch {
+                    store: m.node_key.clone(),
+                    vault: opts.node_key.clone(),
+                });
+            }
+            if m.records > 0 && !store_dir.exists() && !journal_dir.exists() && !opts.fresh_store {
+                return Err(StoreError::DataMissing {
+                    dir: data_dir.display().to_string(),
+                    records: m.records,
+                });
+            }
+        }
+        report.snapshots_moved = move_aside_snapshots(&store_dir)?;
+        let (journal, jreport) = Journal::open(&journal_dir)?;
+        report.journal = jreport;
+        let mut store = match Store::open(&store_dir) {
+            Ok(s) => s,
+            Err(StoreError::SchemaMismatch { found, expected }) => {
+                return Err(StoreError::SchemaMismatch { found, expected });
+            }
+            Err(_) => {
+                // sled refuses to open: keep the broken copy for inspection, rebuild from the
+                // journal.
+                let to = data_dir.join(format!("store.broken-{}", std::process::id()));
+                std::fs::rename(&store_dir, &to).map_err(ioerr(&store_dir))?;
+                report.store_moved_to = Some(to);
+                Store::open(&store_dir)?
+            }
+        };
+        store.data_dir = Some(data_dir.to_path_buf());
+        let journal = Arc::new(Mutex::new(journal));
+
+        // Make sled and the journal agree.
+        let records =
+            journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).records()?;
+        let mut in_journal: BTreeSet<MessageId> = BTreeSet::new();
+        for bytes in &records {
+            let id = message_id(bytes);
+            if !in_journal.insert(id) {
+                continue;
+            }
+            let good = matches!(store.get(&id), Ok(Some(_)));
+            if !good && let Ok(msg) = Message::decode(bytes) {
+                store.index(&msg)?;
+                report.restored_from_journal += 1;
+            }
+        }
+        let mut missing_from_journal = Vec::new();
+        for key in store.messages.iter().keys().filter_map(Result::ok) {
+            let Ok(id) = <[u8; 32]>::try_from(key.as_ref()).map(MessageId) else { continue };
+            if !in_journal.contains(&id)
+                && let Ok(Some(msg)) = store.get(&id)
+            {
+                missing_from_journal.push(msg);
+            }
+        }
+        {
+            let mut j = journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for msg in &missing_from_journal {
+                j.append(msg.bytes())?;
+            }
+            j.sync()?;
+        }
+        report.restored_from_store = missing_from_journal.len() as u64;
+        if report.restored_from_journal > 0 {
+            store.db.flush()?;
+        }
+        store.journal = Some(journal);
+        let count = store.messages.len() as u64;
+        report.messages = count;
+        if let Some(m) = &manifest
+            && m.records > count
+        {
+            if !opts.repair {
+                return Err(StoreError::Lost { expected: m.records, found: count });
+            }
+            report.lost = m.records - count;
+        }
+        Manifest { node_key: opts.node_key.clone(), records: count }.write(data_dir)?;
+        Ok((store, report))
+    }
+
+    /// Records the current message count in the manifest (after a [`Store::commit`]), so that a
+    /// later loss is detected. Call periodically and at shutdown.
+    pub fn checkpoint(&self, node_key: &str) -> Result<(), StoreError> {
+        let Some(dir) = &self.data_dir else { return Ok(()) };
+        self.commit()?;
+        self.db.flush()?;
+        Manifest { node_key: node_key.to_owned(), records: self.messages.len() as u64 }.write(dir)
+    }
+}
