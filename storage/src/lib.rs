@@ -32,7 +32,9 @@ use std::{
 use kos_protocol::{DecodeError, Message, MessageId};
 
 pub use journal::{Journal, JournalError, JournalReport};
-pub use node_store::{MIN_FREE_BYTES, Manifest, OpenOptions, OpenReport, WARN_FREE_BYTES};
+pub use node_store::{
+    MIN_FREE_BYTES, Manifest, ManifestError, OpenOptions, OpenReport, WARN_FREE_BYTES,
+};
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -67,13 +67,13 @@ impl Manifest {
         Some(m)
     }
 
-    /// Reads the manifest of `data_dir`: `Ok(None)` if there is none, `Err(())` if it is
-    /// unreadable or its checksum does not match.
-    pub fn read(data_dir: &Path) -> Result<Option<Manifest>, ()> {
+    /// Reads the manifest of `data_dir`: `Ok(None)` if there is none, `Err` if it is unreadable
+    /// or its checksum does not match.
+    pub fn read(data_dir: &Path) -> Result<Option<Manifest>, ManifestError> {
         match std::fs::read_to_string(data_dir.join(MANIFEST)) {
-            Ok(text) => Manifest::decode(&text).map(Some).ok_or(()),
+            Ok(text) => Manifest::decode(&text).map(Some).ok_or(ManifestError),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(_) => Err(()),
+            Err(_) => Err(ManifestError),
         }
     }
 
@@ -98,6 +98,11 @@ impl Manifest {
         Ok(())
     }
 }
+
+/// The manifest is unreadable or its checksum does not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("store.manifest is unreadable or corrupt")]
+pub struct ManifestError;
 
 /// How to open a data directory.
 #[derive(Debug, Clone, Default)]
@@ -171,7 +176,7 @@ impl Store {
         let journal_dir = data_dir.join("journal");
         let manifest = match Manifest::read(data_dir) {
             Ok(m) => m,
-            Err(()) => {
+            Err(ManifestError) => {
                 report.manifest_rewritten = true;
                 None
             }

@@ -272,7 +272,7 @@ fn history(plan: &Plan) -> (Vec<Message>, Vec<ProposalId>) {
                 // happens only while the result is not final — or, behind a partition, by
                 // members who never saw the certificate.
                 let cut_off = plan.proposals[i].partitioned;
-                if f.engine.finality(&ids[i]).is_some() && !(cut_off && !partial) {
+                if (partial || !cut_off) && f.engine.finality(&ids[i]).is_some() {
                     continue;
                 }
                 let electorate = electorate(&f, &ids[i]);
