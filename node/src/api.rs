@@ -32,7 +32,15 @@ impl IntoResponse for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, format!("{e:#}"))
+        // A full disk is the node's condition, not the request's fault: 507, and it says so.
+        let full = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<kos_storage::StoreError>(),
+                Some(kos_storage::StoreError::NoSpace { .. })
+            )
+        });
+        let code = if full { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::BAD_REQUEST };
+        ApiError(code, format!("{e:#}"))
     }
 }
 
@@ -332,8 +340,11 @@ fn create_charter(
         // Apply and persist like any local message.
         let now = now_ms();
         let engine = st.engine.as_mut().ok_or_else(|| bad("no engine"))?;
+        engine.check(&msg, kos_engine::Origin::Local, now).map_err(|e| bad(e.to_string()))?;
+        // Stored durably first; the engine changes only after.
+        st.store.insert_durable(&msg).map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
+        let engine = st.engine.as_mut().ok_or_else(|| bad("no engine"))?;
         engine.apply(&msg, kos_engine::Origin::Local, now).map_err(|e| bad(e.to_string()))?;
-        st.store.insert(&msg).map_err(|e| bad(e.to_string()))?;
         st.store
             .audit(now, &format!("created federation {fed}"))
             .map_err(|e| bad(e.to_string()))?;

@@ -53,6 +53,9 @@ enum Command {
     },
     /// Run the node. Creates the data directory first if it does not exist.
     Run(RunArgs),
+    /// Rebuild the data directory from what is left (journal, store) after messages were lost,
+    /// say what was recovered, and record the new state. Peers send the rest again by sync.
+    Repair,
     /// Run a local federation of N nodes (data under `<data-dir>/devnet`) until interrupted.
     Devnet {
         /// Number of nodes.
@@ -90,6 +93,14 @@ pub struct RunArgs {
     /// (development only).
     #[arg(long)]
     insecure_plain_key: bool,
+    /// Accept a data directory whose store belongs to another identity, or create a new
+    /// identity next to an existing store (its messages stay; new ones are signed by the new key).
+    #[arg(long)]
+    new_identity: bool,
+    /// Start with an empty store although the manifest records messages that are gone (they
+    /// come back from peers by sync).
+    #[arg(long)]
+    fresh_store: bool,
 }
 
 /// The config file.
@@ -143,9 +154,45 @@ fn init(dir: &Path, insecure_plain_key: bool) -> anyhow::Result<SecretKey> {
     vault.insert(NODE_KEY, key.clone());
     let params = if insecure_plain_key { KdfParams::INSECURE_FAST } else { KdfParams::STANDARD };
     vault.save(&path, &pass, params)?;
-    let store = kos_storage::Store::open(&dir.join("store"))?;
-    store.flush()?;
+    let opts = kos_storage::OpenOptions {
+        node_key: key.public().to_did(),
+        new_identity: true,
+        ..Default::default()
+    };
+    let (store, _) = kos_storage::Store::open_node(dir, &opts)?;
+    store.checkpoint(&key.public().to_did())?;
     Ok(key)
+}
+
+/// Whether `dir` holds node data (a store, a journal or a manifest).
+fn has_data(dir: &Path) -> bool {
+    ["store", "journal", "store.manifest"].iter().any(|p| dir.join(p).exists())
+}
+
+fn repair(dir: &Path) -> anyhow::Result<()> {
+    let key = load_identity(dir)?;
+    println!("repairing {}: rebuilding from the journal and the store", dir.display());
+    let flags = node::OpenFlags { repair: true, ..Default::default() };
+    let (state, r) = node::open_state(key, dir, flags)?;
+    println!(
+        "journal: {} records, {} bytes of torn tail cut, {} unreadable records skipped",
+        r.journal.records,
+        r.journal.truncated_bytes,
+        r.journal.bad_records.len()
+    );
+    if let Some(p) = &r.store_moved_to {
+        println!("store: could not be opened; moved to {} and rebuilt", p.display());
+    }
+    println!("store: {} messages restored from the journal", r.restored_from_journal);
+    println!("journal: {} messages restored from the store", r.restored_from_store);
+    println!(
+        "lost: {} messages the manifest recorded could not be recovered{}",
+        r.lost,
+        if r.lost > 0 { " (peers send them again by sync)" } else { "" }
+    );
+    println!("now: {} messages", r.messages);
+    state.store.checkpoint(&state.key.public().to_did())?;
+    Ok(())
 }
 
 fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
@@ -206,11 +253,23 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
     let key = if vault_path(dir).exists() {
         load_identity(dir)?
     } else {
+        if has_data(dir) && !args.new_identity {
+            bail!(
+                "{} has a store but no vault.bin: restore the vault to keep this node's identity, \
+                 or start with --new-identity to create a new one next to the existing store",
+                dir.display()
+            );
+        }
         let key = init(dir, args.insecure_plain_key)?;
         tracing::info!(did = %key.public().to_did(), "created a new node identity");
         key
     };
-    let state = node::open_state(key, dir)?;
+    let flags = node::OpenFlags {
+        new_identity: args.new_identity,
+        fresh_store: args.fresh_store,
+        repair: false,
+    };
+    let (state, _) = node::open_state(key, dir, flags)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::channel(node::COMMAND_QUEUE);
@@ -225,10 +284,10 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = term.recv() => Ok(()),
         };
-        // Graceful shutdown: everything accepted is on disk.
+        // Graceful shutdown: everything accepted is on disk, and the manifest says how much.
         let st = handle.lock();
         let _ = st.store.audit(node::now_ms(), "node stopped");
-        st.store.flush()?;
+        st.store.checkpoint(&st.key.public().to_did())?;
         tracing::info!("stopped");
         result
     })
@@ -239,7 +298,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_node(dir, &args),
         Command::Devnet { nodes } => devnet::run(dir, nodes),
+        Command::Repair => repair(dir),
         Command::Init { insecure_plain_key } => {
+            if has_data(dir) && !vault_path(dir).exists() {
+                bail!(
+                    "{} already holds a store: start it with `kosd run --new-identity` to give it \
+                     a new identity",
+                    dir.display()
+                );
+            }
             let key = init(dir, insecure_plain_key)?;
             println!("initialised {} for {}", dir.display(), key.public().to_did());
             Ok(())

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub stored_messages: Gauge,
     /// Messages held for a missing dependency.
     pub pending_messages: Gauge,
+    /// Free bytes on the data directory's disk.
+    pub free_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -45,6 +47,7 @@ impl Default for Metrics {
             connected_peers: Gauge::default(),
             stored_messages: Gauge::default(),
             pending_messages: Gauge::default(),
+            free_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("gossip_messages", "Gossip messages by verdict", m.gossip.clone());
@@ -61,6 +64,11 @@ impl Default for Metrics {
             "pending_messages",
             "Messages waiting for a dependency",
             m.pending_messages.clone(),
+        );
+        registry.register(
+            "data_dir_free_bytes",
+            "Free bytes on the data directory's disk (writes stop below 16 MiB)",
+            m.free_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

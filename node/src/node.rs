@@ -21,7 +21,7 @@ use libp2p::{
 };
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::net::{
     self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, MAX_BUCKETS,
@@ -52,6 +52,8 @@ pub const DIAL_TARGET: usize = 16;
 
 /// Bound of the channel from the API to the event loop.
 pub const COMMAND_QUEUE: usize = 256;
+/// Group commit period of the journal for messages from the network (ms).
+const COMMIT_INTERVAL_MS: u64 = 100;
 /// Longest sleep of the event loop's clock when the engine has nothing scheduled.
 const MAX_SLEEP_MS: u64 = 60_000;
 
@@ -151,33 +153,54 @@ impl State {
         target: Option<kos_protocol::Address>,
     ) -> anyhow::Result<Message> {
         let now = now_ms();
-        let msg = Message::sign(&self.key, self.seq + 1, now, target, payload)?;
+        // Above every message this node ever signed: the counter, and the clock (so a node
+        // rebuilt from peers, or from a lost store, never reuses a lower sequence number).
+        let seq = (self.seq + 1).max(now);
+        let msg = Message::sign(&self.key, seq, now, target, payload)?;
         let engine = self.engine.as_mut().context("this node follows no federation")?;
         let me = self.key.public();
-        let step = engine.handle(&msg, Origin::Local, now, Some(&me));
-        if let Some(r) = &step.refusal
-            && !matches!(r, kos_engine::Refusal::Pending(_))
-        {
-            bail!("refused: {r}");
+        // Store, then engine: judged first without changing anything, stored durably, and only
+        // then applied; a failed write leaves the engine as it was.
+        match engine.check(&msg, Origin::Local, now) {
+            Ok(()) => {
+                self.store.insert_durable(&msg)?;
+            }
+            Err(kos_engine::Refusal::Pending(_)) => {}
+            Err(r) => bail!("refused: {r}"),
         }
-        self.seq += 1;
+        let engine = self.engine.as_mut().context("this node follows no federation")?;
+        let step = engine.handle(&msg, Origin::Local, now, Some(&me));
+        self.seq = seq;
         self.store.set_meta("seq", &self.seq.to_be_bytes())?;
-        // Only applied messages are stored (and served); a held one is stored when released.
-        self.persist(&step);
+        // Held messages it released are stored now.
+        self.persist(&step, &msg);
         self.store.audit(now, &format!("created {} {}", msg.kind(), msg.id()))?;
         self.metrics.local_messages.inc();
-        // Durable before the command that created it reports success.
-        self.store.flush()?;
+        self.store.commit()?;
         Ok(msg)
     }
 
-    /// Applies a message from the network; stores it if accepted or held.
+    /// Applies a message from the network: judged first, stored if acceptable (the journal is
+    /// synced by the group commit), then applied. A message that cannot be stored is ignored —
+    /// peers offer it again — and changes nothing.
     fn receive(&mut self, msg: &Message, origin: Origin) -> Option<Step> {
         let now = now_ms();
         let me = self.key.public();
         let engine = self.engine.as_mut()?;
+        if engine.check(msg, origin, now).is_ok()
+            && let Err(e) = self.store.insert(msg)
+        {
+            warn!("store: {e}; message {} not applied", msg.id());
+            self.metrics.gossip("store_error");
+            return Some(Step { verdict: Verdict::Ignore, refusal: None, effects: Vec::new() });
+        }
+        // A message of our own coming back (after a rebuild from peers): never sign below it.
+        if msg.author() == me {
+            self.seq = self.seq.max(msg.header().seq);
+        }
+        let engine = self.engine.as_mut()?;
         let step = engine.handle(msg, origin, now, Some(&me));
-        self.persist(&step);
+        self.persist(&step, msg);
         if step.verdict == Verdict::Reject {
             let _ = self
                 .store
@@ -186,14 +209,15 @@ impl State {
         Some(step)
     }
 
-    /// Stores every message the engine applied: the one handled and any held ones it released.
-    /// Held messages are never stored, so sync never serves them.
-    fn persist(&mut self, step: &Step) {
+    /// Stores the held messages the engine released while applying `handled` (which is stored
+    /// already). Held messages are never stored, so sync never serves them.
+    fn persist(&mut self, step: &Step, handled: &Message) {
         for e in &step.effects {
             if let Effect::Persist(m) = e
+                && m.id() != handled.id()
                 && let Err(e) = self.store.insert(m)
             {
-                warn!("store: {e}");
+                warn!("store: {e}; released message {} is applied but not stored", m.id());
             }
         }
     }
@@ -227,17 +251,43 @@ impl State {
     }
 }
 
-/// Opens the store, rebuilds the engine from it, and returns the shared state.
-pub fn open_state(key: SecretKey, data_dir: &std::path::Path) -> anyhow::Result<State> {
-    let store = Store::open(&data_dir.join("store"))
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let seq =
+/// How to open the data directory (see `kos_storage::OpenOptions`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenFlags {
+    /// Keep a store that belongs to another identity.
+    pub new_identity: bool,
+    /// Start empty although the manifest records data that is gone.
+    pub fresh_store: bool,
+    /// Accept lost messages and rebuild from what is left.
+    pub repair: bool,
+}
+
+/// Opens the data directory (journal, store, manifest), logs what it found, rebuilds the engine
+/// from the stored messages, and returns the shared state.
+pub fn open_state(
+    key: SecretKey,
+    data_dir: &std::path::Path,
+    flags: OpenFlags,
+) -> anyhow::Result<(State, kos_storage::OpenReport)> {
+    let opts = kos_storage::OpenOptions {
+        node_key: key.public().to_did(),
+        new_identity: flags.new_identity,
+        fresh_store: flags.fresh_store,
+        repair: flags.repair,
+    };
+    let (store, report) = Store::open_node(data_dir, &opts)
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+    log_open_report(&report);
+    let mut seq =
         store.meta("seq")?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
     let federation = store.meta("federation")?.and_then(|v| <[u8; 32]>::try_from(v).ok());
     let mut engine = federation.map(|f| Engine::new(MessageId(f)));
+    let me = key.public();
+    let msgs = store.messages().collect::<Result<Vec<_>, _>>()?;
+    // The node's own history: never sign below a sequence number it used before.
+    seq = msgs.iter().filter(|m| m.author() == me).map(|m| m.header().seq).fold(seq, u64::max);
     if let Some(engine) = engine.as_mut() {
         let now = now_ms();
-        let msgs = store.messages().collect::<Result<Vec<_>, _>>()?;
         let n = msgs.len();
         // Replayed in dependency order whatever order the store returns: the state after a
         // restart is the state before it.
@@ -254,17 +304,61 @@ pub fn open_state(key: SecretKey, data_dir: &std::path::Path) -> anyhow::Result<
         }
     }
     store.audit(now_ms(), "node started")?;
-    Ok(State {
-        key,
-        store,
-        engine,
-        seq,
-        peers: Vec::new(),
-        listen: Vec::new(),
-        scores: Vec::new(),
-        blocked: Vec::new(),
-        metrics: Default::default(),
-    })
+    Ok((
+        State {
+            key,
+            store,
+            engine,
+            seq,
+            peers: Vec::new(),
+            listen: Vec::new(),
+            scores: Vec::new(),
+            blocked: Vec::new(),
+            metrics: Default::default(),
+        },
+        report,
+    ))
+}
+
+/// Says what opening the data directory found: loud for anything that was repaired.
+fn log_open_report(r: &kos_storage::OpenReport) {
+    if r.journal.truncated_bytes > 0 {
+        warn!(
+            bytes = r.journal.truncated_bytes,
+            "journal: truncated a torn tail (a write cut short by a crash)"
+        );
+    }
+    for (segment, offset) in &r.journal.bad_records {
+        error!(segment, offset, "journal: unreadable record skipped");
+    }
+    for p in &r.snapshots_moved {
+        warn!(path = %p.display(), "store: moved an incomplete sled snapshot aside");
+    }
+    if let Some(p) = &r.store_moved_to {
+        error!(path = %p.display(), "store: sled could not open it; moved it aside and rebuilt it from the journal");
+    }
+    if r.restored_from_journal > 0 {
+        error!(
+            count = r.restored_from_journal,
+            "store: had lost or corrupt messages; restored them from the journal"
+        );
+    }
+    if r.restored_from_store > 0 {
+        error!(
+            count = r.restored_from_store,
+            "journal: had lost messages; restored them from the store"
+        );
+    }
+    if r.manifest_rewritten {
+        error!("store.manifest was unreadable; rewritten from what is stored");
+    }
+    if r.lost > 0 {
+        error!(
+            count = r.lost,
+            "repair: messages recorded in the manifest could not be recovered; peers will send them again by sync"
+        );
+    }
+    info!(messages = r.messages, journal_records = r.journal.records, "opened the data directory");
 }
 
 /// Runs the event loop until the process ends.
@@ -305,6 +399,9 @@ pub async fn run(
         quota: Default::default(),
     };
     let mut sync_timer = tokio::time::interval(settings.sync_interval);
+    // Group commit: messages from the network are made durable together, at most this late.
+    let mut commit_timer = tokio::time::interval(Duration::from_millis(COMMIT_INTERVAL_MS));
+    let node_key = handle.lock().key.public().to_did();
     loop {
         // The engine says when a status next changes by the clock alone (voting opens or
         // closes, a grace period ends, an execution falls due); sleep until then, at most a
@@ -356,8 +453,22 @@ pub async fn run(
                 let pending = st.engine.as_ref().map_or(0, Engine::pending_len);
                 st.metrics.pending_messages.set(pending as i64);
                 st.scores = scores;
-                if let Err(e) = st.store.flush() {
-                    warn!("flush: {e}");
+                if let Err(e) = st.store.checkpoint(&node_key) {
+                    warn!("checkpoint: {e}");
+                }
+                if let Some(free) = st.store.free_space() {
+                    st.metrics.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+                    if free < kos_storage::WARN_FREE_BYTES {
+                        warn!(free_bytes = free, "low disk space: writes stop below {} bytes", kos_storage::MIN_FREE_BYTES);
+                    }
+                }
+            }
+            _ = commit_timer.tick() => {
+                let st = handle.lock();
+                if st.store.has_uncommitted()
+                    && let Err(e) = st.store.commit()
+                {
+                    warn!("commit: {e}");
                 }
             }
             _ = next_wake => {
