@@ -172,7 +172,7 @@ fn has_data(dir: &Path) -> bool {
 fn repair(dir: &Path) -> anyhow::Result<()> {
     let key = load_identity(dir)?;
     println!("repairing {}: rebuilding from the journal and the store", dir.display());
-    let flags = node::OpenFlags { repair: true, ..Default::default() };
+    let flags = node::OpenFlags { repair: true, existing_identity: true, ..Default::default() };
     let (state, r) = node::open_state(key, dir, flags)?;
     println!(
         "journal: {} records, {} bytes of torn tail cut, {} unreadable records skipped",
@@ -250,7 +250,8 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         builder.init();
     }
     let settings = settings(dir, args)?;
-    let key = if vault_path(dir).exists() {
+    let existing_identity = vault_path(dir).exists();
+    let key = if existing_identity {
         load_identity(dir)?
     } else {
         if has_data(dir) && !args.new_identity {
@@ -268,6 +269,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         new_identity: args.new_identity,
         fresh_store: args.fresh_store,
         repair: false,
+        existing_identity,
     };
     let (state, _) = node::open_state(key, dir, flags)?;
     let runtime = tokio::runtime::Runtime::new()?;

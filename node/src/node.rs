@@ -260,6 +260,8 @@ pub struct OpenFlags {
     pub fresh_store: bool,
     /// Accept lost messages and rebuild from what is left.
     pub repair: bool,
+    /// The identity came from an existing vault.
+    pub existing_identity: bool,
 }
 
 /// Opens the data directory (journal, store, manifest), logs what it found, rebuilds the engine
@@ -274,16 +276,31 @@ pub fn open_state(
         new_identity: flags.new_identity,
         fresh_store: flags.fresh_store,
         repair: flags.repair,
+        existing_identity: flags.existing_identity,
     };
     let (store, report) = Store::open_node(data_dir, &opts)
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
     log_open_report(&report);
     let mut seq =
         store.meta("seq")?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-    let federation = store.meta("federation")?.and_then(|v| <[u8; 32]>::try_from(v).ok());
-    let mut engine = federation.map(|f| Engine::new(MessageId(f)));
+    let mut federation = store.meta("federation")?.and_then(|v| <[u8; 32]>::try_from(v).ok());
     let me = key.public();
     let msgs = store.messages().collect::<Result<Vec<_>, _>>()?;
+    if federation.is_none() {
+        // The metadata was lost with a damaged store: the charter in the journal says which
+        // federation this node follows (a node stores only its own federation's messages).
+        let charters: Vec<MessageId> = msgs
+            .iter()
+            .filter(|m| m.payload().message_type() == kos_protocol::MessageType::Charter)
+            .map(Message::id)
+            .collect();
+        if let [only] = charters.as_slice() {
+            warn!(federation = %only, "federation id restored from the stored charter");
+            store.set_meta("federation", &only.0)?;
+            federation = Some(only.0);
+        }
+    }
+    let mut engine = federation.map(|f| Engine::new(MessageId(f)));
     // The node's own history: never sign below a sequence number it used before.
     seq = msgs.iter().filter(|m| m.author() == me).map(|m| m.header().seq).fold(seq, u64::max);
     if let Some(engine) = engine.as_mut() {

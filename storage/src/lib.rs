@@ -116,8 +116,9 @@ pub enum StoreError {
     },
     /// The manifest says there was data, but the store and journal are gone.
     #[error(
-        "the store and journal in {dir} are missing, but its manifest records {records} \
-         messages; restore them, or start with --fresh-store to begin with an empty store"
+        "the store and journal in {dir} are missing (the manifest records {records} messages) \
+         but the node identity is there: restore them, or start with --fresh-store to begin \
+         with an empty store"
     )]
     DataMissing {
         /// The data directory.
@@ -140,8 +141,10 @@ pub enum StoreError {
 pub struct Store {
     /// The journal of exact envelopes, the source of truth (absent for a bare sled store).
     journal: Option<Arc<Mutex<Journal>>>,
-    /// The data directory (for the free-space guard).
+    /// The data directory (for the free-space guard and the manifest).
     data_dir: Option<std::path::PathBuf>,
+    /// The node identity the data belongs to (recorded in the manifest).
+    node_key: Option<String>,
     db: sled::Db,
     meta: sled::Tree,
     messages: sled::Tree,
@@ -187,6 +190,7 @@ impl Store {
         Ok(Store {
             journal: None,
             data_dir: None,
+            node_key: None,
             peers: db.open_tree(PEERS_TREE)?,
             audit: db.open_tree(AUDIT_TREE)?,
             trust: db.open_tree(TRUST_TREE)?,
@@ -240,13 +244,22 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every message stored so far durable (group commit: one sync of the journal).
+    /// Makes every message stored so far durable in both copies — the journal, then sled — so
+    /// that losing either one loses nothing acknowledged (group commit: one sync of each).
+    /// The manifest is rewritten with the new count, so a later loss of both copies is caught.
     pub fn commit(&self) -> Result<(), StoreError> {
-        match &self.journal {
-            Some(j) => j.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sync()?,
-            None => {
-                self.db.flush()?;
+        let synced = match &self.journal {
+            Some(j) => {
+                let mut j = j.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let had = j.has_unsynced();
+                j.sync()?;
+                had
             }
+            None => false,
+        };
+        self.db.flush()?;
+        if synced && let (Some(dir), Some(key)) = (&self.data_dir, &self.node_key) {
+            Manifest { node_key: key.clone(), records: self.messages.len() as u64 }.write(dir)?;
         }
         Ok(())
     }

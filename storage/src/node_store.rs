@@ -115,6 +115,9 @@ pub struct OpenOptions {
     pub fresh_store: bool,
     /// Accept lost messages: rebuild from what is left and record the new count (`kosd repair`).
     pub repair: bool,
+    /// The identity was loaded from an existing vault (not created now): a missing store next
+    /// to it is an error unless [`OpenOptions::fresh_store`].
+    pub existing_identity: bool,
 }
 
 /// What opening a data directory found and did. Every field a human should know about is
@@ -188,12 +191,15 @@ impl Store {
                     vault: opts.node_key.clone(),
                 });
             }
-            if m.records > 0 && !store_dir.exists() && !journal_dir.exists() && !opts.fresh_store {
-                return Err(StoreError::DataMissing {
-                    dir: data_dir.display().to_string(),
-                    records: m.records,
-                });
-            }
+        }
+        // A store is created with its manifest (at `kosd init` or the first start): a manifest,
+        // or an identity, without a store and a journal means they were lost.
+        let had_data = manifest.is_some() || report.manifest_rewritten || opts.existing_identity;
+        if had_data && !store_dir.exists() && !journal_dir.exists() && !opts.fresh_store {
+            return Err(StoreError::DataMissing {
+                dir: data_dir.display().to_string(),
+                records: manifest.as_ref().map_or(0, |m| m.records),
+            });
         }
         report.snapshots_moved = move_aside_snapshots(&store_dir)?;
         let (journal, jreport) = Journal::open(&journal_dir)?;
@@ -213,6 +219,7 @@ impl Store {
             }
         };
         store.data_dir = Some(data_dir.to_path_buf());
+        store.node_key = Some(opts.node_key.clone());
         let journal = Arc::new(Mutex::new(journal));
 
         // Make sled and the journal agree.
@@ -256,7 +263,7 @@ impl Store {
         if let Some(m) = &manifest
             && m.records > count
         {
-            if !opts.repair {
+            if !opts.repair && !opts.fresh_store {
                 return Err(StoreError::Lost { expected: m.records, found: count });
             }
             report.lost = m.records - count;

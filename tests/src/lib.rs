@@ -127,8 +127,17 @@ impl Node {
         Self::start_on(dir, "/ip4/127.0.0.1/tcp/0")
     }
 
+    /// Starts a node with extra `kosd run` flags.
+    pub fn start_with(dir: PathBuf, extra: &[&str]) -> Node {
+        Self::spawn(dir, "/ip4/127.0.0.1/tcp/0", extra)
+    }
+
     /// Starts a node listening on `listen`.
     pub fn start_on(dir: PathBuf, listen: &str) -> Node {
+        Self::spawn(dir, listen, &[])
+    }
+
+    fn spawn(dir: PathBuf, listen: &str, extra: &[&str]) -> Node {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         std::fs::create_dir_all(&dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -149,6 +158,7 @@ impl Node {
                 "--sync-interval-secs",
                 "1",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
