@@ -184,13 +184,15 @@ impl Store {
                 None
             }
         };
-        if let Some(m) = &manifest {
-            if !m.node_key.is_empty() && m.node_key != opts.node_key && !opts.new_identity {
-                return Err(StoreError::IdentityMismatch {
-                    store: m.node_key.clone(),
-                    vault: opts.node_key.clone(),
-                });
-            }
+        if let Some(m) = &manifest
+            && !m.node_key.is_empty()
+            && m.node_key != opts.node_key
+            && !opts.new_identity
+        {
+            return Err(StoreError::IdentityMismatch {
+                store: m.node_key.clone(),
+                vault: opts.node_key.clone(),
+            });
         }
         // A store is created with its manifest (at `kosd init` or the first start): a manifest,
         // or an identity, without a store and a journal means they were lost.
