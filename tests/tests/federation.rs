@@ -383,3 +383,79 @@ fn certificates_and_receipts_verify_offline_and_survive_a_restart() {
     assert_eq!(after["status"], before["status"]);
     assert_eq!(b.status()["state_hash"], hash, "the restarted node rebuilt another state");
 }
+
+#[test]
+fn a_node_rebuilt_from_peers_votes_and_its_new_vote_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let mut b = Node::start(dir.path().join("b"));
+    let fed = federation(&a, &[&b]);
+    let p = id_of(
+        &a.json(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            "Rebuild",
+            "--description",
+            "d",
+            "--discussion-secs",
+            "2",
+            "--voting-secs",
+            "300",
+        ]),
+        "id",
+    );
+    wait_for(60, "voting on B", || {
+        (try_json(&b, &["show", &p])?["status"] == "voting").then_some(())
+    });
+    b.json(&["vote", &p, "yes"]);
+    let totals = |n: &Node| {
+        try_json(n, &["tally", &p]).map(|t| t["tally"]["totals"].clone()).unwrap_or_default()
+    };
+    wait_for(60, "A to count B's yes", || (totals(&a)[0] == 3000).then_some(()));
+
+    // B loses its whole store (the identity survives) and is rebuilt from A.
+    b.kill();
+    let bdir = dir.path().join("b");
+    for p in ["store", "journal", "store.manifest"] {
+        let path = bdir.join(p);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("rm");
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let r = kos_tests::run(
+        "kosd",
+        &[
+            "--data-dir",
+            bdir.to_str().expect("path"),
+            "run",
+            "--insecure-plain-key",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "a missing store next to the identity must stop the node: {r:?}");
+    let b = Node::start_with(bdir.clone(), &["--fresh-store"]);
+    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    wait_for(60, "B's old vote back from A", || (totals(&b)[0] == 3000).then_some(()));
+    // B changes its vote: the new one counts, on both nodes.
+    b.json(&["vote", &p, "no"]);
+    for n in [&a, &b] {
+        wait_for(60, "B's new vote to count", || {
+            let t = totals(n);
+            (t[0] == 0 && t[1] == 3000).then_some(())
+        });
+    }
+}
+
+/// `kosctl … --json` on `n`, or `None` if it fails (not there yet).
+fn try_json(n: &Node, args: &[&str]) -> Option<Value> {
+    let r = n.ctl(args);
+    (r.code == Some(0)).then(|| serde_json::from_str(&r.stdout).ok()).flatten()
+}
