@@ -13,8 +13,8 @@ use kos_protocol::{DecodeError, Message, Payload, PublicKey, payload::*};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    FinalKey, ProofStep, default_config, finality::two_thirds, registry::Registry,
-    verify_merkle_proof,
+    FinalKey, ProofStep, finality::two_thirds, registry::Registry, verify_merkle_proof,
+    voting_config,
 };
 
 /// The `kind` of a certificate bundle.
@@ -181,14 +181,7 @@ pub fn verify_certificate(
         }
         reg
     };
-    let config = proposal.voting.clone().unwrap_or_else(|| {
-        charter
-            .defaults
-            .iter()
-            .find(|d| d.kind == proposal.kind)
-            .map(|d| d.config.clone())
-            .unwrap_or_else(|| default_config(proposal.kind))
-    });
+    let config = voting_config(charter, proposal);
     let weight_of =
         |k: &PublicKey| registry.member(k).map_or(0, |m| registry.weight(m, config.weighting));
     let eligible = registry

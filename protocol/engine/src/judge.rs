@@ -6,8 +6,7 @@ use kos_protocol::{Message, Payload, PublicKey, payload::*, vote_commitment};
 
 use crate::{
     Caches, CommentRec, CommitRec, Dependency, Engine, ProposalState, Refusal, RevisionRec,
-    VoteRec, ZERO_ID, default_config, finality::Attestations, registry::Registry, required_trust,
-    trust_rank,
+    VoteRec, ZERO_ID, finality::Attestations, registry::Registry, required_trust, trust_rank,
 };
 
 /// Whether `action` fits a proposal of type `kind`.
@@ -399,14 +398,7 @@ impl Engine {
     ) -> Result<Vec<Dependency>, Refusal> {
         let charter = self.charter.as_ref().ok_or(Refusal::Pending(Dependency::Charter))?;
         let timing = charter.timing.clone();
-        let config = p.voting.clone().unwrap_or_else(|| {
-            charter
-                .defaults
-                .iter()
-                .find(|d| d.kind == p.kind)
-                .map(|d| d.config.clone())
-                .unwrap_or_else(|| default_config(p.kind))
-        });
+        let config = crate::voting_config(charter, p);
         // Rules that depend on the message alone come first: they are final.
         let t = &p.timeline;
         if created > t.discussion_end_ms {

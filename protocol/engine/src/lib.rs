@@ -316,6 +316,19 @@ pub(crate) fn trust_rank(t: TrustLevel) -> u8 {
     }
 }
 
+/// The voting configuration of a proposal: its own, else the charter's default for its type,
+/// else the built-in default.
+pub fn voting_config(charter: &Charter, proposal: &Proposal) -> VotingConfig {
+    proposal.voting.clone().unwrap_or_else(|| {
+        charter
+            .defaults
+            .iter()
+            .find(|d| d.kind == proposal.kind)
+            .map(|d| d.config.clone())
+            .unwrap_or_else(|| default_config(proposal.kind))
+    })
+}
+
 /// The built-in voting configuration for a proposal type the charter does not configure.
 pub fn default_config(kind: ProposalType) -> VotingConfig {
     let rule = match kind {
@@ -765,15 +778,7 @@ impl Engine {
         origin: Origin,
         now_ms: u64,
     ) -> Result<Vec<Message>, Refusal> {
-        if matches!(origin, Origin::Gossip | Origin::Local)
-            && let Some(c) = &self.charter
-        {
-            let skew = c.timing.clock_skew_ms;
-            let created = msg.header().created_ms;
-            if created.abs_diff(now_ms) > skew {
-                return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
-            }
-        }
+        self.check_clock(msg, origin, now_ms)?;
         let deps = self.apply_one(msg, now_ms)?;
         if deps.is_empty() && self.released.is_empty() {
             return Ok(Vec::new());
@@ -785,26 +790,8 @@ impl Engine {
     /// would be accepted. The shell calls this first, stores an acceptable message durably, and
     /// only then applies it — so a failed write leaves the engine as it was.
     pub fn check(&mut self, msg: &Message, origin: Origin, now_ms: u64) -> Result<(), Refusal> {
-        if matches!(origin, Origin::Gossip | Origin::Local)
-            && let Some(c) = &self.charter
-        {
-            let skew = c.timing.clock_skew_ms;
-            let created = msg.header().created_ms;
-            if created.abs_diff(now_ms) > skew {
-                return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
-            }
-        }
-        let id = msg.id();
-        let applied = match named_proposal(msg.payload()).and_then(|p| self.proposals.get(&p)) {
-            Some(p) => p.applied.contains(&id),
-            None => self.applied.contains(&id),
-        };
-        if applied {
-            return Err(Refusal::Duplicate);
-        }
-        if let Some(dep) = self.pending.index.get(&id) {
-            return Err(Refusal::Pending(dep.clone()));
-        }
+        self.check_clock(msg, origin, now_ms)?;
+        self.check_known(msg)?;
         self.dry_run = true;
         let verdict = self.judge(msg);
         self.dry_run = false;
@@ -919,16 +906,7 @@ impl Engine {
     fn apply_one(&mut self, msg: &Message, now_ms: u64) -> Result<Vec<Dependency>, Refusal> {
         let id = msg.id();
         let bucket = named_proposal(msg.payload());
-        let applied = match bucket.and_then(|p| self.proposals.get(&p)) {
-            Some(p) => p.applied.contains(&id),
-            None => self.applied.contains(&id),
-        };
-        if applied {
-            return Err(Refusal::Duplicate);
-        }
-        if let Some(dep) = self.pending.index.get(&id) {
-            return Err(Refusal::Pending(dep.clone()));
-        }
+        self.check_known(msg)?;
         match self.judge(msg) {
             Ok(deps) => {
                 if let Some(pid) = bucket {
@@ -947,6 +925,36 @@ impl Engine {
                 Err(Refusal::Pending(dep))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The clock-skew bound: live gossip and the node's own messages only.
+    fn check_clock(&self, msg: &Message, origin: Origin, now_ms: u64) -> Result<(), Refusal> {
+        if matches!(origin, Origin::Gossip | Origin::Local)
+            && let Some(c) = &self.charter
+        {
+            let skew = c.timing.clock_skew_ms;
+            let created = msg.header().created_ms;
+            if created.abs_diff(now_ms) > skew {
+                return Err(Refusal::ClockSkew { created_ms: created, now_ms, skew_ms: skew });
+            }
+        }
+        Ok(())
+    }
+
+    /// Already applied (`Duplicate`) or already held (`Pending`).
+    fn check_known(&self, msg: &Message) -> Result<(), Refusal> {
+        let id = msg.id();
+        let applied = match named_proposal(msg.payload()).and_then(|p| self.proposals.get(&p)) {
+            Some(p) => p.applied.contains(&id),
+            None => self.applied.contains(&id),
+        };
+        if applied {
+            return Err(Refusal::Duplicate);
+        }
+        match self.pending.index.get(&id) {
+            Some(dep) => Err(Refusal::Pending(dep.clone())),
+            None => Ok(()),
         }
     }
 

@@ -179,16 +179,21 @@ pub fn merkle_root(ids: &[MessageId]) -> Digest {
     }
     let mut level: Vec<[u8; 32]> = sorted.iter().map(|id| leaf_hash(id)).collect();
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => node_hash(l, r),
-                [one] => *one,
-                _ => unreachable!("chunks(2) yields one or two items"),
-            })
-            .collect();
+        level = parent_level(&level);
     }
     Digest(level[0])
+}
+
+/// The next level up: pairs hashed, an odd last node carried up unchanged.
+fn parent_level(level: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [l, r] => node_hash(l, r),
+            [one] => *one,
+            _ => unreachable!("chunks(2) yields one or two items"),
+        })
+        .collect()
 }
 
 fn leaf_hash(id: &MessageId) -> [u8; 32] {
@@ -230,14 +235,7 @@ pub fn merkle_proof(ids: &[MessageId], id: &MessageId) -> Option<Vec<ProofStep>>
         if let Some(s) = level.get(sibling) {
             steps.push(ProofStep { sibling: Digest(*s), left: sibling < index });
         }
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => node_hash(l, r),
-                [one] => *one,
-                _ => unreachable!("chunks(2) yields one or two items"),
-            })
-            .collect();
+        level = parent_level(&level);
         index /= 2;
     }
     Some(steps)
