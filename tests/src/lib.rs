@@ -165,8 +165,24 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("start kosd");
-        let node = Node { dir, child: Some(child) };
-        wait_for(30, "the control API", || node.dir.join("api.addr").exists().then_some(()));
+        let mut node = Node { dir, child: Some(child) };
+        let log = node.dir.with_extension("log");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !node.dir.join("api.addr").exists() {
+            let exited = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                // Say why: the end of the node's log.
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "kosd in {} did not start ({exited:?}); its log ends:\n{}",
+                    node.dir.display(),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         wait_for(30, "a listen address", || {
             node.status()["listen"].as_array().filter(|a| !a.is_empty()).map(|_| ())
         });
