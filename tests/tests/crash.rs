@@ -1,8 +1,9 @@
 //! SIGKILL cycles on a 3-node federation: after an acknowledgement, during a request, and during
 //! start-up. Zero acknowledged messages lost, zero failed restarts, identical state hashes at the
 //! end. CI runs a short configuration (12 cycles, 20 prefilled messages);
-//! `KOS_CRASH_CYCLES=1000 KOS_CRASH_PREFILL=2000 cargo test -p kos-tests --test crash -- --nocapture`
-//! runs the full one.
+//! `KOS_CRASH_CYCLES=1000 KOS_CRASH_PREFILL=2000 cargo test --release -p kos-tests --test crash --
+//! --nocapture` runs the full one (about 10 minutes in release; debug builds verify signatures
+//! far more slowly).
 
 use std::path::PathBuf;
 
