@@ -160,7 +160,7 @@ fn init(dir: &Path, insecure_plain_key: bool) -> anyhow::Result<SecretKey> {
         ..Default::default()
     };
     let (store, _) = kos_storage::Store::open_node(dir, &opts)?;
-    store.checkpoint(&key.public().to_did())?;
+    store.checkpoint()?;
     Ok(key)
 }
 
@@ -191,7 +191,7 @@ fn repair(dir: &Path) -> anyhow::Result<()> {
         if r.lost > 0 { " (peers send them again by sync)" } else { "" }
     );
     println!("now: {} messages", r.messages);
-    state.store.checkpoint(&state.key.public().to_did())?;
+    state.store.checkpoint()?;
     Ok(())
 }
 
@@ -289,7 +289,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         // Graceful shutdown: everything accepted is on disk, and the manifest says how much.
         let st = handle.lock();
         let _ = st.store.audit(node::now_ms(), "node stopped");
-        st.store.checkpoint(&st.key.public().to_did())?;
+        st.store.checkpoint()?;
         tracing::info!("stopped");
         result
     })

@@ -418,7 +418,6 @@ pub async fn run(
     let mut sync_timer = tokio::time::interval(settings.sync_interval);
     // Group commit: messages from the network are made durable together, at most this late.
     let mut commit_timer = tokio::time::interval(Duration::from_millis(COMMIT_INTERVAL_MS));
-    let node_key = handle.lock().key.public().to_did();
     loop {
         // The engine says when a status next changes by the clock alone (voting opens or
         // closes, a grace period ends, an execution falls due); sleep until then, at most a
@@ -470,7 +469,7 @@ pub async fn run(
                 let pending = st.engine.as_ref().map_or(0, Engine::pending_len);
                 st.metrics.pending_messages.set(pending as i64);
                 st.scores = scores;
-                if let Err(e) = st.store.checkpoint(&node_key) {
+                if let Err(e) = st.store.checkpoint() {
                     warn!("checkpoint: {e}");
                 }
                 if let Some(free) = st.store.free_space() {

@@ -14,7 +14,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{Read, Write},
+    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -224,23 +224,24 @@ impl Journal {
         Ok(())
     }
 
-    /// Every valid record, in order (read back from disk and checked again).
-    pub fn records(&self) -> Result<Vec<Vec<u8>>, JournalError> {
-        let mut out = Vec::new();
+    /// Calls `f` with every valid record, in order, read back from disk and checked again, one
+    /// segment in memory at a time.
+    pub fn for_each_record<E: From<JournalError>>(
+        &self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         for &n in &self.segments {
             let path = self.dir.join(segment_name(n));
-            let mut data = Vec::new();
-            match File::open(&path) {
-                Ok(mut f) => {
-                    f.read_to_end(&mut data).map_err(io(&path))?;
-                }
+            let data = match std::fs::read(&path) {
+                Ok(data) => data,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&path)(e)),
+                Err(e) => return Err(io(&path)(e).into()),
+            };
+            for (start, len) in parse(&data).0 {
+                f(&data[start..start + len])?;
             }
-            let (records, _, _) = parse(&data);
-            out.extend(records.into_iter().map(|(start, len)| data[start..start + len].to_vec()));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The directory.

@@ -225,23 +225,23 @@ impl Store {
         let journal = Arc::new(Mutex::new(journal));
 
         // Make sled and the journal agree.
-        let records =
-            journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).records()?;
         let mut in_journal: BTreeSet<MessageId> = BTreeSet::new();
-        for bytes in &records {
-            let id = message_id(bytes);
-            if !in_journal.insert(id) {
-                continue;
-            }
-            // The journal's bytes are checksummed and were verified when accepted: sled is right
-            // if it holds the same bytes (messages are decoded and verified again on replay).
-            let good =
-                matches!(store.messages.get(id.0), Ok(Some(b)) if b.as_ref() == bytes.as_slice());
-            if !good && let Ok(msg) = Message::decode(bytes) {
-                store.index(&msg)?;
-                report.restored_from_journal += 1;
-            }
-        }
+        journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).for_each_record(
+            |bytes| {
+                let id = message_id(bytes);
+                if !in_journal.insert(id) {
+                    return Ok::<(), StoreError>(());
+                }
+                // The journal's bytes are checksummed and were verified when accepted: sled is
+                // right if it holds the same bytes (messages are verified again on replay).
+                let good = matches!(store.messages.get(id.0), Ok(Some(b)) if b.as_ref() == bytes);
+                if !good && let Ok(msg) = Message::decode(bytes) {
+                    store.index(&msg)?;
+                    report.restored_from_journal += 1;
+                }
+                Ok(())
+            },
+        )?;
         let mut missing_from_journal = Vec::new();
         for key in store.messages.iter().keys().filter_map(Result::ok) {
             let Ok(id) = <[u8; 32]>::try_from(key.as_ref()).map(MessageId) else { continue };
@@ -273,16 +273,25 @@ impl Store {
             }
             report.lost = m.records - count;
         }
-        Manifest { node_key: opts.node_key.clone(), records: count }.write(data_dir)?;
+        store.write_manifest()?;
         Ok((store, report))
     }
 
-    /// Records the current message count in the manifest (after a [`Store::commit`]), so that a
-    /// later loss is detected. Call periodically and at shutdown.
-    pub fn checkpoint(&self, node_key: &str) -> Result<(), StoreError> {
-        let Some(dir) = &self.data_dir else { return Ok(()) };
+    /// Commits, and records the current message count in the manifest even if nothing new was
+    /// committed. Call periodically and at shutdown.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.commit()?;
-        self.db.flush()?;
-        Manifest { node_key: node_key.to_owned(), records: self.messages.len() as u64 }.write(dir)
+        self.write_manifest()
+    }
+
+    /// Writes the manifest (node key, message count) of a data directory opened with
+    /// [`Store::open_node`]; nothing for a bare sled store.
+    pub(crate) fn write_manifest(&self) -> Result<(), StoreError> {
+        match (&self.data_dir, &self.node_key) {
+            (Some(dir), Some(key)) => {
+                Manifest { node_key: key.clone(), records: self.messages.len() as u64 }.write(dir)
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -7,7 +7,11 @@
 //! votes beyond 500 are vote changes, so every tally resolves "latest vote wins" over the full
 //! history.
 
+mod util;
+
 use std::time::{Duration, Instant};
+
+use util::{median, rss_bytes};
 
 use kos_engine::{Engine, Origin, Registry};
 use kos_protocol::{Message, Payload, SecretKey, payload::*};
@@ -179,24 +183,4 @@ fn main() {
         );
         drop(engine);
     }
-}
-
-fn median(runs: usize, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
-}
-
-/// Resident set size of this process, from /proc (Linux); 0 elsewhere.
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
-        .map_or(0, |pages| pages * 4096)
 }

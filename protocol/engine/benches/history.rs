@@ -11,7 +11,11 @@
 //!
 //! Run: `cargo bench -p kos-engine --bench history` (add `-- --quick` for H ≤ 1,000).
 
+mod util;
+
 use std::time::{Duration, Instant};
+
+use util::{median, rss_bytes};
 
 use kos_engine::{Engine, Origin};
 use kos_protocol::{Message, Payload, SecretKey, payload::*};
@@ -221,14 +225,6 @@ fn measure(h: usize, fed: &mut Fed) -> Row {
     Row { h, versions, rate, status, tally, hash, first_hash, due, rss }
 }
 
-/// Resident set size of this process, from /proc (Linux); 0 elsewhere.
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
-        .map_or(0, |pages| pages * 4096)
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[0, 100, 1_000] } else { &[0, 100, 1_000, 10_000] };
@@ -265,16 +261,4 @@ fn main() {
             r.rss as f64 / 1e6,
         );
     }
-}
-
-fn median(runs: usize, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
 }
