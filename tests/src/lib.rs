@@ -196,6 +196,25 @@ impl Node {
         cmd.stdin(std::process::Stdio::null()).output().expect("kosctl").into()
     }
 
+    /// Proposes a resource allocation whose discussion lasts an hour (so statuses, and the
+    /// state hash, hold still for a test); returns its id.
+    pub fn propose_open(&self, title: &str) -> String {
+        self.json(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            title,
+            "--description",
+            "Held open for the test.",
+            "--discussion-secs",
+            "3600",
+        ])["id"]
+            .as_str()
+            .expect("proposal id")
+            .to_owned()
+    }
+
     /// `kosctl … --json` that must succeed, parsed.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ctl(args).ok();

@@ -73,20 +73,7 @@ fn sigkill_cycles_lose_no_acknowledged_message() {
     for m in &nodes[1..] {
         m.node.json(&["federation", "join", &fed, "--bootstrap", &boot]);
     }
-    let p = nodes[0].node.json(&[
-        "propose",
-        "--kind",
-        "resource_allocation",
-        "--title",
-        "Crash",
-        "--description",
-        "Comments until the end.",
-        "--discussion-secs",
-        "3600",
-    ])["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let p = nodes[0].node.propose_open("Crash");
     for m in &nodes {
         wait_for(60, "the proposal everywhere", || {
             (m.node.ctl(&["show", &p]).code == Some(0)).then_some(())

@@ -232,6 +232,31 @@ async fn forged_malformed_and_replayed_gossip_changes_nothing_and_gets_the_peer_
     let replayed = a.status();
     assert_eq!(replayed["state_hash"], accepted["state_hash"]);
     assert_eq!(replayed["messages"], accepted["messages"]);
+
+    // A member's vote on a proposal the node does not have is held in memory — not stored (so
+    // sync never serves it) and not part of the state.
+    let held = Message::sign(
+        &a_key,
+        1_000_001,
+        kos_tests_now(),
+        None,
+        Payload::Vote(Vote {
+            choice: Choice::Yes,
+            reason: None,
+            proposal: MessageId([0x42; 32]),
+            revision: 0,
+            federation,
+        }),
+    )
+    .expect("sign");
+    let _ = swarm2.behaviour_mut().gossipsub.publish(topic.clone(), held.bytes().to_vec());
+    pump(&mut swarm2, 1500).await;
+    let holding = wait_for(30, "the member's vote to be held", || {
+        let s = a.status();
+        (s["pending"] == 1).then_some(s)
+    });
+    assert_eq!(holding["messages"], accepted["messages"], "a held message was stored");
+    assert_eq!(holding["state_hash"], accepted["state_hash"]);
 }
 
 #[allow(clippy::disallowed_methods)] // the test plays a peer with a real clock

@@ -15,20 +15,7 @@ fn damaged_fixture(dir: &Path) -> (PathBuf, Value) {
     let data = dir.join("origin");
     let mut a = Node::start(data.clone());
     a.json(&["federation", "create", "disk", "--dev-timing"]);
-    let p = a.json(&[
-        "propose",
-        "--kind",
-        "resource_allocation",
-        "--title",
-        "Disks",
-        "--description",
-        "Buy disks.",
-        "--discussion-secs",
-        "3600",
-    ])["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let p = a.propose_open("Disks");
     for i in 0..12 {
         a.json(&["comment", &p, &format!("comment {i}")]);
     }
@@ -198,20 +185,7 @@ fn a_full_disk_is_an_error_not_a_hang_and_the_node_recovers_by_itself() {
     let data = fs.0.join("node");
     let a = Node::start(data.clone());
     a.json(&["federation", "create", "full", "--dev-timing"]);
-    let p = a.json(&[
-        "propose",
-        "--kind",
-        "resource_allocation",
-        "--title",
-        "Full",
-        "--description",
-        "Disk.",
-        "--discussion-secs",
-        "3600",
-    ])["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let p = a.propose_open("Full");
     let before = a.status();
     // Fill the disk until less than the node's safety margin is free.
     let filler = fs.0.join("filler");
