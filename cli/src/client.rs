@@ -47,12 +47,24 @@ impl Client {
     ) -> anyhow::Result<Value> {
         let mut resp = resp.with_context(|| format!("cannot reach the node at {}", self.base))?;
         let status = resp.status();
-        let value: Value =
-            resp.body_mut().read_json().context("the node sent an invalid response")?;
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .context("the node's response could not be read")?;
+        let value: Option<Value> = serde_json::from_str(&text).ok();
         if !status.is_success() {
-            bail!("{}", value["error"].as_str().unwrap_or("request failed"));
+            // The server's own words when it gave them; else the status and the first line.
+            match value.as_ref().and_then(|v| v["error"].as_str()) {
+                Some(e) => bail!("{e}"),
+                None => bail!(
+                    "the node answered {status}: {}",
+                    text.lines().next().unwrap_or("").chars().take(200).collect::<String>()
+                ),
+            }
         }
-        Ok(value)
+        value.with_context(|| format!("the node answered {status} with a body that is not JSON"))
     }
 
     /// GET `path`.

@@ -2,31 +2,70 @@
 //!
 //! The token is 32 random bytes (hex) in `<data-dir>/api.token` (mode 0600); the bound address
 //! is written to `<data-dir>/api.addr`. `kosctl` reads both.
+//!
+//! Every handler reaches the engine and the store through the core's queue
+//! ([`CoreHandle::call`]); nothing here holds a lock the network or the core could wait on.
+//! Requests are bounded (headers within [`HEADER_TIMEOUT`], the whole request within
+//! [`REQUEST_TIMEOUT`], bodies up to [`BODY_LIMIT`], at most [`MAX_CONNECTIONS`] at once), only
+//! loopback names are accepted in `Host` and `Origin` (a DNS-rebinding page cannot reach it), and
+//! every error is `{"error": "one line"}` with its status, never an echo of the input.
 
-use std::{net::SocketAddr, path::Path, str::FromStr};
+use std::{net::SocketAddr, path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
     Json, Router,
-    extract::{Path as UrlPath, Request, State as AxState},
+    extract::{
+        DefaultBodyLimit, FromRequest, Path as UrlPath, RawQuery, Request, State as AxState,
+    },
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use kos_engine::{CertificateBundle, Engine, ReceiptBundle, Status, Tally};
-use kos_protocol::{MessageId, Payload, PublicKey, payload::*};
-use serde::Deserialize;
+use kos_protocol::{Message, MessageId, Payload, PublicKey, payload::*};
+use kos_storage::Store;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
 
-use crate::node::{Command, Handle, State, now_ms};
+use crate::{
+    core::{CallError, Core, CoreHandle, IngestError, Submitted, ToCore},
+    metrics::Metrics,
+    node::{Command, NetView, now_ms},
+};
+
+/// Time allowed for a client to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a whole request (body and answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest life of one connection.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Largest request body (a submitted envelope in hex fits).
+pub const BODY_LIMIT: usize = 256 * 1024;
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// Longest error message.
+const MAX_ERROR_LEN: usize = 300;
 
 /// An API error: status and one-line message.
+#[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut line: String =
+            self.1.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        if line.len() > MAX_ERROR_LEN {
+            let mut cut = MAX_ERROR_LEN;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push('…');
+        }
+        (self.0, Json(json!({ "error": line }))).into_response()
     }
 }
 
@@ -44,21 +83,183 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<kos_storage::StoreError> for ApiError {
+    fn from(e: kos_storage::StoreError) -> Self {
+        ApiError::from(anyhow::Error::from(e))
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+fn no_federation() -> ApiError {
+    ApiError(StatusCode::CONFLICT, "this node follows no federation".into())
+}
+
+/// At most 64 characters of something the client sent, for an error message.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// A serde error without the values it quotes (they come from the request).
+fn scrub(msg: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in msg.chars() {
+        match c {
+            '"' | '`' if !quoted => {
+                quoted = true;
+                out.push(c);
+            }
+            '"' | '`' => {
+                quoted = false;
+                out.push(c);
+            }
+            c if !quoted => out.push(c),
+            _ => {}
+        }
+    }
+    // Field names are ours and useful: keep `name` quoted with backticks.
+    let mut kept = String::new();
+    let mut rest = msg;
+    while let Some(i) = rest.find('`') {
+        if let Some(j) = rest[i + 1..].find('`') {
+            kept.push_str(&rest[i..i + j + 2]);
+            kept.push(' ');
+            rest = &rest[i + j + 2..];
+        } else {
+            break;
+        }
+    }
+    let out = out.replace("\"\"", "…").replace("``", "");
+    if kept.is_empty() { out } else { format!("{out} ({})", kept.trim()) }
+}
+
+/// A JSON body whose rejections are API errors.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection;
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send a JSON body with Content-Type: application/json".into(),
+            )),
+            Err(JsonRejection::JsonSyntaxError(_)) => {
+                Err(bad("the request body is not valid JSON"))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                let inner = std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.body_text());
+                Err(bad(format!("invalid request: {}", scrub(&inner))))
+            }
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {BODY_LIMIT} bytes or could not be read"),
+            )),
+            Err(e) => Err(ApiError(e.status(), "invalid request body".into())),
+        }
+    }
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
 #[derive(Clone)]
 struct Ctx {
-    handle: Handle,
+    core: CoreHandle,
+    net: mpsc::Sender<Command>,
+    view: watch::Receiver<NetView>,
+    metrics: Arc<Metrics>,
+    /// Read-only use: the peer address book.
+    store: Store,
     token: String,
+}
+
+impl Ctx {
+    /// Runs `f` on the core.
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        self.core.call(f).await?
+    }
+}
+
+/// What the API needs.
+#[derive(Debug)]
+pub struct ApiParts {
+    /// The core.
+    pub core: CoreHandle,
+    /// Commands to the network task.
+    pub net: mpsc::Sender<Command>,
+    /// The network's state.
+    pub view: watch::Receiver<NetView>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The store (read-only use).
+    pub store: Store,
+}
+
+/// The API's routes.
+fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/connect", post(connect))
+        .route("/v1/disconnect", post(disconnect))
+        .route("/v1/block", post(block))
+        .route("/v1/unblock", post(unblock))
+        .route("/v1/trust", post(trust))
+        .route("/v1/federation", get(federation_show))
+        .route("/v1/federation/create", post(federation_create))
+        .route("/v1/federation/join", post(federation_join))
+        .route("/v1/messages", post(submit))
+        .route("/v1/proposals", get(proposals).post(propose))
+        .route("/v1/proposals/{id}", get(show))
+        .route("/v1/proposals/{id}/vote", post(vote))
+        .route("/v1/proposals/{id}/comment", post(comment))
+        .route("/v1/proposals/{id}/sponsor", post(sponsor))
+        .route("/v1/proposals/{id}/withdraw", post(withdraw))
+        .route("/v1/proposals/{id}/revise", post(revise))
+        .route("/v1/proposals/{id}/tally", get(tally))
+        .route("/v1/proposals/{id}/certificate", get(certificate))
+        .route("/v1/proposals/{id}/receipt", get(receipt))
+        .route("/v1/delegate", post(delegate))
+        .route("/v1/audit/verify", get(audit_verify))
+        .fallback(|| async { not_found("no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into())
+        })
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .layer(middleware::from_fn(guard))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(ctx)
 }
 
 /// Writes a fresh token, binds the API on `addr` (which must be a loopback address) and serves it.
 pub async fn serve(
-    handle: Handle,
+    parts: ApiParts,
     addr: SocketAddr,
     data_dir: std::path::PathBuf,
 ) -> anyhow::Result<()> {
@@ -74,35 +275,33 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     write_private(&data_dir.join("api.addr"), bound.to_string().as_bytes())?;
     tracing::info!(%bound, "control API listening");
-    let ctx = Ctx { handle, token };
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/peers", get(peers))
-        .route("/v1/connect", post(connect))
-        .route("/v1/disconnect", post(disconnect))
-        .route("/v1/block", post(block))
-        .route("/v1/unblock", post(unblock))
-        .route("/v1/trust", post(trust))
-        .route("/v1/federation", get(federation_show))
-        .route("/v1/federation/create", post(federation_create))
-        .route("/v1/federation/join", post(federation_join))
-        .route("/v1/proposals", get(proposals).post(propose))
-        .route("/v1/proposals/{id}", get(show))
-        .route("/v1/proposals/{id}/vote", post(vote))
-        .route("/v1/proposals/{id}/comment", post(comment))
-        .route("/v1/proposals/{id}/sponsor", post(sponsor))
-        .route("/v1/proposals/{id}/withdraw", post(withdraw))
-        .route("/v1/proposals/{id}/revise", post(revise))
-        .route("/v1/proposals/{id}/tally", get(tally))
-        .route("/v1/proposals/{id}/certificate", get(certificate))
-        .route("/v1/proposals/{id}/receipt", get(receipt))
-        .route("/v1/delegate", post(delegate))
-        .route("/v1/audit/verify", get(audit_verify))
-        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
-        .with_state(ctx);
-    axum::serve(listener, app).await?;
-    Ok(())
+    let ApiParts { core, net, view, metrics, store } = parts;
+    let app = router(Ctx { core, net, view, metrics, store, token });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("API accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream); // over the connection bound: closed at once
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(slot);
+        });
+    }
 }
 
 fn random_token() -> anyhow::Result<String> {
@@ -125,6 +324,50 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `host` (a Host header value, or the authority of an Origin) names a loopback host.
+fn loopback_name(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) { h } else { host }
+        })
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Host and Origin checks, and the request timeout.
+async fn guard(req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(loopback_name) {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "the Host header must name a loopback address (127.0.0.1, [::1] or localhost)".into(),
+        )
+        .into_response();
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")))
+            .is_some_and(loopback_name);
+        if !ok {
+            return ApiError(
+                StatusCode::FORBIDDEN,
+                "requests from web pages other than the node's own are refused".into(),
+            )
+            .into_response();
+        }
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError(StatusCode::REQUEST_TIMEOUT, "the request took too long".into())
+            .into_response(),
+    }
+}
+
 async fn auth(AxState(ctx): AxState<Ctx>, req: Request, next: Next) -> Response {
     let ok = req
         .headers()
@@ -144,48 +387,60 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn parse_id(s: &str) -> Result<MessageId, ApiError> {
-    s.parse().map_err(|_| bad(format!("not a message id: {s}")))
+    s.parse().map_err(|_| bad(format!("not a message id: {}", clip(s))))
 }
 
 fn parse_key(s: &str) -> Result<PublicKey, ApiError> {
-    PublicKey::from_did(s).map_err(|e| bad(format!("{s}: {e}")))
+    PublicKey::from_did(s).map_err(|e| bad(format!("{}: {e}", clip(s))))
 }
 
 fn status_name(s: Status) -> String {
     serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
+fn engine(core: &Core) -> Result<&Engine, ApiError> {
+    core.engine.as_ref().ok_or_else(no_federation)
+}
+
 async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
-    let st = ctx.handle.lock();
-    let now = now_ms();
-    let pk = st.key.public();
-    Ok(Json(json!({
-        "did": pk.to_did(),
-        "peer_id": pk.to_peer_id().to_string(),
-        "klp_id": pk.klp_id().to_string(),
-        "federation": st.engine.as_ref().map(|e| e.federation().to_string()),
-        "peers": st.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        "listen": st.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "messages": st.store.len(),
-        "pending": st.engine.as_ref().map_or(0, Engine::pending_len),
-        "state_hash": st.engine.as_ref().map(|e| e.state_hash(now).to_string()),
-        "registry_epoch": st.engine.as_ref().and_then(|e| e.registry(now)).map(|r| r.epoch),
-        "config": st.engine.as_ref().and_then(|e| e.registry(now)).map(|r| r.config),
-    })))
+    let view = ctx.view.borrow().clone();
+    let mut v = ctx
+        .call(|core| {
+            let now = now_ms();
+            let pk = core.key.public();
+            let e = core.engine.as_ref();
+            Ok(json!({
+                "did": pk.to_did(),
+                "peer_id": pk.to_peer_id().to_string(),
+                "klp_id": pk.klp_id().to_string(),
+                "federation": e.map(|e| e.federation().to_string()),
+                "messages": core.store.len(),
+                "pending": e.map_or(0, Engine::pending_len),
+                "state_hash": e.map(|e| e.state_hash(now).to_string()),
+                "registry_epoch": e.and_then(|e| e.registry(now)).map(|r| r.epoch),
+                "config": e.and_then(|e| e.registry(now)).map(|r| r.config),
+            }))
+        })
+        .await?;
+    v["peers"] = json!(view.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+    v["listen"] = json!(view.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    v["sync"] = json!({"peers": view.syncing.0, "requests_in_flight": view.syncing.1});
+    Ok(Json(v))
 }
 
 async fn metrics(AxState(ctx): AxState<Ctx>) -> Response {
-    let text = ctx.handle.lock().metrics.encode();
+    let text = ctx.metrics.encode();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn peers(AxState(ctx): AxState<Ctx>) -> ApiResult {
-    let st = ctx.handle.lock();
-    let known = st.store.peers().map_err(|e| bad(e.to_string()))?;
+    let view = ctx.view.borrow().clone();
+    let known = ctx.store.peers()?;
     Ok(Json(json!({
-        "connected": st.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        "scores": st.scores.iter().map(|(p, s)| json!({"peer_id": p.to_string(), "score": s})).collect::<Vec<_>>(),
-        "blocked": st.blocked.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "connected": view.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "scores": view.scores.iter().map(|(p, s)| json!({"peer_id": p.to_string(), "score": s})).collect::<Vec<_>>(),
+        "blocked": view.blocked.iter().map(|(p, _, _)| p.to_string()).collect::<Vec<_>>(),
+        "blocks": view.blocked.iter().map(|(p, until, why)| json!({"peer_id": p.to_string(), "until_ms": until, "reason": why})).collect::<Vec<_>>(),
         "known": known.into_iter().map(|(p, a)| json!({"peer_id": p, "addrs": a})).collect::<Vec<_>>(),
     })))
 }
@@ -195,22 +450,25 @@ struct ConnectReq {
     addr: String,
 }
 
-async fn connect(AxState(ctx): AxState<Ctx>, Json(req): Json<ConnectReq>) -> ApiResult {
+async fn connect(AxState(ctx): AxState<Ctx>, Body(req): Body<ConnectReq>) -> ApiResult {
     let addr = if let Some(peer) = req.addr.strip_prefix("peer://") {
         let peer: libp2p::PeerId = peer.parse().map_err(|_| bad("invalid peer id"))?;
-        let known = ctx.handle.lock().store.peers().map_err(|e| bad(e.to_string()))?;
+        let known = ctx.store.peers()?;
         let addr = known
             .into_iter()
             .find(|(p, _)| *p == peer.to_string())
             .and_then(|(_, a)| a.into_iter().next())
-            .ok_or_else(|| bad(format!("no known address for peer://{peer}")))?;
+            .ok_or_else(|| not_found(format!("no known address for peer://{peer}")))?;
         libp2p::Multiaddr::from_str(&addr).map_err(|e| bad(e.to_string()))?
     } else {
-        libp2p::Multiaddr::from_str(&req.addr)
-            .map_err(|e| bad(format!("invalid multiaddr: {e}")))?
+        parse_multiaddr(&req.addr)?
     };
     send(&ctx, Command::Dial(addr.clone())).await?;
     Ok(Json(json!({ "dialing": addr.to_string() })))
+}
+
+fn parse_multiaddr(s: &str) -> Result<libp2p::Multiaddr, ApiError> {
+    libp2p::Multiaddr::from_str(s).map_err(|e| bad(format!("invalid multiaddr {}: {e}", clip(s))))
 }
 
 #[derive(Deserialize)]
@@ -218,30 +476,30 @@ struct PeerReq {
     peer: String,
 }
 
-async fn disconnect(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
-    let peer: libp2p::PeerId =
-        req.peer.trim_start_matches("peer://").parse().map_err(|_| bad("invalid peer id"))?;
+async fn disconnect(AxState(ctx): AxState<Ctx>, Body(req): Body<PeerReq>) -> ApiResult {
+    let peer = peer_of(&req.peer)?;
     send(&ctx, Command::Disconnect(peer)).await?;
     Ok(Json(json!({ "disconnected": peer.to_string() })))
 }
 
-/// Hands a command to the event loop.
+/// Hands a command to the network task.
 async fn send(ctx: &Ctx, cmd: Command) -> Result<(), ApiError> {
-    ctx.handle.commands.send(cmd).await.map_err(|_| bad("node is shutting down"))
+    ctx.net.send(cmd).await.map_err(|_| ApiError::from(CallError::Gone))
 }
 
 fn peer_of(s: &str) -> Result<libp2p::PeerId, ApiError> {
-    s.trim_start_matches("peer://").parse().map_err(|_| bad(format!("invalid peer id: {s}")))
+    s.trim_start_matches("peer://")
+        .parse()
+        .map_err(|_| bad(format!("invalid peer id: {}", clip(s))))
 }
 
-async fn block(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
+async fn block(AxState(ctx): AxState<Ctx>, Body(req): Body<PeerReq>) -> ApiResult {
     let peer = peer_of(&req.peer)?;
     send(&ctx, Command::Block(peer)).await?;
-    send(&ctx, Command::Disconnect(peer)).await?;
     Ok(Json(json!({ "blocked": peer.to_string() })))
 }
 
-async fn unblock(AxState(ctx): AxState<Ctx>, Json(req): Json<PeerReq>) -> ApiResult {
+async fn unblock(AxState(ctx): AxState<Ctx>, Body(req): Body<PeerReq>) -> ApiResult {
     let peer = peer_of(&req.peer)?;
     send(&ctx, Command::Unblock(peer)).await?;
     Ok(Json(json!({ "unblocked": peer.to_string() })))
@@ -253,15 +511,17 @@ struct TrustReq {
     level: String,
 }
 
-async fn trust(AxState(ctx): AxState<Ctx>, Json(req): Json<TrustReq>) -> ApiResult {
+async fn trust(AxState(ctx): AxState<Ctx>, Body(req): Body<TrustReq>) -> ApiResult {
     let level: TrustLevel = req.level.parse().map_err(|e: UnknownName| bad(e.to_string()))?;
     kos_protocol::Address::from_str(&req.target)
-        .map_err(|e| bad(format!("{}: {e}", req.target)))?;
-    let st = ctx.handle.lock();
-    st.store.set_trust(&req.target, level.as_str()).map_err(|e| bad(e.to_string()))?;
-    st.store
-        .audit(now_ms(), &format!("local trust {} = {level}", req.target))
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(format!("{}: {e}", clip(&req.target))))?;
+    let target = req.target.clone();
+    ctx.call(move |core| {
+        core.store.set_trust(&target, level.as_str())?;
+        core.store.audit(now_ms(), &format!("local trust {target} = {level}"))?;
+        Ok(())
+    })
+    .await?;
     Ok(Json(json!({ "target": req.target, "level": level.as_str() })))
 }
 
@@ -275,22 +535,24 @@ struct CreateReq {
     dev_timing: bool,
 }
 
-async fn federation_create(AxState(ctx): AxState<Ctx>, Json(req): Json<CreateReq>) -> ApiResult {
-    let (fed, msg) = create_charter(&ctx, req)?;
-    send(&ctx, Command::Follow(fed)).await?;
-    send(&ctx, Command::Publish(msg.bytes().to_vec())).await?;
+async fn federation_create(AxState(ctx): AxState<Ctx>, Body(req): Body<CreateReq>) -> ApiResult {
+    let fed = ctx
+        .call(move |core| {
+            if core.engine.is_some() {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    "this node already follows a federation".into(),
+                ));
+            }
+            let charter = charter_message(core, req)?;
+            Ok(core.found(charter)?)
+        })
+        .await?;
     Ok(Json(json!({ "federation": fed.to_string() })))
 }
 
-fn create_charter(
-    ctx: &Ctx,
-    req: CreateReq,
-) -> Result<(FederationId, kos_protocol::Message), ApiError> {
-    let mut st = ctx.handle.lock();
-    if st.engine.is_some() {
-        return Err(bad("this node already follows a federation"));
-    }
-    let me = st.key.public();
+fn charter_message(core: &Core, req: CreateReq) -> Result<Message, ApiError> {
+    let me = core.key.public();
     let mut members = vec![Member {
         key: me,
         roles: vec![Role::Citizen, Role::Validator],
@@ -302,7 +564,7 @@ fn create_charter(
         let trust: TrustLevel = level.parse().map_err(|e: UnknownName| bad(e.to_string()))?;
         let key = parse_key(did)?;
         if members.iter().any(|x| x.key == key) {
-            return Err(bad(format!("{did} is listed twice")));
+            return Err(bad(format!("{} is listed twice", clip(did))));
         }
         members.push(Member { key, roles: vec![Role::Citizen, Role::Validator], stake: 1, trust });
     }
@@ -331,27 +593,8 @@ fn create_charter(
         max_delegation_depth: 4,
         min_protocol_version: 1,
     };
-    let msg = kos_protocol::Message::sign(&st.key, 0, now_ms(), None, Payload::Charter(charter))
-        .map_err(|e| bad(e.to_string()))?;
-    let fed = msg.id();
-    st.engine = Some(Engine::new(fed));
-    st.store.set_meta("federation", &fed.0).map_err(|e| bad(e.to_string()))?;
-    let msg = {
-        // Apply and persist like any local message.
-        let now = now_ms();
-        let engine = st.engine.as_mut().ok_or_else(|| bad("no engine"))?;
-        engine.check(&msg, kos_engine::Origin::Local, now).map_err(|e| bad(e.to_string()))?;
-        // Stored durably first; the engine changes only after.
-        st.store.insert_durable(&msg).map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
-        let engine = st.engine.as_mut().ok_or_else(|| bad("no engine"))?;
-        engine.apply(&msg, kos_engine::Origin::Local, now).map_err(|e| bad(e.to_string()))?;
-        st.store
-            .audit(now, &format!("created federation {fed}"))
-            .map_err(|e| bad(e.to_string()))?;
-        st.store.flush().map_err(|e| bad(e.to_string()))?;
-        msg
-    };
-    Ok((fed, msg))
+    Message::sign(&core.key, 0, now_ms(), None, Payload::Charter(charter))
+        .map_err(|e| bad(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -361,45 +604,65 @@ struct JoinReq {
     bootstrap: Option<String>,
 }
 
-async fn federation_join(AxState(ctx): AxState<Ctx>, Json(req): Json<JoinReq>) -> ApiResult {
+async fn federation_join(AxState(ctx): AxState<Ctx>, Body(req): Body<JoinReq>) -> ApiResult {
     let fed = parse_id(&req.federation)?;
-    {
-        let mut st = ctx.handle.lock();
-        match &st.engine {
-            Some(e) if e.federation() == fed => {}
-            Some(_) => return Err(bad("this node already follows another federation")),
-            None => {
-                st.engine = Some(Engine::new(fed));
-                st.store.set_meta("federation", &fed.0).map_err(|e| bad(e.to_string()))?;
-                st.store
-                    .audit(now_ms(), &format!("joined federation {fed}"))
-                    .map_err(|e| bad(e.to_string()))?;
-                st.store.flush().map_err(|e| bad(e.to_string()))?;
-            }
-        }
-    }
-    if let Some(b) = req.bootstrap {
-        let addr =
-            libp2p::Multiaddr::from_str(&b).map_err(|e| bad(format!("invalid multiaddr: {e}")))?;
+    // Every argument is checked before anything changes.
+    let bootstrap = req.bootstrap.as_deref().map(parse_multiaddr).transpose()?;
+    ctx.call(move |core| match core.follow(fed) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError(StatusCode::CONFLICT, format!("{e:#}"))),
+    })
+    .await?;
+    if let Some(addr) = bootstrap {
         send(&ctx, Command::Dial(addr)).await?;
     }
-    send(&ctx, Command::Follow(fed)).await?;
     Ok(Json(json!({ "federation": fed.to_string() })))
 }
 
 async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
-    let st = ctx.handle.lock();
-    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-    let now = now_ms();
-    let charter = engine.charter();
-    let reg = engine.registry(now);
-    Ok(Json(json!({
-        "federation": engine.federation().to_string(),
-        "name": charter.map(|c| c.name.clone()),
-        "members": reg.as_ref().map(|r| r.members.values().map(|m| json!({"did": m.key.to_did(), "trust": m.trust.as_str()})).collect::<Vec<_>>()),
-        "registry_epoch": reg.as_ref().map(|r| r.epoch),
-        "synced": charter.is_some(),
-    })))
+    ctx.call(|core| {
+        let engine = engine(core)?;
+        let now = now_ms();
+        let charter = engine.charter();
+        let reg = engine.registry(now);
+        Ok(Json(json!({
+            "federation": engine.federation().to_string(),
+            "name": charter.map(|c| c.name.clone()),
+            "members": reg.as_ref().map(|r| r.members.values().map(|m| json!({"did": m.key.to_did(), "trust": m.trust.as_str()})).collect::<Vec<_>>()),
+            "registry_epoch": reg.as_ref().map(|r| r.epoch),
+            "synced": charter.is_some(),
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct SubmitReq {
+    /// The envelope, hex.
+    envelope: String,
+}
+
+/// A signed envelope from an outside signer (an agent, another tool): verified, then ingested
+/// like any message, stored durably and published.
+async fn submit(AxState(ctx): AxState<Ctx>, Body(req): Body<SubmitReq>) -> ApiResult {
+    let bytes = hex::decode(req.envelope.trim()).map_err(|_| bad("envelope is not hexadecimal"))?;
+    let msg = tokio::task::spawn_blocking(move || Message::decode(&bytes))
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "verification failed".into()))?
+        .map_err(|e| bad(format!("invalid envelope: {e}")))?;
+    let id = msg.id();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.core.try_send(ToCore::Submit(Box::new(msg), tx))?;
+    let outcome = rx.await.map_err(|_| ApiError::from(CallError::Gone))?;
+    let status = match outcome {
+        Ok(Submitted::Accepted) => "accepted",
+        Ok(Submitted::Held) => "held",
+        Ok(Submitted::Duplicate) => "duplicate",
+        Err(IngestError::NoFederation) => return Err(no_federation()),
+        Err(IngestError::Store(e)) => return Err(ApiError::from(e)),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    Ok(Json(json!({ "id": id.to_string(), "status": status })))
 }
 
 #[derive(Deserialize)]
@@ -482,47 +745,11 @@ fn action_for(kind: ProposalType, req: &ProposeReq) -> Result<Action, ApiError> 
     })
 }
 
-async fn propose(AxState(ctx): AxState<Ctx>, Json(req): Json<ProposeReq>) -> ApiResult {
-    let kind: ProposalType = req.kind.parse().map_err(|e: UnknownName| bad(e.to_string()))?;
-    let scope: Scope = req
-        .scope
-        .as_deref()
-        .unwrap_or("global")
-        .parse()
-        .map_err(|e: UnknownName| bad(e.to_string()))?;
-    let action = action_for(kind, &req)?;
-    let msg = {
-        let mut st = ctx.handle.lock();
-        let now = now_ms();
-        let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-        let charter =
-            engine.charter().ok_or_else(|| bad("the federation's charter has not arrived yet"))?;
-        let reg = engine.registry(now).ok_or_else(|| bad("no registry yet"))?;
-        let discussion = req.discussion_secs.map_or(charter.timing.min_discussion_ms, |s| s * 1000);
-        let voting = req.voting_secs.map_or(charter.timing.default_voting_ms, |s| s * 1000);
-        // Leave a second for the proposal to be signed before discussion ends.
-        let discussion_end = now + discussion.max(1000);
-        let body = Proposal {
-            kind,
-            scope,
-            title: req.title.clone(),
-            action,
-            voting: None,
-            options: req.options.clone(),
-            registry: RegistryVersion { hash: reg.hash(), epoch: reg.epoch },
-            timeline: Timeline {
-                reveal_end_ms: None,
-                voting_end_ms: discussion_end + voting,
-                discussion_end_ms: discussion_end,
-                execution_delay_ms: 0,
-            },
-            federation: engine.federation(),
-            description: req.description.clone(),
-        };
-        st.create(Payload::Proposal(body), None)?
-    };
-    send(&ctx, Command::Publish(msg.bytes().to_vec())).await?;
-    Ok(Json(json!({ "id": msg.id().to_string() })))
+/// `secs` seconds in ms, refused if it overflows or exceeds `max_ms`.
+fn duration_ms(name: &str, secs: u64, max_ms: u64) -> Result<u64, ApiError> {
+    secs.checked_mul(1000).filter(|ms| *ms <= max_ms).ok_or_else(|| {
+        bad(format!("{name} is larger than the charter allows ({} s)", max_ms / 1000))
+    })
 }
 
 fn proposal_json(engine: &Engine, id: &MessageId, now: u64) -> Option<Value> {
@@ -542,24 +769,6 @@ fn proposal_json(engine: &Engine, id: &MessageId, now: u64) -> Option<Value> {
     }))
 }
 
-async fn proposals(AxState(ctx): AxState<Ctx>) -> ApiResult {
-    let st = ctx.handle.lock();
-    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-    let now = now_ms();
-    let list: Vec<Value> =
-        engine.proposals().filter_map(|id| proposal_json(engine, id, now)).collect();
-    Ok(Json(json!({ "proposals": list })))
-}
-
-async fn show(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
-    let id = parse_id(&id)?;
-    let st = ctx.handle.lock();
-    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-    proposal_json(engine, &id, now_ms())
-        .map(Json)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {id}")))
-}
-
 fn tally_json(t: &Tally) -> Value {
     json!({
         "revision": t.revision,
@@ -573,63 +782,169 @@ fn tally_json(t: &Tally) -> Value {
     })
 }
 
+fn parse_choice(s: &str) -> Result<Choice, ApiError> {
+    let list = |v: &str| -> Result<Vec<u16>, ApiError> {
+        v.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.trim().parse().map_err(|_| bad(format!("not an option index: {}", clip(x)))))
+            .collect()
+    };
+    Ok(match s {
+        "yes" => Choice::Yes,
+        "no" => Choice::No,
+        "abstain" => Choice::Abstain,
+        "veto" => Choice::Veto,
+        _ if s.starts_with("approve:") => Choice::Approve(list(&s[8..])?),
+        _ if s.starts_with("rank:") => Choice::Rank(list(&s[5..])?),
+        _ => {
+            return Err(bad(format!(
+                "choice is yes, no, abstain, veto, approve:I,J or rank:I,J — not {}",
+                clip(s)
+            )));
+        }
+    })
+}
+
+async fn propose(AxState(ctx): AxState<Ctx>, Body(req): Body<ProposeReq>) -> ApiResult {
+    let kind: ProposalType = req.kind.parse().map_err(|e: UnknownName| bad(e.to_string()))?;
+    let scope: Scope = req
+        .scope
+        .as_deref()
+        .unwrap_or("global")
+        .parse()
+        .map_err(|e: UnknownName| bad(e.to_string()))?;
+    let action = action_for(kind, &req)?;
+    let id = ctx
+        .call(move |core| {
+            let now = now_ms();
+            let engine = engine(core)?;
+            let charter = engine.charter().ok_or_else(|| {
+                ApiError(
+                    StatusCode::CONFLICT,
+                    "the federation's charter has not arrived yet".into(),
+                )
+            })?;
+            let reg = engine.registry(now).ok_or_else(|| bad("no registry yet"))?;
+            let t = &charter.timing;
+            let discussion = match req.discussion_secs {
+                Some(s) => duration_ms("discussion_secs", s, t.max_voting_ms.max(30 * 86_400_000))?,
+                None => t.min_discussion_ms,
+            };
+            let voting = match req.voting_secs {
+                Some(s) => duration_ms("voting_secs", s, t.max_voting_ms)?,
+                None => t.default_voting_ms,
+            };
+            // Leave a second for the proposal to be signed before discussion ends.
+            let discussion_end = now
+                .checked_add(discussion.max(1000))
+                .ok_or_else(|| bad("discussion_secs is too large"))?;
+            let voting_end = discussion_end
+                .checked_add(voting)
+                .ok_or_else(|| bad("voting_secs is too large"))?;
+            let body = Proposal {
+                kind,
+                scope,
+                title: req.title.clone(),
+                action,
+                voting: None,
+                options: req.options.clone(),
+                registry: RegistryVersion { hash: reg.hash(), epoch: reg.epoch },
+                timeline: Timeline {
+                    reveal_end_ms: None,
+                    voting_end_ms: voting_end,
+                    discussion_end_ms: discussion_end,
+                    execution_delay_ms: 0,
+                },
+                federation: engine.federation(),
+                description: req.description.clone(),
+            };
+            Ok(core.create(Payload::Proposal(body), None)?.id())
+        })
+        .await?;
+    Ok(Json(json!({ "id": id.to_string() })))
+}
+
+async fn proposals(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    ctx.call(|core| {
+        let engine = engine(core)?;
+        let now = now_ms();
+        let list: Vec<Value> =
+            engine.proposals().filter_map(|id| proposal_json(engine, id, now)).collect();
+        Ok(Json(json!({ "proposals": list })))
+    })
+    .await
+}
+
+async fn show(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    ctx.call(move |core| {
+        proposal_json(engine(core)?, &id, now_ms())
+            .map(Json)
+            .ok_or_else(|| not_found(format!("unknown proposal {id}")))
+    })
+    .await
+}
+
 async fn tally(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
     let id = parse_id(&id)?;
-    let st = ctx.handle.lock();
-    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-    let now = now_ms();
-    if engine.proposal(&id).is_none() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {id}")));
-    }
-    let fin = engine.finality(&id);
-    let execution = engine.executions(now).into_iter().find(|e| e.proposal == id);
-    Ok(Json(json!({
-        "status": engine.status(&id, now).map(status_name),
-        "tally": engine.tally(&id, now).as_ref().map(tally_json),
-        "attestations": engine.attestations(&id).into_iter().map(|(who, k, at)| json!({
-            "member": who.to_did(),
-            "outcome": k.outcome.as_str(),
-            "votes_root": k.votes_root.to_string(),
-            "revision": k.revision,
-            "at_ms": at,
-        })).collect::<Vec<_>>(),
-        "final": fin.map(|f| json!({
-            "outcome": f.key.outcome.as_str(),
-            "votes_root": f.key.votes_root.to_string(),
-            "revision": f.key.revision,
-            "winner": f.key.winner,
-            "weight": f.weight,
-            "final_at_ms": f.final_at_ms,
-        })),
-        "certificate": engine.certificate(&id).map(|c| json!({
-            "attesters": c.attesters.len(),
-            "weight": c.final_.weight,
-            "eligible": c.eligible,
-            "equivocators": c.equivocators.iter().map(|k| k.to_did()).collect::<Vec<_>>(),
-        })),
-        "execution": execution.map(|e| json!({
-            "at_ms": e.at_ms,
-            "epoch": e.epoch,
-            "result": match e.result { Ok(()) => "ok".to_owned(), Err(s) => s },
-        })),
-    })))
+    ctx.call(move |core| {
+        let engine = engine(core)?;
+        let now = now_ms();
+        if engine.proposal(&id).is_none() {
+            return Err(not_found(format!("unknown proposal {id}")));
+        }
+        let fin = engine.finality(&id);
+        let execution = engine.executions(now).into_iter().find(|e| e.proposal == id);
+        Ok(Json(json!({
+            "status": engine.status(&id, now).map(status_name),
+            "tally": engine.tally(&id, now).as_ref().map(tally_json),
+            "attestations": engine.attestations(&id).into_iter().map(|(who, k, at)| json!({
+                "member": who.to_did(),
+                "outcome": k.outcome.as_str(),
+                "votes_root": k.votes_root.to_string(),
+                "revision": k.revision,
+                "at_ms": at,
+            })).collect::<Vec<_>>(),
+            "final": fin.map(|f| json!({
+                "outcome": f.key.outcome.as_str(),
+                "votes_root": f.key.votes_root.to_string(),
+                "revision": f.key.revision,
+                "winner": f.key.winner,
+                "weight": f.weight,
+                "final_at_ms": f.final_at_ms,
+            })),
+            "certificate": engine.certificate(&id).map(|c| json!({
+                "attesters": c.attesters.len(),
+                "weight": c.final_.weight,
+                "eligible": c.eligible,
+                "equivocators": c.equivocators.iter().map(|k| k.to_did()).collect::<Vec<_>>(),
+            })),
+            "execution": execution.map(|e| json!({
+                "at_ms": e.at_ms,
+                "epoch": e.epoch,
+                "result": match e.result { Ok(()) => "ok".to_owned(), Err(s) => s },
+            })),
+        })))
+    })
+    .await
 }
 
 /// The certificate bundle of a final proposal: the signed charter, proposal and attestations
 /// (and the pinned registry version when it is not the charter's), verifiable offline.
-fn certificate_bundle(st: &State, id: &MessageId) -> Result<CertificateBundle, ApiError> {
-    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
+fn certificate_bundle(core: &Core, id: &MessageId) -> Result<CertificateBundle, ApiError> {
+    let engine = engine(core)?;
     if engine.proposal(id).is_none() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {id}")));
+        return Err(not_found(format!("unknown proposal {id}")));
     }
     let cert = engine.certificate(id).ok_or_else(|| {
         ApiError(StatusCode::CONFLICT, format!("proposal {id} is not final: no certificate yet"))
     })?;
     let bytes = |mid: &MessageId| -> Result<String, ApiError> {
-        match st.store.get(mid) {
-            Ok(Some(m)) => Ok(hex::encode(m.bytes())),
-            Ok(None) => Err(bad(format!("message {mid} is not in the store"))),
-            Err(e) => Err(bad(e.to_string())),
+        match core.store.get_bytes(mid)? {
+            Some(b) => Ok(hex::encode(b)),
+            None => {
+                Err(ApiError(StatusCode::CONFLICT, format!("message {mid} is not in the store")))
+            }
         }
     };
     let (registry, _) = engine.electorate(id).ok_or_else(|| bad("no electorate"))?;
@@ -650,51 +965,56 @@ fn certificate_bundle(st: &State, id: &MessageId) -> Result<CertificateBundle, A
 
 async fn certificate(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
     let id = parse_id(&id)?;
-    let st = ctx.handle.lock();
-    let bundle = certificate_bundle(&st, &id)?;
-    Ok(Json(serde_json::to_value(bundle).map_err(|e| bad(e.to_string()))?))
-}
-
-#[derive(Deserialize)]
-struct ReceiptQuery {
-    /// The voter's did:key; the node's own identity if absent.
-    voter: Option<String>,
+    ctx.call(move |core| {
+        let bundle = certificate_bundle(core, &id)?;
+        Ok(Json(serde_json::to_value(bundle).map_err(|e| bad(e.to_string()))?))
+    })
+    .await
 }
 
 async fn receipt(
     AxState(ctx): AxState<Ctx>,
     UrlPath(id): UrlPath<String>,
-    axum::extract::Query(q): axum::extract::Query<ReceiptQuery>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    let st = ctx.handle.lock();
-    let voter = match q.voter {
-        Some(did) => {
-            PublicKey::from_did(&did).map_err(|e| bad(format!("invalid voter {did}: {e}")))?
+    // The voter's did:key (`?voter=`); the node's own identity if absent.
+    let mut voter = None;
+    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("voter", v)) => voter = Some(parse_key(v)?),
+            _ => return Err(bad("the only query parameter is voter=DID")),
         }
-        None => st.key.public(),
-    };
-    let certificate = certificate_bundle(&st, &id)?;
-    let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-    let r = engine.receipt(&id, &voter).map_err(|e| {
-        let code = match e {
-            kos_engine::ReceiptError::NotCounted => StatusCode::NOT_FOUND,
-            _ => StatusCode::CONFLICT,
+    }
+    ctx.call(move |core| {
+        let voter = voter.unwrap_or_else(|| core.key.public());
+        let certificate = certificate_bundle(core, &id)?;
+        let engine = engine(core)?;
+        let r = engine.receipt(&id, &voter).map_err(|e| {
+            let code = match e {
+                kos_engine::ReceiptError::NotCounted => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
+            };
+            ApiError(code, format!("{e}"))
+        })?;
+        let ballot = match core.store.get_bytes(&r.ballot)? {
+            Some(b) => hex::encode(b),
+            None => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("ballot {} is not in the store", r.ballot),
+                ));
+            }
         };
-        ApiError(code, format!("{e}"))
-    })?;
-    let ballot = match st.store.get(&r.ballot) {
-        Ok(Some(m)) => hex::encode(m.bytes()),
-        Ok(None) => return Err(bad(format!("ballot {} is not in the store", r.ballot))),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    let bundle = ReceiptBundle {
-        kind: kos_engine::RECEIPT_KIND.to_owned(),
-        certificate,
-        ballot,
-        proof: r.proof,
-    };
-    Ok(Json(serde_json::to_value(bundle).map_err(|e| bad(e.to_string()))?))
+        let bundle = ReceiptBundle {
+            kind: kos_engine::RECEIPT_KIND.to_owned(),
+            certificate,
+            ballot,
+            proof: r.proof,
+        };
+        Ok(Json(serde_json::to_value(bundle).map_err(|e| bad(e.to_string()))?))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -704,66 +1024,36 @@ struct VoteReq {
     reason: Option<String>,
 }
 
-fn parse_choice(s: &str) -> Result<Choice, ApiError> {
-    let list = |v: &str| -> Result<Vec<u16>, ApiError> {
-        v.split(',')
-            .filter(|x| !x.is_empty())
-            .map(|x| x.trim().parse().map_err(|_| bad(format!("not an option index: {x}"))))
-            .collect()
-    };
-    Ok(match s {
-        "yes" => Choice::Yes,
-        "no" => Choice::No,
-        "abstain" => Choice::Abstain,
-        "veto" => Choice::Veto,
-        _ if s.starts_with("approve:") => Choice::Approve(list(&s[8..])?),
-        _ if s.starts_with("rank:") => Choice::Rank(list(&s[5..])?),
-        _ => {
-            return Err(bad(format!(
-                "choice is yes, no, abstain, veto, approve:I,J or rank:I,J — not {s}"
-            )));
-        }
-    })
-}
-
-async fn create_and_publish(ctx: &Ctx, payload: Payload) -> ApiResult {
-    let msg = ctx.handle.lock().create(payload, None)?;
-    send(ctx, Command::Publish(msg.bytes().to_vec())).await?;
-    Ok(Json(json!({ "id": msg.id().to_string() })))
-}
-
-fn federation_of(ctx: &Ctx) -> Result<FederationId, ApiError> {
-    ctx.handle
-        .lock()
-        .engine
-        .as_ref()
-        .map(Engine::federation)
-        .ok_or_else(|| bad("this node follows no federation"))
-}
-
-/// The revision of `proposal` in force on this node (what new ballots and comments bind to).
-fn revision_in_force(ctx: &Ctx, proposal: &MessageId) -> Result<u32, ApiError> {
-    ctx.handle
-        .lock()
-        .engine
-        .as_ref()
-        .and_then(|e| e.proposal(proposal).map(|p| p.2))
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {proposal}")))
+/// Signs and ingests a message about `proposal`, which must be known here (404 otherwise);
+/// `build` gets the federation and the revision in force.
+async fn about_proposal(
+    ctx: &Ctx,
+    proposal: MessageId,
+    build: impl FnOnce(FederationId, u32, &Engine) -> Result<Payload, ApiError> + Send + 'static,
+) -> ApiResult {
+    let id = ctx
+        .call(move |core| {
+            let engine = engine(core)?;
+            let (_, _, revision, _) = engine
+                .proposal(&proposal)
+                .ok_or_else(|| not_found(format!("unknown proposal {proposal}")))?;
+            let payload = build(engine.federation(), revision, engine)?;
+            Ok(core.create(payload, None)?.id())
+        })
+        .await?;
+    Ok(Json(json!({ "id": id.to_string() })))
 }
 
 async fn vote(
     AxState(ctx): AxState<Ctx>,
     UrlPath(id): UrlPath<String>,
-    Json(req): Json<VoteReq>,
+    Body(req): Body<VoteReq>,
 ) -> ApiResult {
     let proposal = parse_id(&id)?;
     let choice = parse_choice(&req.choice)?;
-    let federation = federation_of(&ctx)?;
-    let revision = revision_in_force(&ctx, &proposal)?;
-    create_and_publish(
-        &ctx,
-        Payload::Vote(Vote { choice, reason: req.reason, proposal, revision, federation }),
-    )
+    about_proposal(&ctx, proposal, move |federation, revision, _| {
+        Ok(Payload::Vote(Vote { choice, reason: req.reason, proposal, revision, federation }))
+    })
     .await
 }
 
@@ -779,7 +1069,7 @@ struct CommentReq {
 async fn comment(
     AxState(ctx): AxState<Ctx>,
     UrlPath(id): UrlPath<String>,
-    Json(req): Json<CommentReq>,
+    Body(req): Body<CommentReq>,
 ) -> ApiResult {
     let proposal = parse_id(&id)?;
     let kind: CommentKind = req
@@ -789,19 +1079,31 @@ async fn comment(
         .parse()
         .map_err(|e: UnknownName| bad(e.to_string()))?;
     let parent = req.parent.as_deref().map(parse_id).transpose()?;
-    let federation = federation_of(&ctx)?;
-    let revision = revision_in_force(&ctx, &proposal)?;
-    create_and_publish(
-        &ctx,
-        Payload::Comment(Comment { kind, text: req.text, parent, proposal, revision, federation }),
-    )
+    let store = ctx.store.clone();
+    if let Some(p) = parent
+        && !store.contains(&p)?
+    {
+        return Err(not_found(format!("unknown parent comment {p}")));
+    }
+    about_proposal(&ctx, proposal, move |federation, revision, _| {
+        Ok(Payload::Comment(Comment {
+            kind,
+            text: req.text,
+            parent,
+            proposal,
+            revision,
+            federation,
+        }))
+    })
     .await
 }
 
 async fn sponsor(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
     let proposal = parse_id(&id)?;
-    let federation = federation_of(&ctx)?;
-    create_and_publish(&ctx, Payload::Sponsor(Sponsor { proposal, federation })).await
+    about_proposal(&ctx, proposal, move |federation, _, _| {
+        Ok(Payload::Sponsor(Sponsor { proposal, federation }))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -813,36 +1115,28 @@ struct WithdrawReq {
 async fn withdraw(
     AxState(ctx): AxState<Ctx>,
     UrlPath(id): UrlPath<String>,
-    Json(req): Json<WithdrawReq>,
+    Body(req): Body<WithdrawReq>,
 ) -> ApiResult {
     let proposal = parse_id(&id)?;
-    let federation = federation_of(&ctx)?;
-    create_and_publish(
-        &ctx,
-        Payload::Withdraw(Withdraw { reason: req.reason, proposal, federation }),
-    )
+    about_proposal(&ctx, proposal, move |federation, _, _| {
+        Ok(Payload::Withdraw(Withdraw { reason: req.reason, proposal, federation }))
+    })
     .await
 }
 
 async fn revise(
     AxState(ctx): AxState<Ctx>,
     UrlPath(id): UrlPath<String>,
-    Json(req): Json<ProposeReq>,
+    Body(req): Body<ProposeReq>,
 ) -> ApiResult {
     let proposal = parse_id(&id)?;
-    let federation = federation_of(&ctx)?;
-    let (kind, revision) = {
-        let st = ctx.handle.lock();
-        let engine = st.engine.as_ref().ok_or_else(|| bad("this node follows no federation"))?;
-        let (_, body, revision, _) = engine.proposal(&proposal).ok_or_else(|| {
-            ApiError(StatusCode::NOT_FOUND, format!("unknown proposal {proposal}"))
-        })?;
-        (body.kind, revision)
-    };
-    let action = action_for(kind, &req)?;
-    create_and_publish(
-        &ctx,
-        Payload::Revision(Revision {
+    about_proposal(&ctx, proposal, move |federation, revision, engine| {
+        let kind = engine
+            .proposal(&proposal)
+            .map(|p| p.1.kind)
+            .ok_or_else(|| not_found("unknown proposal"))?;
+        let action = action_for(kind, &req)?;
+        Ok(Payload::Revision(Revision {
             title: req.title,
             action,
             options: req.options,
@@ -850,8 +1144,8 @@ async fn revise(
             revision: revision + 1,
             federation,
             description: req.description,
-        }),
-    )
+        }))
+    })
     .await
 }
 
@@ -865,7 +1159,7 @@ struct DelegateReq {
     scope: Option<String>,
 }
 
-async fn delegate(AxState(ctx): AxState<Ctx>, Json(req): Json<DelegateReq>) -> ApiResult {
+async fn delegate(AxState(ctx): AxState<Ctx>, Body(req): Body<DelegateReq>) -> ApiResult {
     let scope = match req.scope.as_deref().unwrap_or("all") {
         "all" => DelegationScope::All,
         s if s.starts_with("kind:") => {
@@ -874,19 +1168,64 @@ async fn delegate(AxState(ctx): AxState<Ctx>, Json(req): Json<DelegateReq>) -> A
         s if s.starts_with("scope:") => {
             DelegationScope::Scope(s[6..].parse().map_err(|e: UnknownName| bad(e.to_string()))?)
         }
-        s => return Err(bad(format!("scope is all, kind:TYPE or scope:SCOPE — not {s}"))),
+        s => return Err(bad(format!("scope is all, kind:TYPE or scope:SCOPE — not {}", clip(s)))),
     };
     let delegate = req.to.as_deref().map(parse_key).transpose()?;
-    let federation = federation_of(&ctx)?;
-    create_and_publish(&ctx, Payload::Delegation(Delegation { scope, delegate, federation })).await
+    let id = ctx
+        .call(move |core| {
+            let federation = engine(core)?.federation();
+            Ok(core
+                .create(Payload::Delegation(Delegation { scope, delegate, federation }), None)?
+                .id())
+        })
+        .await?;
+    Ok(Json(json!({ "id": id.to_string() })))
 }
 
 async fn audit_verify(AxState(ctx): AxState<Ctx>) -> ApiResult {
-    let st = ctx.handle.lock();
-    match st.store.verify_audit().map_err(|e| bad(e.to_string()))? {
+    ctx.call(|core| match core.store.verify_audit()? {
         Ok(entries) => Ok(Json(
             json!({ "ok": true, "entries": entries.len(), "head": entries.last().map(|e| hex::encode(e.hash)) }),
         )),
         Err(first_bad) => Ok(Json(json!({ "ok": false, "first_bad_entry": first_bad }))),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:7700",
+            "localhost:80",
+            "LOCALHOST",
+            "[::1]:7700",
+            "[::1]",
+            "127.1.2.3:1",
+        ] {
+            assert!(loopback_name(ok), "{ok}");
+        }
+        for no in [
+            "evil.example",
+            "evil.example:7700",
+            "10.0.0.1:7700",
+            "localhost.evil.example",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!loopback_name(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn serde_errors_lose_the_values_they_quote() {
+        let e = r#"invalid type: string "AAAAAAAA", expected u64 at line 1 column 20"#;
+        assert!(!scrub(e).contains("AAAA"), "{}", scrub(e));
+        let e = "missing field `title` at line 1 column 2";
+        assert!(scrub(e).contains("`title`"), "{}", scrub(e));
     }
 }

@@ -5,11 +5,13 @@
 //! federation of N nodes. See `docs/operator.md`.
 
 mod api;
+mod core;
 mod devnet;
 mod limits;
 mod metrics;
 mod net;
 mod node;
+mod peers;
 
 use std::{
     path::{Path, PathBuf},
@@ -59,7 +61,7 @@ enum Command {
     /// Run a local federation of N nodes (data under `<data-dir>/devnet`) until interrupted.
     Devnet {
         /// Number of nodes.
-        #[arg(value_parser = clap::value_parser!(u16).range(1..=16))]
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=64))]
         nodes: u16,
     },
 }
@@ -83,6 +85,13 @@ pub struct RunArgs {
     /// Most established connections. Default 128.
     #[arg(long)]
     max_connections: Option<u32>,
+    /// Signed messages one author may send in a burst over live gossip (default 2000); beyond
+    /// it they are ignored (sync still brings them), never held against the relaying peer.
+    #[arg(long)]
+    author_burst: Option<u32>,
+    /// Sustained messages per author per minute over live gossip (default 2000).
+    #[arg(long)]
+    author_per_minute: Option<u32>,
     /// Config file (TOML). Default `<data-dir>/kosd.toml` if it exists.
     #[arg(long, env = "KOS_CONFIG")]
     config: Option<PathBuf>,
@@ -112,6 +121,8 @@ struct FileConfig {
     bootstrap: Option<Vec<String>>,
     sync_interval_secs: Option<u64>,
     max_connections: Option<u32>,
+    author_burst: Option<u32>,
+    author_per_minute: Option<u32>,
 }
 
 fn passphrase(insecure: bool) -> anyhow::Result<Vec<u8>> {
@@ -173,7 +184,7 @@ fn repair(dir: &Path) -> anyhow::Result<()> {
     let key = load_identity(dir)?;
     println!("repairing {}: rebuilding from the journal and the store", dir.display());
     let flags = node::OpenFlags { repair: true, existing_identity: true, ..Default::default() };
-    let (state, r) = node::open_state(key, dir, flags)?;
+    let (opened, r) = node::open_state(key, dir, flags)?;
     println!(
         "journal: {} records, {} bytes of torn tail cut, {} unreadable records skipped",
         r.journal.records,
@@ -191,7 +202,7 @@ fn repair(dir: &Path) -> anyhow::Result<()> {
         if r.lost > 0 { " (peers send them again by sync)" } else { "" }
     );
     println!("now: {} messages", r.messages);
-    state.store.checkpoint()?;
+    opened.store.checkpoint()?;
     Ok(())
 }
 
@@ -237,6 +248,14 @@ fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
             args.sync_interval_secs.or(file.sync_interval_secs).unwrap_or(10).max(1),
         ),
         max_connections: args.max_connections.or(file.max_connections).unwrap_or(128),
+        quota: core::Quota {
+            burst: args.author_burst.or(file.author_burst).unwrap_or(limits::AUTHOR_BURST).max(1),
+            per_minute: args
+                .author_per_minute
+                .or(file.author_per_minute)
+                .unwrap_or(limits::AUTHOR_PER_MINUTE)
+                .max(1),
+        },
     })
 }
 
@@ -271,14 +290,43 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         repair: false,
         existing_identity,
     };
-    let (state, _) = node::open_state(key, dir, flags)?;
+    let (opened, _) = node::open_state(key, dir, flags)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(node::COMMAND_QUEUE);
-        let handle =
-            node::Handle { state: std::sync::Arc::new(std::sync::Mutex::new(state)), commands: tx };
-        let api = tokio::spawn(api::serve(handle.clone(), settings.api, settings.data_dir.clone()));
-        let net = tokio::spawn(node::run(settings, handle.clone(), rx));
+        let metrics = std::sync::Arc::new(metrics::Metrics::default());
+        let (to_net, from_core) = tokio::sync::mpsc::channel(core::NET_QUEUE);
+        let (commands_tx, commands) = tokio::sync::mpsc::channel(node::COMMAND_QUEUE);
+        let (view_tx, view) = tokio::sync::watch::channel(node::NetView::default());
+        let store = opened.store.clone();
+        let federation = opened.engine.as_ref().map(kos_engine::Engine::federation);
+        let key = opened.key.clone();
+        let the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
+        let (core, core_thread) = core::spawn(the_core)?;
+        let api = tokio::spawn(api::serve(
+            api::ApiParts {
+                core: core.clone(),
+                net: commands_tx,
+                view,
+                metrics: metrics.clone(),
+                store: store.clone(),
+            },
+            settings.api,
+            settings.data_dir.clone(),
+        ));
+        let net = tokio::spawn(node::run(
+            settings,
+            key,
+            node::NetParts {
+                core: core.clone(),
+                store,
+                metrics,
+                federation,
+                from_core,
+                to_net,
+                commands,
+                view: view_tx,
+            },
+        ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let result = tokio::select! {
             r = api => r.map_err(anyhow::Error::from).and_then(|r| r),
@@ -287,9 +335,8 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
             _ = term.recv() => Ok(()),
         };
         // Graceful shutdown: everything accepted is on disk, and the manifest says how much.
-        let st = handle.lock();
-        let _ = st.store.audit(node::now_ms(), "node stopped");
-        st.store.checkpoint()?;
+        core.shutdown().await;
+        let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
         tracing::info!("stopped");
         result
     })

@@ -14,6 +14,13 @@ pub struct VerdictLabel {
     pub verdict: &'static str,
 }
 
+/// A peer action, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// fatal, low, mid or high.
+    pub action: &'static str,
+}
+
 /// Every metric of the node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -34,6 +41,14 @@ pub struct Metrics {
     pub pending_messages: Gauge,
     /// Free bytes on the data directory's disk.
     pub free_bytes: Gauge,
+    /// Graded actions against peers.
+    pub peer_actions: Family<ActionLabel, Counter>,
+    /// Sync requests served.
+    pub sync_served: Counter,
+    /// Sync requests refused (over a peer's quota, or the server is busy).
+    pub sync_refused: Counter,
+    /// Messages waiting for verification or the core.
+    pub ingest_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,6 +63,10 @@ impl Default for Metrics {
             stored_messages: Gauge::default(),
             pending_messages: Gauge::default(),
             free_bytes: Gauge::default(),
+            peer_actions: Family::default(),
+            sync_served: Counter::default(),
+            sync_refused: Counter::default(),
+            ingest_backlog: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("gossip_messages", "Gossip messages by verdict", m.gossip.clone());
@@ -69,6 +88,18 @@ impl Default for Metrics {
             "data_dir_free_bytes",
             "Free bytes on the data directory's disk (writes stop below 16 MiB)",
             m.free_bytes.clone(),
+        );
+        registry.register("peer_actions", "Graded actions against peers", m.peer_actions.clone());
+        registry.register("sync_served", "Sync requests served", m.sync_served.clone());
+        registry.register(
+            "sync_refused",
+            "Sync requests refused (over quota or busy)",
+            m.sync_refused.clone(),
+        );
+        registry.register(
+            "ingest_backlog",
+            "Gossip messages waiting for verification",
+            m.ingest_backlog.clone(),
         );
         Metrics { registry, ..m }
     }

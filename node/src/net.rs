@@ -14,13 +14,13 @@ use sha2::{Digest as _, Sha256};
 /// The Kademlia protocol name: private to kOS.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/kad/1.0.0");
 /// The anti-entropy sync protocol.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/sync/1.0.0");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/sync/2.0.0");
 /// The identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/kos/id/1.0.0";
 /// Largest gossip message: one envelope plus gossipsub's framing.
 pub const MAX_TRANSMIT: usize = 64 * 1024;
-/// Most buckets (proposals) in one summary.
-pub const MAX_BUCKETS: usize = 4096;
+/// Most buckets (proposals) in one summary page.
+pub const SUMMARY_PAGE: usize = 1024;
 /// Most ids in one inventory page.
 pub const INVENTORY_PAGE: usize = 2048;
 /// Most messages requested in one fetch.
@@ -46,7 +46,9 @@ pub fn subscribe(
         first_message_deliveries_weight: 1.0,
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -100.0,
+        // Our own graded actions decide blocks; gossipsub's penalty for a rejected message is
+        // kept mild so that it graylists only a peer that keeps sending them.
+        invalid_message_deliveries_weight: -10.0,
         invalid_message_deliveries_decay: 0.99,
         ..Default::default()
     };
@@ -60,10 +62,12 @@ pub fn subscribe(
 /// A sync request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SyncRequest {
-    /// The peer's per-proposal summaries: count and Merkle root of message ids per bucket.
+    /// A page of the peer's per-bucket summaries: count and digest of message ids per bucket.
     Summary {
         /// The federation.
         federation: MessageId,
+        /// Start after this bucket.
+        after: Option<MessageId>,
     },
     /// A page of the peer's message ids in one bucket, ascending, after `after`.
     Inventory {
@@ -84,12 +88,13 @@ pub enum SyncRequest {
 /// A sync response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SyncResponse {
-    /// Per-bucket counts and roots.
+    /// Per-bucket counts and digests, ascending by bucket.
     Summary {
-        /// (bucket, number of messages, Merkle root over their ids), by bucket.
-        buckets: Vec<(MessageId, u64, kos_protocol::Digest)>,
-        /// Whether buckets beyond [`MAX_BUCKETS`] were left out.
-        truncated: bool,
+        /// (bucket, number of messages, sum modulo 2^256 of their ids), at most
+        /// [`SUMMARY_PAGE`].
+        buckets: Vec<(MessageId, u64, MessageId)>,
+        /// Whether more buckets follow.
+        more: bool,
     },
     /// A page of ids.
     Inventory {
@@ -155,7 +160,12 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
             .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
             gossipsub
                 .with_peer_score(
-                    gossipsub::PeerScoreParams::default(),
+                    gossipsub::PeerScoreParams {
+                        // Many honest nodes share an address (one host, one NAT, one data
+                        // centre): gossipsub's IP-colocation penalty would graylist them all.
+                        ip_colocation_factor_weight: 0.0,
+                        ..Default::default()
+                    },
                     gossipsub::PeerScoreThresholds::default(),
                 )
                 .map_err(|e| anyhow::anyhow!("gossipsub scoring: {e}"))?;

@@ -1,42 +1,45 @@
-//! The node: shared state (identity, store, engine) and the event loop around the swarm.
+//! The network task: the swarm, the verification pool, sync, and peer reputation.
 //!
-//! The governance logic is `kos_engine`; this module only moves messages between the
-//! network, the store and the engine, and performs the engine's effects.
+//! It owns the swarm and nothing else: the engine and the store belong to the core
+//! ([`crate::core`]). Gossip and sync data go to a bounded backlog, are decoded and verified in
+//! batches on a bounded pool of blocking workers, and only then reach the core; the core answers
+//! with [`ToNet`] (verdicts, publications, penalties). While the backlog is full the task stops
+//! reading the swarm — gossipsub's deferred validation holds the messages, TCP pushes back — but
+//! keeps draining the core's answers, so the pipeline cannot deadlock.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::StreamExt;
-use kos_engine::{Effect, Engine, Origin, Step, Verdict, merkle_root};
-use kos_protocol::{Message, MessageId, Payload, SecretKey, payload::FederationId};
+use kos_engine::Engine;
+use kos_protocol::{DecodeError, Message, MessageId, SecretKey, payload::FederationId};
 use kos_storage::Store;
 use libp2p::{
     Multiaddr, PeerId, Swarm, gossipsub, identify, kad, request_response, swarm::SwarmEvent,
 };
 use serde_bytes::ByteBuf;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::net::{
-    self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, MAX_BUCKETS,
-    SyncRequest, SyncResponse,
+use crate::{
+    core::{CoreHandle, Inbound, Source, ToCore, ToNet},
+    limits::Buckets,
+    metrics::Metrics,
+    net::{
+        self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, SUMMARY_PAGE,
+        SyncRequest, SyncResponse,
+    },
+    peers::{PeerAction, Reputation},
 };
 
-/// Immune system: this many rejected messages from one peer within [`FAILURE_WINDOW_MS`]…
-pub const FAILURE_LIMIT: usize = 10;
-/// …within this window…
-pub const FAILURE_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// …block the peer for this long.
-pub const BLOCK_MS: u64 = 60 * 60 * 1000;
-
-/// The gossipsub application score of a local trust level: quarantine drives a peer below the
-/// graylist (and so into a block); higher trust helps a peer stay in the mesh.
+/// The gossipsub application score of a local trust level: higher trust helps a peer stay in
+/// the mesh; quarantine pushes it out of it.
 pub fn application_score(level: &str) -> f64 {
     match level {
         "core" => 5.0,
@@ -49,13 +52,18 @@ pub fn application_score(level: &str) -> f64 {
 
 /// Discovered peers are dialed while fewer than this many are connected.
 pub const DIAL_TARGET: usize = 16;
-
-/// Bound of the channel from the API to the event loop.
+/// Bound of the channel from the API to the network task.
 pub const COMMAND_QUEUE: usize = 256;
-/// Group commit period of the journal for messages from the network (ms).
-const COMMIT_INTERVAL_MS: u64 = 100;
-/// Longest sleep of the event loop's clock when the engine has nothing scheduled.
-const MAX_SLEEP_MS: u64 = 60_000;
+/// Messages waiting for verification at most; beyond it the swarm is not read.
+pub const VERIFY_BACKLOG: usize = 8192;
+/// Messages verified by one worker in one go (and handed to the core as one batch).
+pub const VERIFY_BATCH: usize = 128;
+/// Sync requests in flight to one peer at most.
+pub const SYNC_IN_FLIGHT: usize = 4;
+/// Sync requests queued for one peer at most (the rest wait for the next round).
+pub const SYNC_QUEUE: usize = 4096;
+/// Sync requests served at once (on blocking threads).
+pub const SYNC_SERVERS: usize = 2;
 
 /// Milliseconds since the Unix epoch: the only clock of the node.
 #[allow(clippy::disallowed_methods)] // the shell reads the clock and passes `now` to the core
@@ -78,176 +86,697 @@ pub struct Settings {
     pub sync_interval: Duration,
     /// Most established connections.
     pub max_connections: u32,
+    /// Per-author quota of live gossip.
+    pub quota: crate::core::Quota,
 }
 
-/// State shared by the API and the event loop.
-pub struct State {
-    /// The node's identity.
-    pub key: SecretKey,
-    /// The store.
-    pub store: Store,
-    /// The engine of the federation this node follows.
-    pub engine: Option<Engine>,
-    /// Next author sequence number.
-    seq: u64,
+/// What the API shows of the network (published by the network task).
+#[derive(Debug, Clone, Default)]
+pub struct NetView {
     /// Connected peers.
     pub peers: Vec<PeerId>,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
-    /// Gossipsub scores of connected peers (refreshed every sync round).
+    /// Gossipsub scores of connected peers.
     pub scores: Vec<(PeerId, f64)>,
-    /// Blocked peers.
-    pub blocked: Vec<PeerId>,
-    /// Metrics.
-    pub metrics: crate::metrics::Metrics,
+    /// Blocked peers: (peer, until ms or none, why).
+    pub blocked: Vec<(PeerId, Option<u64>, String)>,
+    /// Peers with a sync walk in progress, and sync requests in flight.
+    pub syncing: (usize, usize),
 }
 
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("peers", &self.peers.len()).finish_non_exhaustive()
-    }
-}
-
-/// Commands from the API to the event loop.
+/// Commands from the API to the network task.
 #[derive(Debug)]
 pub enum Command {
-    /// Publish these envelope bytes on the federation's topic.
-    Publish(Vec<u8>),
     /// Dial an address.
     Dial(Multiaddr),
     /// Close connections to a peer.
     Disconnect(PeerId),
-    /// Start following a federation (subscribe, sync).
-    Follow(FederationId),
-    /// Refuse a peer's connections and drop the current ones.
+    /// Refuse a peer's connections and drop the current ones (until unblocked).
     Block(PeerId),
     /// Accept a peer again.
     Unblock(PeerId),
 }
 
-/// A handle on the running node.
-#[derive(Clone, Debug)]
-pub struct Handle {
-    /// Shared state.
-    pub state: Arc<Mutex<State>>,
-    /// Commands to the event loop.
-    pub commands: mpsc::Sender<Command>,
-}
-
-impl Handle {
-    /// Locks the shared state.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+/// The grade of an envelope that failed decoding or verification: `None` for what a newer or
+/// different peer may legitimately send (ignored, never punished).
+pub fn grade(e: &DecodeError) -> Option<PeerAction> {
+    match e {
+        DecodeError::UnknownType(_) | DecodeError::UnsupportedVersion(_) => None,
+        DecodeError::BadSignature => Some(PeerAction::Fatal),
+        _ => Some(PeerAction::LowTolerance),
     }
 }
 
-impl State {
-    /// Signs `payload` with the node key, applies it locally, stores and flushes it. Returns
-    /// the message for publishing. Refused messages change nothing.
-    pub fn create(
-        &mut self,
-        payload: Payload,
-        target: Option<kos_protocol::Address>,
-    ) -> anyhow::Result<Message> {
-        let now = now_ms();
-        // Above every message this node ever signed: the counter, and the clock (so a node
-        // rebuilt from peers, or from a lost store, never reuses a lower sequence number).
-        let seq = (self.seq + 1).max(now);
-        let msg = Message::sign(&self.key, seq, now, target, payload)?;
-        let engine = self.engine.as_mut().context("this node follows no federation")?;
-        let me = self.key.public();
-        // Store, then engine: judged first without changing anything, stored durably, and only
-        // then applied; a failed write leaves the engine as it was.
-        match engine.check(&msg, Origin::Local, now) {
-            Ok(()) => {
-                self.store.insert_durable(&msg)?;
-            }
-            Err(kos_engine::Refusal::Pending(_)) => {}
-            Err(r) => bail!("refused: {r}"),
-        }
-        let engine = self.engine.as_mut().context("this node follows no federation")?;
-        let step = engine.handle(&msg, Origin::Local, now, Some(&me));
-        self.seq = seq;
-        self.store.set_meta("seq", &self.seq.to_be_bytes())?;
-        // Held messages it released are stored now.
-        self.persist(&step, &msg);
-        self.store.audit(now, &format!("created {} {}", msg.kind(), msg.id()))?;
-        self.metrics.local_messages.inc();
-        self.store.commit()?;
-        Ok(msg)
-    }
+/// One unit of verification work.
+#[derive(Debug)]
+struct Job {
+    bytes: Vec<u8>,
+    from: Source,
+}
 
-    /// Applies a message from the network: judged first, stored if acceptable (the journal is
-    /// synced by the group commit), then applied. A message that cannot be stored is ignored —
-    /// peers offer it again — and changes nothing.
-    fn receive(&mut self, msg: &Message, origin: Origin) -> Option<Step> {
-        let now = now_ms();
-        let me = self.key.public();
-        let engine = self.engine.as_mut()?;
-        if engine.check(msg, origin, now).is_ok()
-            && let Err(e) = self.store.insert(msg)
-        {
-            warn!("store: {e}; message {} not applied", msg.id());
-            self.metrics.gossip("store_error");
-            return Some(Step { verdict: Verdict::Ignore, refusal: None, effects: Vec::new() });
-        }
-        // A message of our own coming back (after a rebuild from peers): never sign below it.
-        if msg.author() == me {
-            self.seq = self.seq.max(msg.header().seq);
-        }
-        let engine = self.engine.as_mut()?;
-        let step = engine.handle(msg, origin, now, Some(&me));
-        self.persist(&step, msg);
-        if step.verdict == Verdict::Reject {
-            let _ = self
-                .store
-                .audit(now, &format!("rejected {} from network: {:?}", msg.id(), step.refusal));
-        }
-        Some(step)
-    }
-
-    /// Stores the held messages the engine released while applying `handled` (which is stored
-    /// already). Held messages are never stored, so sync never serves them.
-    fn persist(&mut self, step: &Step, handled: &Message) {
-        for e in &step.effects {
-            if let Effect::Persist(m) = e
-                && m.id() != handled.id()
-                && let Err(e) = self.store.insert(m)
-            {
-                warn!("store: {e}; released message {} is applied but not stored", m.id());
-            }
-        }
-    }
-
-    /// Attestations the engine asks this node to sign now.
-    fn due_attestations(&mut self) -> Vec<Message> {
-        let now = now_ms();
-        let me = self.key.public();
-        let due = match &self.engine {
-            Some(e) => e.attestations_due(&me, now),
-            None => return Vec::new(),
-        };
-        due.into_iter()
-            .filter_map(|a| match self.create(Payload::TallyAttestation(a), None) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    warn!("attestation: {e:#}");
-                    None
+/// Decodes and verifies a batch on a blocking thread; hands the good ones to the core as one
+/// batch, reports the bad ones' verdicts and penalties.
+fn verify_batch(jobs: Vec<Job>, core: &CoreHandle, net: &mpsc::Sender<ToNet>) {
+    let mut good = Vec::with_capacity(jobs.len());
+    for Job { bytes, from } in jobs {
+        match Message::decode(&bytes) {
+            Ok(msg) => good.push(Inbound { msg, from }),
+            Err(e) => {
+                let action = grade(&e);
+                let (peer, verdict) = match &from {
+                    Source::Gossip { id, source } => (*source, Some((id.clone(), *source))),
+                    Source::Sync { peer } => (*peer, None),
+                };
+                if let Some((id, source)) = verdict {
+                    let acceptance = if action.is_some() {
+                        gossipsub::MessageAcceptance::Reject
+                    } else {
+                        gossipsub::MessageAcceptance::Ignore
+                    };
+                    let _ = net.blocking_send(ToNet::Verdict { id, source, acceptance });
                 }
-            })
-            .collect()
+                if let Some(action) = action {
+                    let _ = net.blocking_send(ToNet::Penalise {
+                        peer,
+                        action,
+                        why: format!("sent an invalid envelope: {e}"),
+                    });
+                } else {
+                    debug!(%peer, "ignored an envelope this node cannot read: {e}");
+                }
+            }
+        }
+    }
+    if !good.is_empty() {
+        let _ = core.send_blocking(ToCore::Ingest(good));
+    }
+}
+
+/// Answers a sync request from the store (a blocking read, off the network task).
+fn serve(store: &Store, federation: Option<FederationId>, request: SyncRequest) -> SyncResponse {
+    let follows = |f: &FederationId| federation == Some(*f);
+    match request {
+        SyncRequest::Summary { federation, after } if follows(&federation) => {
+            let (page, more) = store.summary_page(after.as_ref(), SUMMARY_PAGE);
+            SyncResponse::Summary {
+                buckets: page.into_iter().map(|(b, s)| (b, s.count, MessageId(s.digest))).collect(),
+                more,
+            }
+        }
+        SyncRequest::Inventory { federation, bucket, after } if follows(&federation) => {
+            let ids = store.bucket_ids_after(&bucket, after.as_ref(), INVENTORY_PAGE + 1);
+            let more = ids.len() > INVENTORY_PAGE;
+            SyncResponse::Inventory { ids: ids.into_iter().take(INVENTORY_PAGE).collect(), more }
+        }
+        SyncRequest::Fetch { ids } => {
+            let mut envelopes = Vec::new();
+            let mut bytes = 0;
+            for id in ids.iter().take(FETCH_BATCH) {
+                // Served as stored: the receiver verifies.
+                if let Ok(Some(b)) = store.get_bytes(id) {
+                    bytes += b.len();
+                    if bytes > FETCH_BYTES {
+                        break;
+                    }
+                    envelopes.push(ByteBuf::from(b));
+                }
+            }
+            SyncResponse::Messages { envelopes }
+        }
+        _ => SyncResponse::Unknown,
+    }
+}
+
+/// What an outstanding sync request was for.
+#[derive(Debug)]
+enum Asked {
+    Summary,
+    Inventory { bucket: MessageId },
+    Fetch { ids: BTreeSet<MessageId> },
+}
+
+/// One peer's sync walk.
+#[derive(Debug, Default)]
+struct SyncPeer {
+    queue: VecDeque<SyncRequest>,
+    in_flight: usize,
+}
+
+/// The network task's state.
+struct Net {
+    core: CoreHandle,
+    store: Store,
+    metrics: Arc<Metrics>,
+    data_dir: PathBuf,
+    federation: Option<FederationId>,
+    reputation: Reputation,
+    view: watch::Sender<NetView>,
+    /// Messages waiting for a verification worker.
+    backlog: VecDeque<Job>,
+    /// Outstanding outbound sync requests.
+    asked: HashMap<request_response::OutboundRequestId, (PeerId, Asked)>,
+    /// Ids requested and not yet answered (never asked of two peers at once).
+    wanted: HashSet<MessageId>,
+    /// Sync walks in progress.
+    walks: HashMap<PeerId, SyncPeer>,
+    /// Per-peer flood guard on gossip.
+    flood: Buckets<PeerId>,
+    /// Per-peer quota of sync requests served.
+    sync_quota: Buckets<PeerId>,
+    /// Sync requests being served.
+    serving: Arc<Semaphore>,
+    /// Answers of the sync servers.
+    served: mpsc::Sender<(request_response::ResponseChannel<SyncResponse>, SyncResponse)>,
+    /// The core's sender of [`ToNet`] (cloned into the workers).
+    to_net: mpsc::Sender<ToNet>,
+}
+
+/// Everything the network task needs.
+#[derive(Debug)]
+pub struct NetParts {
+    /// The core.
+    pub core: CoreHandle,
+    /// A handle on the store, for serving sync (reads only).
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The federation followed at start.
+    pub federation: Option<FederationId>,
+    /// Answers from the core.
+    pub from_core: mpsc::Receiver<ToNet>,
+    /// Sender of the same channel (for the verification workers).
+    pub to_net: mpsc::Sender<ToNet>,
+    /// Commands from the API.
+    pub commands: mpsc::Receiver<Command>,
+    /// Where the API reads the network's state.
+    pub view: watch::Sender<NetView>,
+}
+
+/// Runs the network task until the process ends.
+pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow::Result<()> {
+    let NetParts { core, store, metrics, federation, mut from_core, to_net, mut commands, view } =
+        parts;
+    let mut swarm = net::build(key.to_libp2p(), settings.max_connections)?;
+    drop(key);
+    for addr in &settings.listen {
+        swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    if let Some(f) = federation {
+        net::subscribe(&mut swarm, &f)?;
+    }
+    let reputation = Reputation::load(&settings.data_dir, now_ms());
+    for (peer, _) in reputation.blocks() {
+        swarm.behaviour_mut().blocked.block_peer(*peer);
+    }
+    // Known peers from earlier runs, then the bootstrap peers.
+    for (peer, addrs) in store.peers()? {
+        if let Ok(peer) = peer.parse::<PeerId>() {
+            if reputation.is_blocked(&peer) {
+                continue;
+            }
+            for a in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+                let _ = swarm.dial(a);
+            }
+        }
+    }
+    for addr in &settings.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!("bootstrap {addr}: {e}");
+        }
+    }
+    let (served_tx, mut served_rx) = mpsc::channel(SYNC_SERVERS * 4);
+    let mut n = Net {
+        core,
+        store,
+        metrics,
+        data_dir: settings.data_dir.clone(),
+        federation,
+        reputation,
+        view,
+        backlog: VecDeque::new(),
+        asked: HashMap::new(),
+        wanted: HashSet::new(),
+        walks: HashMap::new(),
+        flood: Buckets::new(crate::limits::PEER_BURST, crate::limits::PEER_PER_MINUTE),
+        sync_quota: Buckets::new(crate::limits::SYNC_BURST, crate::limits::SYNC_PER_MINUTE),
+        serving: Arc::new(Semaphore::new(SYNC_SERVERS)),
+        served: served_tx,
+        to_net,
+    };
+    n.publish_view(&swarm);
+    let workers = Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+    ));
+    let mut sync_timer = tokio::time::interval(settings.sync_interval);
+    loop {
+        tokio::select! {
+            event = swarm.select_next_some(), if n.backlog.len() < VERIFY_BACKLOG => {
+                n.on_swarm_event(&mut swarm, event);
+            }
+            Some(m) = from_core.recv() => n.on_core(&mut swarm, m),
+            Some(cmd) = commands.recv() => n.on_command(&mut swarm, cmd),
+            Some((channel, response)) = served_rx.recv() => {
+                let _ = swarm.behaviour_mut().sync.send_response(channel, response);
+            }
+            Ok(permit) = workers.clone().acquire_owned(), if !n.backlog.is_empty() => {
+                let take = n.backlog.len().min(VERIFY_BATCH);
+                let jobs: Vec<Job> = n.backlog.drain(..take).collect();
+                n.metrics.ingest_backlog.set(n.backlog.len() as i64);
+                let core = n.core.clone();
+                let to_net = n.to_net.clone();
+                tokio::task::spawn_blocking(move || {
+                    verify_batch(jobs, &core, &to_net);
+                    drop(permit);
+                });
+            }
+            _ = sync_timer.tick() => n.periodic(&mut swarm),
+        }
+    }
+}
+
+impl Net {
+    fn publish_view(&self, swarm: &Swarm<Behaviour>) {
+        let now = now_ms();
+        let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+        let scores = peers
+            .iter()
+            .filter_map(|p| swarm.behaviour().gossipsub.peer_score(p).map(|s| (*p, s)))
+            .collect();
+        let blocked =
+            self.reputation.blocks().map(|(p, b)| (*p, b.until_ms, b.reason.clone())).collect();
+        let listen = swarm.listeners().cloned().collect();
+        let in_flight = self.walks.values().map(|w| w.in_flight).sum();
+        self.metrics.connected_peers.set(peers.len() as i64);
+        let _ = now;
+        self.view.send_replace(NetView {
+            peers,
+            listen,
+            scores,
+            blocked,
+            syncing: (self.walks.len(), in_flight),
+        });
     }
 
-    /// Per-proposal summaries: (bucket, count, Merkle root of the bucket's message ids).
-    fn summary(&self) -> Vec<(MessageId, u64, kos_protocol::Digest)> {
-        self.store
-            .buckets()
-            .into_iter()
-            .map(|(b, ids)| (b, ids.len() as u64, merkle_root(&ids)))
-            .collect()
+    /// Records a graded action; blocks the peer (connected or not) when its score says so.
+    fn penalise(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        action: PeerAction,
+        why: &str,
+    ) {
+        self.metrics
+            .peer_actions
+            .get_or_create(&crate::metrics::ActionLabel { action: action.as_str() })
+            .inc();
+        debug!(%peer, action = action.as_str(), "peer action: {why}");
+        if let Some(block) = self.reputation.report(peer, action, why, now_ms()) {
+            warn!(%peer, "blocking peer for 1 h: {}", block.reason);
+            self.apply_block(
+                swarm,
+                peer,
+                &format!("immune system blocked peer {peer} for 1 h: {}", block.reason),
+            );
+        }
+    }
+
+    fn apply_block(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, audit: &str) {
+        swarm.behaviour_mut().blocked.block_peer(peer);
+        let _ = swarm.disconnect_peer_id(peer);
+        self.walks.remove(&peer);
+        self.metrics.blocks.inc();
+        if let Err(e) = self.reputation.save(&self.data_dir) {
+            warn!("cannot save the block list: {e}");
+        }
+        self.audit(audit.to_owned());
+        self.publish_view(swarm);
+    }
+
+    /// Appends to the audit log (the core owns it).
+    fn audit(&self, event: String) {
+        let _ = self.core.try_send(ToCore::Call(Box::new(move |core| {
+            let _ = core.store.audit(now_ms(), &event);
+        })));
+    }
+
+    fn publish(&mut self, swarm: &mut Swarm<Behaviour>, bytes: Vec<u8>) {
+        let Some(f) = self.federation else { return };
+        match swarm.behaviour_mut().gossipsub.publish(net::topic(&f), bytes) {
+            Ok(_) => {}
+            // Normal situations: nobody subscribed yet (sync will deliver), or already sent.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => warn!("publish: {e}"),
+        }
+    }
+
+    fn on_core(&mut self, swarm: &mut Swarm<Behaviour>, m: ToNet) {
+        match m {
+            ToNet::Verdict { id, source, acceptance } => {
+                swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            ToNet::Publish(bytes) => self.publish(swarm, bytes),
+            ToNet::Penalise { peer, action, why } => self.penalise(swarm, peer, action, &why),
+            ToNet::Follow(f) => {
+                self.federation = Some(f);
+                if let Err(e) = net::subscribe(swarm, &f) {
+                    warn!("subscribe: {e:#}");
+                }
+                let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+                for p in peers {
+                    self.start_sync(swarm, p);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, swarm: &mut Swarm<Behaviour>, cmd: Command) {
+        match cmd {
+            Command::Dial(addr) => {
+                if let Err(e) = swarm.dial(addr.clone()) {
+                    warn!("dial {addr}: {e}");
+                }
+            }
+            Command::Disconnect(peer) => {
+                let _ = swarm.disconnect_peer_id(peer);
+            }
+            Command::Block(peer) => {
+                self.reputation.block(peer, "blocked by the operator");
+                self.apply_block(swarm, peer, &format!("blocked peer {peer}"));
+            }
+            Command::Unblock(peer) => {
+                self.reputation.unblock(&peer);
+                swarm.behaviour_mut().blocked.unblock_peer(peer);
+                if let Err(e) = self.reputation.save(&self.data_dir) {
+                    warn!("cannot save the block list: {e}");
+                }
+                self.audit(format!("unblocked peer {peer}"));
+                self.publish_view(swarm);
+            }
+        }
+    }
+
+    fn periodic(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = now_ms();
+        let expired = self.reputation.expire(now);
+        for peer in &expired {
+            swarm.behaviour_mut().blocked.unblock_peer(*peer);
+            self.audit(format!("immune system unblocked peer {peer}"));
+        }
+        if !expired.is_empty()
+            && let Err(e) = self.reputation.save(&self.data_dir)
+        {
+            warn!("cannot save the block list: {e}");
+        }
+        let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
+        for p in &peers {
+            self.start_sync(swarm, *p);
+        }
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+        // Local trust feeds gossip scoring (application-specific score).
+        let trust = self.store.trust().unwrap_or_default();
+        for peer in peers {
+            let target = format!("peer://{peer}");
+            if let Some((_, level)) = trust.iter().find(|(t, _)| *t == target) {
+                swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .set_application_score(&peer, application_score(level));
+            }
+        }
+        self.publish_view(swarm);
+    }
+
+    fn on_swarm_event(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.publish_view(swarm);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                debug!(%peer_id, "connected");
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().to_string();
+                    let _ = self.store.put_peer(&peer_id.to_string(), &[addr]);
+                }
+                if num_established.get() == 1 {
+                    self.start_sync(swarm, peer_id);
+                }
+                self.publish_view(swarm);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.walks.remove(&peer_id);
+                self.publish_view(swarm);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                if self.flood.allow(propagation_source, now_ms()) {
+                    self.backlog.push_back(Job {
+                        bytes: message.data,
+                        from: Source::Gossip { id: message_id, source: propagation_source },
+                    });
+                    self.metrics.ingest_backlog.set(self.backlog.len() as i64);
+                } else {
+                    // Far above any honest relay rate: ignored, and a little held against it.
+                    self.metrics.gossip("over_flood_guard");
+                    swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
+                    self.penalise(
+                        swarm,
+                        propagation_source,
+                        PeerAction::HighTolerance,
+                        "over the gossip flood guard",
+                    );
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_sync_request(swarm, peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.on_sync_response(swarm, peer, request_id, response);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::OutboundFailure { peer, request_id, error, .. },
+            )) => {
+                debug!(%peer, "sync request failed: {error}");
+                self.finish(swarm, peer, request_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) => {
+                // Keep a small mesh: dial peers that discovery finds, up to a bound.
+                let connected = swarm.connected_peers().count();
+                if !self.reputation.is_blocked(&peer)
+                    && !swarm.is_connected(&peer)
+                    && connected < DIAL_TARGET
+                {
+                    debug!(%peer, "dialing a discovered peer");
+                    let _ = swarm.dial(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync_request(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: request_response::ResponseChannel<SyncResponse>,
+    ) {
+        if !self.sync_quota.allow(peer, now_ms()) {
+            // Dropping the channel fails the peer's request; a flood costs it.
+            self.metrics.sync_refused.inc();
+            self.penalise(swarm, peer, PeerAction::HighTolerance, "over its sync request quota");
+            return;
+        }
+        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
+            self.metrics.sync_refused.inc();
+            return;
+        };
+        self.metrics.sync_served.inc();
+        let store = self.store.clone();
+        let federation = self.federation;
+        let served = self.served.clone();
+        tokio::task::spawn_blocking(move || {
+            let response = serve(&store, federation, request);
+            let _ = served.blocking_send((channel, response));
+            drop(permit);
+        });
+    }
+
+    /// Starts a sync walk with `peer` unless one is in progress.
+    fn start_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let Some(federation) = self.federation else { return };
+        if self.walks.contains_key(&peer) {
+            return;
+        }
+        let mut walk = SyncPeer::default();
+        walk.queue.push_back(SyncRequest::Summary { federation, after: None });
+        self.walks.insert(peer, walk);
+        self.pump(swarm, peer);
+    }
+
+    /// Sends queued requests to `peer` while fewer than [`SYNC_IN_FLIGHT`] are outstanding; ends
+    /// the walk when nothing is left.
+    fn pump(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let Some(walk) = self.walks.get_mut(&peer) else { return };
+        while walk.in_flight < SYNC_IN_FLIGHT {
+            let Some(req) = walk.queue.pop_front() else { break };
+            let asked = match &req {
+                SyncRequest::Summary { .. } => Asked::Summary,
+                SyncRequest::Inventory { bucket, .. } => Asked::Inventory { bucket: *bucket },
+                SyncRequest::Fetch { ids } => Asked::Fetch { ids: ids.iter().copied().collect() },
+            };
+            let id = swarm.behaviour_mut().sync.send_request(&peer, req);
+            self.asked.insert(id, (peer, asked));
+            walk.in_flight += 1;
+        }
+        if walk.in_flight == 0 && walk.queue.is_empty() {
+            self.walks.remove(&peer);
+        }
+    }
+
+    fn enqueue(&mut self, peer: PeerId, req: SyncRequest) {
+        if let Some(walk) = self.walks.get_mut(&peer)
+            && walk.queue.len() < SYNC_QUEUE
+        {
+            walk.queue.push_back(req);
+        }
+    }
+
+    /// A request is answered or failed: its bookkeeping is released.
+    fn finish(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        request_id: request_response::OutboundRequestId,
+    ) {
+        let Some((_, asked)) = self.asked.remove(&request_id) else { return };
+        if let Asked::Fetch { ids } = &asked {
+            for id in ids {
+                self.wanted.remove(id);
+            }
+        }
+        if let Some(walk) = self.walks.get_mut(&peer) {
+            walk.in_flight = walk.in_flight.saturating_sub(1);
+        }
+        self.pump(swarm, peer);
+    }
+
+    fn on_sync_response(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        request_id: request_response::OutboundRequestId,
+        response: SyncResponse,
+    ) {
+        let Some(federation) = self.federation else { return };
+        // Released first so that what this response queues is sent by the same pump.
+        let Some((_, asked)) = self.asked.remove(&request_id) else { return };
+        if let Some(walk) = self.walks.get_mut(&peer) {
+            walk.in_flight = walk.in_flight.saturating_sub(1);
+        }
+        match (asked, response) {
+            (Asked::Summary, SyncResponse::Summary { buckets, more }) => {
+                // Only the buckets whose message sets differ are paged through.
+                let last = buckets.last().map(|b| b.0);
+                for (bucket, count, digest) in buckets.into_iter().take(SUMMARY_PAGE) {
+                    let mine = self.store.bucket_summary(&bucket);
+                    if mine.map(|s| (s.count, s.digest)) != Some((count, digest.0)) {
+                        self.enqueue(
+                            peer,
+                            SyncRequest::Inventory { federation, bucket, after: None },
+                        );
+                    }
+                }
+                if more && let Some(after) = last {
+                    self.enqueue(peer, SyncRequest::Summary { federation, after: Some(after) });
+                }
+            }
+            (Asked::Inventory { bucket }, SyncResponse::Inventory { ids, more }) => {
+                let missing: Vec<MessageId> = ids
+                    .iter()
+                    .take(INVENTORY_PAGE)
+                    .filter(|id| {
+                        !self.wanted.contains(id) && !self.store.contains(id).unwrap_or(true)
+                    })
+                    .copied()
+                    .collect();
+                for chunk in missing.chunks(FETCH_BATCH) {
+                    self.wanted.extend(chunk.iter().copied());
+                    self.enqueue(peer, SyncRequest::Fetch { ids: chunk.to_vec() });
+                }
+                if more && let Some(after) = ids.last().copied() {
+                    self.enqueue(
+                        peer,
+                        SyncRequest::Inventory { federation, bucket, after: Some(after) },
+                    );
+                }
+            }
+            (Asked::Fetch { ids }, SyncResponse::Messages { envelopes }) => {
+                for id in &ids {
+                    self.wanted.remove(id);
+                }
+                let mut unasked = 0;
+                for bytes in envelopes {
+                    // Only what was asked for is taken (checked before any verification).
+                    if ids.contains(&crate::core::envelope_id(&bytes)) {
+                        self.backlog.push_back(Job {
+                            bytes: bytes.into_vec(),
+                            from: Source::Sync { peer },
+                        });
+                    } else {
+                        unasked += 1;
+                    }
+                }
+                if unasked > 0 {
+                    self.penalise(
+                        swarm,
+                        peer,
+                        PeerAction::MidTolerance,
+                        &format!("sent {unasked} messages not asked for"),
+                    );
+                }
+            }
+            (_, SyncResponse::Unknown) => {}
+            (_, _) => {
+                self.penalise(
+                    swarm,
+                    peer,
+                    PeerAction::MidTolerance,
+                    "answered a sync request with the wrong kind of response",
+                );
+            }
+        }
+        self.pump(swarm, peer);
     }
 }
 
@@ -264,13 +793,26 @@ pub struct OpenFlags {
     pub existing_identity: bool,
 }
 
+/// What opening the data directory gives the core.
+#[derive(Debug)]
+pub struct Opened {
+    /// The node identity.
+    pub key: SecretKey,
+    /// The store.
+    pub store: Store,
+    /// The engine, rebuilt from the stored messages (if the node follows a federation).
+    pub engine: Option<Engine>,
+    /// Highest sequence number this node used.
+    pub seq: u64,
+}
+
 /// Opens the data directory (journal, store, manifest), logs what it found, rebuilds the engine
-/// from the stored messages, and returns the shared state.
+/// from the stored messages, and returns the state for the core.
 pub fn open_state(
     key: SecretKey,
     data_dir: &std::path::Path,
     flags: OpenFlags,
-) -> anyhow::Result<(State, kos_storage::OpenReport)> {
+) -> anyhow::Result<(Opened, kos_storage::OpenReport)> {
     let opts = kos_storage::OpenOptions {
         node_key: key.public().to_did(),
         new_identity: flags.new_identity,
@@ -321,20 +863,7 @@ pub fn open_state(
         }
     }
     store.audit(now_ms(), "node started")?;
-    Ok((
-        State {
-            key,
-            store,
-            engine,
-            seq,
-            peers: Vec::new(),
-            listen: Vec::new(),
-            scores: Vec::new(),
-            blocked: Vec::new(),
-            metrics: Default::default(),
-        },
-        report,
-    ))
+    Ok((Opened { key, store, engine, seq }, report))
 }
 
 /// Says what opening the data directory found: loud for anything that was repaired.
@@ -376,492 +905,4 @@ fn log_open_report(r: &kos_storage::OpenReport) {
         );
     }
     info!(messages = r.messages, journal_records = r.journal.records, "opened the data directory");
-}
-
-/// Runs the event loop until the process ends.
-pub async fn run(
-    settings: Settings,
-    handle: Handle,
-    mut commands: mpsc::Receiver<Command>,
-) -> anyhow::Result<()> {
-    let key = handle.lock().key.to_libp2p();
-    let mut swarm = net::build(key, settings.max_connections)?;
-    for addr in &settings.listen {
-        swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
-    }
-    let federation = handle.lock().engine.as_ref().map(Engine::federation);
-    if let Some(f) = federation {
-        net::subscribe(&mut swarm, &f)?;
-    }
-    // Known peers from earlier runs, then the bootstrap peers.
-    let known = handle.lock().store.peers()?;
-    for (peer, addrs) in known {
-        if let Ok(peer) = peer.parse::<PeerId>() {
-            for a in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
-                swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-                let _ = swarm.dial(a);
-            }
-        }
-    }
-    for addr in &settings.bootstrap {
-        if let Err(e) = swarm.dial(addr.clone()) {
-            warn!("bootstrap {addr}: {e}");
-        }
-    }
-    let mut loop_state = Loop {
-        handle: handle.clone(),
-        pending: HashMap::new(),
-        failures: HashMap::new(),
-        blocked_until: HashMap::new(),
-        quota: Default::default(),
-    };
-    let mut sync_timer = tokio::time::interval(settings.sync_interval);
-    // Group commit: messages from the network are made durable together, at most this late.
-    let mut commit_timer = tokio::time::interval(Duration::from_millis(COMMIT_INTERVAL_MS));
-    loop {
-        // The engine says when a status next changes by the clock alone (voting opens or
-        // closes, a grace period ends, an execution falls due); sleep until then, at most a
-        // minute, at least 20 ms.
-        let next_wake = {
-            let now = now_ms();
-            let at = handle.lock().engine.as_ref().and_then(|e| e.next_wakeup(now));
-            let ms = at.map_or(MAX_SLEEP_MS, |t| t.saturating_sub(now)).clamp(20, MAX_SLEEP_MS);
-            tokio::time::sleep(Duration::from_millis(ms))
-        };
-        tokio::select! {
-            event = swarm.select_next_some() => loop_state.on_swarm_event(&mut swarm, event),
-            Some(cmd) = commands.recv() => loop_state.on_command(&mut swarm, cmd),
-            _ = sync_timer.tick() => {
-                loop_state.expire_blocks(&mut swarm);
-                let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
-                for p in peers {
-                    loop_state.start_sync(&mut swarm, p);
-                }
-                let _ = swarm.behaviour_mut().kad.bootstrap();
-                // Local trust feeds gossip scoring (application-specific score, weight 10).
-                let trust = handle.lock().store.trust().unwrap_or_default();
-                let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
-                for peer in connected {
-                    let target = format!("peer://{peer}");
-                    if let Some((_, level)) = trust.iter().find(|(t, _)| *t == target) {
-                        let score = application_score(level);
-                        swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
-                    }
-                }
-                let scores: Vec<(PeerId, f64)> = swarm
-                    .connected_peers()
-                    .filter_map(|p| swarm.behaviour().gossipsub.peer_score(p).map(|s| (*p, s)))
-                    .collect();
-                // Peers whose gossip score fell below the graylist threshold (invalid messages
-                // weigh -100 each) are blocked for a time.
-                let graylist = gossipsub::PeerScoreThresholds::default().graylist_threshold;
-                for (peer, score) in &scores {
-                    if *score < graylist {
-                        loop_state.block(&mut swarm, *peer, &format!("gossip score {score:.0}"));
-                    }
-                }
-                let mut st = handle.lock();
-                if let Some(e) = st.engine.as_mut() {
-                    e.tick(now_ms());
-                }
-                st.metrics.connected_peers.set(swarm.connected_peers().count() as i64);
-                st.metrics.stored_messages.set(st.store.len() as i64);
-                let pending = st.engine.as_ref().map_or(0, Engine::pending_len);
-                st.metrics.pending_messages.set(pending as i64);
-                st.scores = scores;
-                if let Err(e) = st.store.checkpoint() {
-                    warn!("checkpoint: {e}");
-                }
-                if let Some(free) = st.store.free_space() {
-                    st.metrics.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
-                    if free < kos_storage::WARN_FREE_BYTES {
-                        warn!(free_bytes = free, "low disk space: writes stop below {} bytes", kos_storage::MIN_FREE_BYTES);
-                    }
-                }
-            }
-            _ = commit_timer.tick() => {
-                let st = handle.lock();
-                if st.store.has_uncommitted()
-                    && let Err(e) = st.store.commit()
-                {
-                    warn!("commit: {e}");
-                }
-            }
-            _ = next_wake => {
-                // Time-driven transitions: held messages expire, attestations fall due.
-                let msgs = {
-                    let mut st = handle.lock();
-                    if let Some(e) = st.engine.as_mut() {
-                        e.tick(now_ms());
-                    }
-                    st.due_attestations()
-                };
-                for m in msgs {
-                    loop_state.publish(&mut swarm, m.bytes().to_vec());
-                }
-            }
-        }
-    }
-}
-
-struct Loop {
-    handle: Handle,
-    /// Outstanding inventory requests: which federation and bucket they page through.
-    pending: HashMap<request_response::OutboundRequestId, (FederationId, MessageId)>,
-    /// Recent rejected-message times per peer (the immune system's counter).
-    failures: HashMap<PeerId, Vec<u64>>,
-    /// Peers blocked by the immune system, and until when.
-    blocked_until: HashMap<PeerId, u64>,
-    /// Per-peer gossip quota.
-    quota: crate::limits::RateLimiter,
-}
-
-impl Loop {
-    /// Counts a rejected message from `peer`; past the limit the peer is blocked for a time.
-    fn penalise(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, why: &str) {
-        let now = now_ms();
-        let times = self.failures.entry(peer).or_default();
-        times.retain(|t| now.saturating_sub(*t) < FAILURE_WINDOW_MS);
-        times.push(now);
-        if times.len() >= FAILURE_LIMIT {
-            let n = times.len();
-            self.block(swarm, peer, &format!("{n} rejected messages in 5 minutes ({why})"));
-        }
-    }
-
-    /// Immune system: blocks `peer` for [`BLOCK_MS`] and records why in the audit log.
-    fn block(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, why: &str) {
-        if self.blocked_until.contains_key(&peer) {
-            return;
-        }
-        let now = now_ms();
-        warn!(%peer, "blocking peer for 1 h: {why}");
-        swarm.behaviour_mut().blocked.block_peer(peer);
-        let _ = swarm.disconnect_peer_id(peer);
-        self.blocked_until.insert(peer, now + BLOCK_MS);
-        let mut st = self.handle.lock();
-        if !st.blocked.contains(&peer) {
-            st.blocked.push(peer);
-        }
-        st.metrics.blocks.inc();
-        let _ = st.store.audit(now, &format!("immune system blocked peer {peer} for 1 h: {why}"));
-    }
-
-    /// Lifts immune-system blocks whose time is up.
-    fn expire_blocks(&mut self, swarm: &mut Swarm<Behaviour>) {
-        let now = now_ms();
-        let expired: Vec<PeerId> = self
-            .blocked_until
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in expired {
-            self.blocked_until.remove(&peer);
-            self.failures.remove(&peer);
-            swarm.behaviour_mut().blocked.unblock_peer(peer);
-            let mut st = self.handle.lock();
-            st.blocked.retain(|p| *p != peer);
-            let _ = st.store.audit(now, &format!("immune system unblocked peer {peer}"));
-        }
-    }
-
-    fn federation(&self) -> Option<FederationId> {
-        self.handle.lock().engine.as_ref().map(Engine::federation)
-    }
-
-    fn publish(&mut self, swarm: &mut Swarm<Behaviour>, bytes: Vec<u8>) {
-        let Some(f) = self.federation() else { return };
-        match swarm.behaviour_mut().gossipsub.publish(net::topic(&f), bytes) {
-            Ok(_) => {}
-            // Normal situations: nobody subscribed yet (sync will deliver), or already sent.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
-            | Err(gossipsub::PublishError::Duplicate) => {}
-            Err(e) => warn!("publish: {e}"),
-        }
-    }
-
-    fn start_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
-        if let Some(federation) = self.federation() {
-            swarm.behaviour_mut().sync.send_request(&peer, SyncRequest::Summary { federation });
-        }
-    }
-
-    fn on_command(&mut self, swarm: &mut Swarm<Behaviour>, cmd: Command) {
-        match cmd {
-            Command::Publish(bytes) => self.publish(swarm, bytes),
-            Command::Dial(addr) => {
-                if let Err(e) = swarm.dial(addr.clone()) {
-                    warn!("dial {addr}: {e}");
-                }
-            }
-            Command::Disconnect(peer) => {
-                let _ = swarm.disconnect_peer_id(peer);
-            }
-            Command::Block(peer) => {
-                swarm.behaviour_mut().blocked.block_peer(peer);
-                let mut st = self.handle.lock();
-                if !st.blocked.contains(&peer) {
-                    st.blocked.push(peer);
-                }
-                let _ = st.store.audit(now_ms(), &format!("blocked peer {peer}"));
-            }
-            Command::Unblock(peer) => {
-                swarm.behaviour_mut().blocked.unblock_peer(peer);
-                let mut st = self.handle.lock();
-                st.blocked.retain(|p| *p != peer);
-                let _ = st.store.audit(now_ms(), &format!("unblocked peer {peer}"));
-            }
-            Command::Follow(f) => {
-                if let Err(e) = net::subscribe(swarm, &f) {
-                    warn!("subscribe: {e:#}");
-                }
-                let peers: Vec<PeerId> = swarm.connected_peers().copied().collect();
-                for p in peers {
-                    self.start_sync(swarm, p);
-                }
-            }
-        }
-    }
-
-    fn on_swarm_event(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
-        match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                info!(%address, "listening");
-                self.handle.lock().listen.push(address);
-            }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                debug!(%peer_id, "connected");
-                {
-                    let mut st = self.handle.lock();
-                    if !st.peers.contains(&peer_id) {
-                        st.peers.push(peer_id);
-                    }
-                    if endpoint.is_dialer() {
-                        let addr = endpoint.get_remote_address().to_string();
-                        let _ = st.store.put_peer(&peer_id.to_string(), &[addr]);
-                    }
-                }
-                self.start_sync(swarm, peer_id);
-            }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                self.handle.lock().peers.retain(|p| *p != peer_id);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                for addr in info.listen_addrs {
-                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => {
-                let acceptance = if self.quota.allow(
-                    propagation_source,
-                    now_ms(),
-                    crate::limits::GOSSIP_PER_MINUTE,
-                ) {
-                    self.on_gossip(swarm, &message.data)
-                } else {
-                    self.handle.lock().metrics.gossip("over_quota");
-                    self.penalise(swarm, propagation_source, "over its gossip quota");
-                    gossipsub::MessageAcceptance::Ignore
-                };
-                let rejected = matches!(acceptance, gossipsub::MessageAcceptance::Reject);
-                swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
-                if rejected {
-                    self.penalise(swarm, propagation_source, "invalid gossip");
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
-                peer,
-                message,
-                ..
-            })) => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let response = self.answer(request);
-                    let _ = swarm.behaviour_mut().sync.send_response(channel, response);
-                }
-                request_response::Message::Response { request_id, response } => {
-                    self.on_sync_response(swarm, peer, request_id, response);
-                }
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer, ..
-            })) => {
-                // Keep a small mesh: dial peers that discovery finds, up to a bound.
-                let connected = swarm.connected_peers().count();
-                let blocked = self.handle.lock().blocked.contains(&peer);
-                if !blocked && !swarm.is_connected(&peer) && connected < DIAL_TARGET {
-                    debug!(%peer, "dialing a discovered peer");
-                    let _ = swarm.dial(peer);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_gossip(
-        &mut self,
-        swarm: &mut Swarm<Behaviour>,
-        data: &[u8],
-    ) -> gossipsub::MessageAcceptance {
-        let msg = match Message::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                debug!("malformed gossip: {e}");
-                let st = self.handle.lock();
-                st.metrics.gossip("malformed");
-                let _ = st.store.audit(now_ms(), &format!("rejected malformed gossip: {e}"));
-                return gossipsub::MessageAcceptance::Reject;
-            }
-        };
-        let (step, due) = {
-            let mut st = self.handle.lock();
-            let step = st.receive(&msg, Origin::Gossip);
-            st.metrics.gossip(match step.as_ref().map(|s| s.verdict) {
-                Some(Verdict::Accept) => "accept",
-                Some(Verdict::Reject) => "reject",
-                _ => "ignore",
-            });
-            let due = st.due_attestations();
-            (step, due)
-        };
-        for m in due {
-            self.publish(swarm, m.bytes().to_vec());
-        }
-        match step.map(|s| s.verdict) {
-            Some(Verdict::Accept) => gossipsub::MessageAcceptance::Accept,
-            Some(Verdict::Reject) => gossipsub::MessageAcceptance::Reject,
-            Some(Verdict::Ignore) | None => gossipsub::MessageAcceptance::Ignore,
-        }
-    }
-
-    fn answer(&self, request: SyncRequest) -> SyncResponse {
-        let st = self.handle.lock();
-        let follows = |f: &FederationId| st.engine.as_ref().is_some_and(|e| e.federation() == *f);
-        match request {
-            SyncRequest::Summary { federation } if follows(&federation) => {
-                let mut buckets = st.summary();
-                let truncated = buckets.len() > MAX_BUCKETS;
-                buckets.truncate(MAX_BUCKETS);
-                SyncResponse::Summary { buckets, truncated }
-            }
-            SyncRequest::Inventory { federation, bucket, after } if follows(&federation) => {
-                let ids = st.store.bucket_ids_after(&bucket, after.as_ref(), INVENTORY_PAGE + 1);
-                let more = ids.len() > INVENTORY_PAGE;
-                SyncResponse::Inventory {
-                    ids: ids.into_iter().take(INVENTORY_PAGE).collect(),
-                    more,
-                }
-            }
-            SyncRequest::Fetch { ids } => {
-                let mut envelopes = Vec::new();
-                let mut bytes = 0;
-                for id in ids.iter().take(FETCH_BATCH) {
-                    if let Ok(Some(m)) = st.store.get(id) {
-                        bytes += m.bytes().len();
-                        if bytes > FETCH_BYTES {
-                            break;
-                        }
-                        envelopes.push(ByteBuf::from(m.bytes().to_vec()));
-                    }
-                }
-                SyncResponse::Messages { envelopes }
-            }
-            _ => SyncResponse::Unknown,
-        }
-    }
-
-    fn on_sync_response(
-        &mut self,
-        swarm: &mut Swarm<Behaviour>,
-        peer: PeerId,
-        request_id: request_response::OutboundRequestId,
-        response: SyncResponse,
-    ) {
-        let Some(federation) = self.federation() else { return };
-        match response {
-            SyncResponse::Summary { buckets, truncated } => {
-                // Only the proposals whose message sets differ are paged through.
-                let mine: HashMap<MessageId, (u64, kos_protocol::Digest)> =
-                    self.handle.lock().summary().into_iter().map(|(b, c, r)| (b, (c, r))).collect();
-                for (bucket, count, root) in buckets {
-                    if mine.get(&bucket) != Some(&(count, root)) {
-                        let id = swarm.behaviour_mut().sync.send_request(
-                            &peer,
-                            SyncRequest::Inventory { federation, bucket, after: None },
-                        );
-                        self.pending.insert(id, (federation, bucket));
-                    }
-                }
-                if truncated {
-                    debug!(%peer, "peer has more than {MAX_BUCKETS} proposals; syncing the first");
-                }
-            }
-            SyncResponse::Inventory { ids, more } => {
-                let Some((_, bucket)) = self.pending.remove(&request_id) else { return };
-                let missing: Vec<MessageId> = {
-                    let st = self.handle.lock();
-                    ids.iter()
-                        .filter(|id| !st.store.contains(id).unwrap_or(true))
-                        .copied()
-                        .collect()
-                };
-                for chunk in missing.chunks(FETCH_BATCH) {
-                    swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&peer, SyncRequest::Fetch { ids: chunk.to_vec() });
-                }
-                if more {
-                    let after = ids.last().copied();
-                    let id = swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&peer, SyncRequest::Inventory { federation, bucket, after });
-                    self.pending.insert(id, (federation, bucket));
-                }
-            }
-            SyncResponse::Messages { envelopes } => {
-                let mut bad = 0;
-                let due = {
-                    let mut st = self.handle.lock();
-                    for bytes in envelopes {
-                        match Message::decode(&bytes) {
-                            Ok(m) => {
-                                if st
-                                    .receive(&m, Origin::Sync)
-                                    .is_some_and(|s| s.verdict == Verdict::Reject)
-                                {
-                                    bad += 1;
-                                }
-                            }
-                            Err(e) => {
-                                debug!(%peer, "bad envelope from sync: {e}");
-                                bad += 1;
-                            }
-                        }
-                    }
-                    st.due_attestations()
-                };
-                for _ in 0..bad {
-                    self.penalise(swarm, peer, "invalid message in sync");
-                }
-                for m in due {
-                    self.publish(swarm, m.bytes().to_vec());
-                }
-            }
-            SyncResponse::Unknown => {}
-        }
-    }
 }

@@ -153,7 +153,40 @@ pub struct Store {
     trust: sled::Tree,
     /// Index: bucket (proposal id, or [`FEDERATION_BUCKET`]) ‖ message id → ().
     by_proposal: sled::Tree,
+    /// Per-bucket summaries, built on first use from the index and kept up to date by every
+    /// insert: sync and status read them without walking the store.
+    summary: Arc<Mutex<Option<Summary>>>,
 }
+
+/// What sync compares: per bucket, the number of messages and the digest of their ids.
+pub type Summary = std::collections::BTreeMap<MessageId, BucketSummary>;
+
+/// One bucket's summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BucketSummary {
+    /// Messages in the bucket.
+    pub count: u64,
+    /// Sum modulo 2^256 of the bucket's message ids (as big-endian integers): order-free and
+    /// updated in O(1) per insert.
+    pub digest: [u8; 32],
+}
+
+impl BucketSummary {
+    /// Adds one id.
+    pub fn add(&mut self, id: &MessageId) {
+        self.count += 1;
+        let mut carry = 0u16;
+        for i in (0..32).rev() {
+            let sum = u16::from(self.digest[i]) + u16::from(id.0[i]) + carry;
+            self.digest[i] = (sum & 0xff) as u8;
+            carry = sum >> 8;
+        }
+    }
+}
+
+/// Largest sled page cache: sled's default (1 GiB) would let a node with a big history grow to
+/// about a gigabyte; the journal, not sled's cache, is what start-up reads.
+pub const SLED_CACHE_BYTES: u64 = 64 << 20;
 
 /// One entry of the hash-chained audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +231,7 @@ impl Store {
             meta,
             messages,
             db,
+            summary: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -241,7 +275,68 @@ impl Store {
                 sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
                 sled::transaction::TransactionError::Abort(()) => StoreError::CorruptMeta,
             })?;
+        if let Some(summary) = self.lock_summary().as_mut() {
+            summary.entry(bucket).or_default().add(&msg.id());
+        }
         Ok(())
+    }
+
+    fn lock_summary(&self) -> std::sync::MutexGuard<'_, Option<Summary>> {
+        self.summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Per-bucket counts and digests (see [`BucketSummary`]), from the cache: the first call
+    /// walks the index once, later ones cost a copy.
+    pub fn summary(&self) -> Summary {
+        let mut guard = self.lock_summary();
+        if let Some(s) = guard.as_ref() {
+            return s.clone();
+        }
+        let mut s = Summary::new();
+        for key in self.by_proposal.iter().keys().filter_map(Result::ok) {
+            if let (Some(b), Some(m)) = (key.get(..32), key.get(32..64))
+                && let (Ok(b), Ok(m)) = (<[u8; 32]>::try_from(b), <[u8; 32]>::try_from(m))
+            {
+                s.entry(MessageId(b)).or_default().add(&MessageId(m));
+            }
+        }
+        *guard = Some(s.clone());
+        s
+    }
+
+    /// One bucket's summary (`None` if this node holds nothing of it).
+    pub fn bucket_summary(&self, bucket: &MessageId) -> Option<BucketSummary> {
+        if self.lock_summary().is_none() {
+            self.summary();
+        }
+        self.lock_summary().as_ref().and_then(|s| s.get(bucket).copied())
+    }
+
+    /// Summaries of the buckets after `after`, at most `limit` of them, and whether more follow.
+    pub fn summary_page(
+        &self,
+        after: Option<&MessageId>,
+        limit: usize,
+    ) -> (Vec<(MessageId, BucketSummary)>, bool) {
+        if self.lock_summary().is_none() {
+            self.summary();
+        }
+        let guard = self.lock_summary();
+        let Some(s) = guard.as_ref() else { return (Vec::new(), false) };
+        let range = match after {
+            Some(a) => s.range((std::ops::Bound::Excluded(*a), std::ops::Bound::Unbounded)),
+            None => s.range(..),
+        };
+        let mut page: Vec<_> = range.take(limit + 1).map(|(b, v)| (*b, *v)).collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    /// The stored envelope bytes of `id`, as stored (not verified again: for serving peers, who
+    /// verify what they receive).
+    pub fn get_bytes(&self, id: &MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.messages.get(id.0)?.map(|b| b.to_vec()))
     }
 
     /// Makes every message stored so far durable in both copies — the journal, then sled — so
@@ -337,9 +432,12 @@ impl Store {
         })
     }
 
-    /// Number of stored messages.
+    /// Number of stored messages (from the summary cache: no walk after the first call).
     pub fn len(&self) -> usize {
-        self.messages.len()
+        if self.lock_summary().is_none() {
+            self.summary();
+        }
+        self.lock_summary().as_ref().map_or(0, |s| s.values().map(|b| b.count as usize).sum())
     }
 
     /// Whether no message is stored.
@@ -500,7 +598,7 @@ fn open_with_retry(path: &Path) -> Result<sled::Db, sled::Error> {
     let step = std::time::Duration::from_millis(20);
     let mut waited = std::time::Duration::ZERO;
     loop {
-        match sled::open(path) {
+        match sled::Config::new().path(path).cache_capacity(SLED_CACHE_BYTES).open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && waited < LOCK_WAIT =>
             {

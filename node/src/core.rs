@@ -1,0 +1,620 @@
+//! The core: the one owner of the engine and the store, on a thread of its own.
+//!
+//! Every message, whatever its origin — gossip, sync, a local API call, a signed envelope
+//! submitted through the API, the federation's creation — enters through [`Core::ingest`]:
+//!
+//! ```text
+//! decode + verify (worker pool, or the API) → quota (live gossip only) → Engine::check
+//!   → store (durably for local messages, by group commit for the network's) → Engine::handle
+//!   → effects
+//! ```
+//!
+//! Effects are performed in one order: (1) store the held messages a message released,
+//! (2) report the gossip verdict, (3) penalise the relaying peer, (4) publish what this node
+//! signed, (5) sign and publish the attestations the engine asks for (once per batch),
+//! (6) move the wake-up time. Start-up replay applies the stored messages with
+//! `Engine::replay`, which judges them by the same rules.
+//!
+//! Nothing here touches the swarm: what the network must do goes out as [`ToNet`] on a bounded
+//! channel; requests come in as [`ToCore`] on another. The API and the network task share no
+//! lock with the core.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use kos_engine::{Effect, Engine, Origin, Refusal, Step, Verdict};
+use kos_protocol::{Message, MessageId, Payload, PublicKey, SecretKey, payload::FederationId};
+use kos_storage::{Store, StoreError};
+use libp2p::{PeerId, gossipsub};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{limits::Buckets, metrics::Metrics, node::now_ms, peers::PeerAction};
+
+/// Bound of the queue into the core (each entry is one batch or one call).
+pub const CORE_QUEUE: usize = 1024;
+/// Bound of the queue from the core to the network task.
+pub const NET_QUEUE: usize = 8192;
+/// Group commit period of the journal for messages from the network.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest sleep of the core when nothing is scheduled (gauges and checkpoints then).
+const HOUSEKEEPING_MS: u64 = 10_000;
+
+/// Where a verified message came from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Live gossip, waiting for its validation verdict.
+    Gossip {
+        /// Gossipsub's id of the message.
+        id: gossipsub::MessageId,
+        /// The peer that relayed it.
+        source: PeerId,
+    },
+    /// A sync response from `peer`.
+    Sync {
+        /// The peer that served it.
+        peer: PeerId,
+    },
+}
+
+impl Source {
+    fn origin(&self) -> Origin {
+        match self {
+            Source::Gossip { .. } => Origin::Gossip,
+            Source::Sync { .. } => Origin::Sync,
+        }
+    }
+
+    fn peer(&self) -> PeerId {
+        match self {
+            Source::Gossip { source, .. } => *source,
+            Source::Sync { peer } => *peer,
+        }
+    }
+}
+
+/// A verified message from the network.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message (decoded and signature-checked).
+    pub msg: Message,
+    /// Its origin.
+    pub from: Source,
+}
+
+/// A closure run on the core thread (API calls).
+pub type Call = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// Requests to the core.
+pub enum ToCore {
+    /// Verified messages from the network, handled as one batch (one attestation pass).
+    Ingest(Vec<Inbound>),
+    /// A signed envelope submitted through the API, verified; the answer says what became of it.
+    Submit(Box<Message>, oneshot::Sender<Result<Submitted, IngestError>>),
+    /// Run this with the core (API reads and local messages).
+    Call(Call),
+    /// Commit, checkpoint and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl std::fmt::Debug for ToCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToCore::Ingest(b) => write!(f, "Ingest({})", b.len()),
+            ToCore::Submit(m, _) => write!(f, "Submit({})", m.id()),
+            ToCore::Call(_) => f.write_str("Call"),
+            ToCore::Shutdown(_) => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// What the network task must do.
+#[derive(Debug)]
+pub enum ToNet {
+    /// Report gossipsub's validation verdict of a message.
+    Verdict {
+        /// Gossipsub's id.
+        id: gossipsub::MessageId,
+        /// The relaying peer.
+        source: PeerId,
+        /// The verdict.
+        acceptance: gossipsub::MessageAcceptance,
+    },
+    /// Publish these envelope bytes on the federation's topic.
+    Publish(Vec<u8>),
+    /// A graded action against a peer.
+    Penalise {
+        /// The peer.
+        peer: PeerId,
+        /// How bad.
+        action: PeerAction,
+        /// Why, one line.
+        why: String,
+    },
+    /// Follow this federation: subscribe to its topic and sync with every peer.
+    Follow(FederationId),
+}
+
+/// What became of a submitted envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Applied and stored durably.
+    Accepted,
+    /// Held until a dependency arrives (not stored yet).
+    Held,
+    /// Already known.
+    Duplicate,
+}
+
+/// Why the core did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The node follows no federation yet.
+    #[error("this node follows no federation")]
+    NoFederation,
+    /// The engine refused it.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The store could not take it; nothing changed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The engine, the store and the node identity, owned by the core thread.
+pub struct Core {
+    /// The node's identity.
+    pub key: SecretKey,
+    /// The store (sled handles are shared: the sync server reads a clone).
+    pub store: Store,
+    /// The engine of the federation this node follows.
+    pub engine: Option<Engine>,
+    /// Next author sequence number.
+    seq: u64,
+    /// Metrics (shared with the API and the network task).
+    pub metrics: Arc<Metrics>,
+    net: mpsc::Sender<ToNet>,
+    /// Per-author quota of live gossip.
+    authors: Buckets<PublicKey>,
+    /// When the engine next changes by the clock alone.
+    wake: Option<u64>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("did", &self.key.public().to_did()).finish_non_exhaustive()
+    }
+}
+
+/// Per-author quota settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    /// Burst.
+    pub burst: u32,
+    /// Sustained rate per minute.
+    pub per_minute: u32,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota { burst: crate::limits::AUTHOR_BURST, per_minute: crate::limits::AUTHOR_PER_MINUTE }
+    }
+}
+
+impl Core {
+    /// A core over opened state.
+    pub fn new(
+        opened: crate::node::Opened,
+        metrics: Arc<Metrics>,
+        net: mpsc::Sender<ToNet>,
+        quota: Quota,
+    ) -> Self {
+        Core {
+            key: opened.key,
+            store: opened.store,
+            engine: opened.engine,
+            seq: opened.seq,
+            metrics,
+            net,
+            authors: Buckets::new(quota.burst, quota.per_minute),
+            wake: None,
+        }
+    }
+
+    fn to_net(&self, m: ToNet) {
+        // The network task always drains this queue; a closed queue means it is stopping.
+        let _ = self.net.blocking_send(m);
+    }
+
+    /// Starts following `federation` (recorded durably), with an empty engine. Refused if the
+    /// node follows another one.
+    pub fn follow(&mut self, federation: FederationId) -> anyhow::Result<bool> {
+        match &self.engine {
+            Some(e) if e.federation() == federation => return Ok(false),
+            Some(_) => bail!("this node already follows another federation"),
+            None => {}
+        }
+        self.store.set_meta("federation", &federation.0)?;
+        self.store.audit(now_ms(), &format!("following federation {federation}"))?;
+        self.store.flush()?;
+        self.engine = Some(Engine::new(federation));
+        self.to_net(ToNet::Follow(federation));
+        Ok(true)
+    }
+
+    /// Creates a federation from a signed charter: the engine is created and the charter
+    /// ingested like any local message.
+    pub fn found(&mut self, charter: Message) -> anyhow::Result<FederationId> {
+        if self.engine.is_some() {
+            bail!("this node already follows a federation");
+        }
+        let fed = charter.id();
+        self.engine = Some(Engine::new(fed));
+        if let Err(e) = self.ingest_local(&charter) {
+            self.engine = None;
+            return Err(e);
+        }
+        self.store.set_meta("federation", &fed.0)?;
+        self.store.audit(now_ms(), &format!("created federation {fed}"))?;
+        self.store.flush()?;
+        self.to_net(ToNet::Follow(fed));
+        self.to_net(ToNet::Publish(charter.bytes().to_vec()));
+        Ok(fed)
+    }
+
+    /// Signs `payload` with the node key, ingests it (stored durably before the engine
+    /// changes), publishes it, then signs the attestations that fell due. Refused messages
+    /// change nothing.
+    pub fn create(
+        &mut self,
+        payload: Payload,
+        target: Option<kos_protocol::Address>,
+    ) -> anyhow::Result<Message> {
+        let msg = self.create_quiet(payload, target)?;
+        self.attest();
+        Ok(msg)
+    }
+
+    fn create_quiet(
+        &mut self,
+        payload: Payload,
+        target: Option<kos_protocol::Address>,
+    ) -> anyhow::Result<Message> {
+        let now = now_ms();
+        // Above every message this node ever signed: the counter, and the clock (so a node
+        // rebuilt from peers, or from a lost store, never reuses a lower sequence number).
+        let seq = (self.seq + 1).max(now);
+        let msg = Message::sign(&self.key, seq, now, target, payload)?;
+        self.ingest_local(&msg)?;
+        self.seq = seq;
+        self.store.set_meta("seq", &self.seq.to_be_bytes())?;
+        self.metrics.local_messages.inc();
+        self.to_net(ToNet::Publish(msg.bytes().to_vec()));
+        Ok(msg)
+    }
+
+    /// A message signed here: judged, stored durably, applied. Held messages are accepted (they
+    /// are applied when their dependency arrives).
+    fn ingest_local(&mut self, msg: &Message) -> anyhow::Result<()> {
+        let now = now_ms();
+        let engine = self.engine.as_mut().context("this node follows no federation")?;
+        match engine.check(msg, Origin::Local, now) {
+            Ok(()) => {
+                self.store.insert_durable(msg)?;
+            }
+            Err(Refusal::Pending(_)) => {}
+            Err(r) => bail!("refused: {r}"),
+        }
+        let step = self.apply(msg, Origin::Local, now);
+        self.store.audit(now, &format!("created {} {}", msg.kind(), msg.id()))?;
+        self.store.commit()?;
+        drop(step);
+        Ok(())
+    }
+
+    /// Engine step and the effects that do not depend on the origin: released messages are
+    /// stored, the wake-up time moves.
+    fn apply(&mut self, msg: &Message, origin: Origin, now: u64) -> Step {
+        let me = self.key.public();
+        let Some(engine) = self.engine.as_mut() else {
+            return Step { verdict: Verdict::Ignore, refusal: None, effects: Vec::new() };
+        };
+        let step = engine.handle(msg, origin, now, Some(&me));
+        for e in &step.effects {
+            match e {
+                // (1) Held messages released by this one: stored now (held ones never are, so
+                // sync never serves them).
+                Effect::Persist(m) if m.id() != msg.id() => {
+                    if let Err(e) = self.store.insert(m) {
+                        warn!("store: {e}; released message {} is applied but not stored", m.id());
+                    }
+                }
+                Effect::WakeAt(t) => self.wake = Some(*t),
+                _ => {}
+            }
+        }
+        // A message of our own coming back (after a rebuild from peers): never sign below it.
+        if msg.author() == me {
+            self.seq = self.seq.max(msg.header().seq);
+        }
+        step
+    }
+
+    /// Ingests one verified message from the network and reports its verdict. Returns whether
+    /// the engine asked for attestations.
+    fn ingest(&mut self, item: Inbound, now: u64) -> bool {
+        let Inbound { msg, from } = item;
+        let verdict = self.judge_and_apply(&msg, &from, now);
+        let (acceptance, label, penalty, attest) = match verdict {
+            Ok(step) => {
+                let attest = step.effects.iter().any(|e| matches!(e, Effect::Attest(_)));
+                let penalty = step.effects.iter().find_map(|e| match e {
+                    Effect::Penalise(r) => Some(r.clone()),
+                    _ => None,
+                });
+                let (acc, label) = match step.verdict {
+                    Verdict::Accept => (gossipsub::MessageAcceptance::Accept, "accept"),
+                    Verdict::Reject => (gossipsub::MessageAcceptance::Reject, "reject"),
+                    Verdict::Ignore => (gossipsub::MessageAcceptance::Ignore, "ignore"),
+                };
+                (acc, label, penalty, attest)
+            }
+            Err(label) => (gossipsub::MessageAcceptance::Ignore, label, None, false),
+        };
+        match &from {
+            Source::Gossip { .. } => self.metrics.gossip(label),
+            Source::Sync { .. } => {
+                if label == "accept" {
+                    self.metrics.sync_messages.inc();
+                }
+            }
+        }
+        // (2) The verdict, (3) the penalty.
+        if let Source::Gossip { id, source } = &from {
+            self.to_net(ToNet::Verdict { id: id.clone(), source: *source, acceptance });
+        }
+        if let Some(r) = penalty {
+            let _ =
+                self.store.audit(now, &format!("rejected {} from {}: {r}", msg.id(), from.peer()));
+            self.to_net(ToNet::Penalise {
+                peer: from.peer(),
+                action: PeerAction::MidTolerance,
+                why: format!("relayed a message the engine rejects: {r}"),
+            });
+        }
+        attest
+    }
+
+    fn judge_and_apply(
+        &mut self,
+        msg: &Message,
+        from: &Source,
+        now: u64,
+    ) -> Result<Step, &'static str> {
+        let me = self.key.public();
+        let engine = self.engine.as_mut().ok_or("no_federation")?;
+        // Live gossip only: sync is pulled by this node at its own pace.
+        if matches!(from, Source::Gossip { .. })
+            && msg.author() != me
+            && !self.authors.allow(msg.author(), now)
+        {
+            return Err("over_quota");
+        }
+        if engine.check(msg, from.origin(), now).is_ok()
+            && let Err(e) = self.store.insert(msg)
+        {
+            warn!("store: {e}; message {} not applied", msg.id());
+            return Err("store_error");
+        }
+        Ok(self.apply(msg, from.origin(), now))
+    }
+
+    /// A signed envelope submitted through the API (verified by the caller): judged, stored
+    /// durably, applied and published.
+    pub fn submit(&mut self, msg: &Message) -> Result<Submitted, IngestError> {
+        let now = now_ms();
+        let engine = self.engine.as_mut().ok_or(IngestError::NoFederation)?;
+        let held = match engine.check(msg, Origin::Local, now) {
+            Ok(()) => {
+                self.store.insert_durable(msg)?;
+                false
+            }
+            Err(Refusal::Duplicate) => return Ok(Submitted::Duplicate),
+            Err(Refusal::Pending(_)) => true,
+            Err(r) => return Err(IngestError::Refused(r)),
+        };
+        let step = self.apply(msg, Origin::Local, now);
+        self.store.commit()?;
+        self.to_net(ToNet::Publish(msg.bytes().to_vec()));
+        if step.effects.iter().any(|e| matches!(e, Effect::Attest(_))) {
+            self.attest();
+        }
+        Ok(if held { Submitted::Held } else { Submitted::Accepted })
+    }
+
+    /// (5) Signs and publishes the attestations that are due.
+    fn attest(&mut self) {
+        let now = now_ms();
+        let me = self.key.public();
+        let due = match &self.engine {
+            Some(e) => e.attestations_due(&me, now),
+            None => return,
+        };
+        for a in due {
+            if let Err(e) = self.create_quiet(Payload::TallyAttestation(a), None) {
+                warn!("attestation: {e:#}");
+            }
+        }
+    }
+
+    /// Time-driven transitions: held messages expire, attestations fall due.
+    fn tick(&mut self, now: u64) {
+        if let Some(e) = self.engine.as_mut() {
+            e.tick(now);
+            self.wake = e.next_wakeup(now);
+        }
+        self.attest();
+    }
+
+    fn housekeeping(&mut self) {
+        let m = &self.metrics;
+        m.stored_messages.set(self.store.len() as i64);
+        m.pending_messages.set(self.engine.as_ref().map_or(0, Engine::pending_len) as i64);
+        if let Err(e) = self.store.checkpoint() {
+            warn!("checkpoint: {e}");
+        }
+        if let Some(free) = self.store.free_space() {
+            m.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+            if free < kos_storage::WARN_FREE_BYTES {
+                warn!(
+                    free_bytes = free,
+                    "low disk space: writes stop below {} bytes",
+                    kos_storage::MIN_FREE_BYTES
+                );
+            }
+        }
+    }
+
+    /// The core's loop, on its own thread, until `Shutdown` or every sender is gone.
+    pub fn run(mut self, rx: crossbeam_channel::Receiver<ToCore>) {
+        let mut last_housekeeping = now_ms();
+        let mut last_commit = now_ms();
+        self.wake = self.engine.as_ref().and_then(|e| e.next_wakeup(now_ms()));
+        self.attest();
+        loop {
+            let now = now_ms();
+            let mut deadline = last_housekeeping + HOUSEKEEPING_MS;
+            if let Some(w) = self.wake {
+                deadline = deadline.min(w);
+            }
+            if self.store.has_uncommitted() {
+                deadline = deadline.min(last_commit + COMMIT_INTERVAL.as_millis() as u64);
+            }
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            match rx.recv_timeout(wait) {
+                Ok(ToCore::Ingest(batch)) => {
+                    let now = now_ms();
+                    let mut attest = false;
+                    for item in batch {
+                        attest |= self.ingest(item, now);
+                    }
+                    if attest {
+                        self.attest();
+                    }
+                }
+                Ok(ToCore::Submit(msg, reply)) => {
+                    let _ = reply.send(self.submit(&msg));
+                }
+                Ok(ToCore::Call(f)) => f(&mut self),
+                Ok(ToCore::Shutdown(reply)) => {
+                    self.stop();
+                    let _ = reply.send(());
+                    return;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.stop();
+                    return;
+                }
+            }
+            let now = now_ms();
+            if self.store.has_uncommitted()
+                && now >= last_commit + COMMIT_INTERVAL.as_millis() as u64
+            {
+                if let Err(e) = self.store.commit() {
+                    warn!("commit: {e}");
+                }
+                last_commit = now;
+            }
+            if self.wake.is_some_and(|w| w <= now) {
+                self.tick(now);
+            }
+            if now >= last_housekeeping + HOUSEKEEPING_MS {
+                self.housekeeping();
+                last_housekeeping = now;
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.store.audit(now_ms(), "node stopped");
+        if let Err(e) = self.store.checkpoint() {
+            warn!("checkpoint at stop: {e}");
+        }
+        info!("core stopped");
+    }
+}
+
+/// A handle on the core for the API and the network task.
+#[derive(Clone, Debug)]
+pub struct CoreHandle {
+    tx: crossbeam_channel::Sender<ToCore>,
+}
+
+impl CoreHandle {
+    /// Wraps the sending side of the core's queue.
+    pub fn new(tx: crossbeam_channel::Sender<ToCore>) -> Self {
+        CoreHandle { tx }
+    }
+
+    /// Runs `f` on the core thread and returns its result. Fails at once (never blocks the
+    /// caller's thread) when the core's queue is full.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let call: Call = Box::new(move |core| {
+            let _ = tx.send(f(core));
+        });
+        self.try_send(ToCore::Call(call))?;
+        rx.await.map_err(|_| CallError::Gone)
+    }
+
+    /// Queues a request without blocking.
+    pub fn try_send(&self, m: ToCore) -> Result<(), CallError> {
+        self.tx.try_send(m).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => CallError::Busy,
+            crossbeam_channel::TrySendError::Disconnected(_) => CallError::Gone,
+        })
+    }
+
+    /// Queues a request, waiting for room (worker threads only: this blocks).
+    pub fn send_blocking(&self, m: ToCore) -> Result<(), CallError> {
+        self.tx.send(m).map_err(|_| CallError::Gone)
+    }
+
+    /// Asks the core to commit, checkpoint and stop, and waits for it.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(ToCore::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Why a call to the core failed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum CallError {
+    /// The core's queue is full.
+    #[error("the node is busy; try again")]
+    Busy,
+    /// The core has stopped.
+    #[error("the node is shutting down")]
+    Gone,
+}
+
+/// Builds and starts the core thread.
+pub fn spawn(core: Core) -> anyhow::Result<(CoreHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(CORE_QUEUE);
+    let join = std::thread::Builder::new()
+        .name("kos-core".into())
+        .spawn(move || core.run(rx))
+        .context("cannot start the core thread")?;
+    Ok((CoreHandle::new(tx), join))
+}
+
+/// The ids of messages a peer served that were not asked for are refused before verification;
+/// this is the id a peer's envelope bytes have.
+pub fn envelope_id(bytes: &[u8]) -> MessageId {
+    kos_protocol::message_id(bytes)
+}
