@@ -50,6 +50,9 @@ pub fn application_score(level: &str) -> f64 {
     }
 }
 
+/// Why a peer under local trust `quarantine` is blocked.
+const QUARANTINE_REASON: &str = "local trust: quarantine";
+
 /// Discovered peers are dialed while fewer than this many are connected.
 pub const DIAL_TARGET: usize = 16;
 /// Bound of the channel from the API to the network task.
@@ -498,7 +501,8 @@ impl Net {
             self.start_sync(swarm, *p);
         }
         let _ = swarm.behaviour_mut().kad.bootstrap();
-        // Local trust feeds gossip scoring (application-specific score).
+        // Local trust feeds gossip scoring (application-specific score); a peer the operator
+        // quarantines is blocked for as long as that trust stands.
         let trust = self.store.trust().unwrap_or_default();
         for peer in peers {
             let target = format!("peer://{peer}");
@@ -508,6 +512,31 @@ impl Net {
                     .gossipsub
                     .set_application_score(&peer, application_score(level));
             }
+        }
+        let quarantined: HashSet<PeerId> = trust
+            .iter()
+            .filter(|(_, level)| level == "quarantine")
+            .filter_map(|(t, _)| t.strip_prefix("peer://").and_then(|p| p.parse().ok()))
+            .collect();
+        for peer in &quarantined {
+            if !self.reputation.is_blocked(peer) {
+                warn!(%peer, "blocking a peer under local trust quarantine");
+                self.reputation.block(*peer, QUARANTINE_REASON);
+                self.apply_block(
+                    swarm,
+                    *peer,
+                    &format!("blocked peer {peer}: local trust quarantine"),
+                );
+            }
+        }
+        let lifted: Vec<PeerId> = self
+            .reputation
+            .blocks()
+            .filter(|(p, b)| b.reason == QUARANTINE_REASON && !quarantined.contains(p))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in lifted {
+            self.on_command(swarm, Command::Unblock(peer));
         }
         self.publish_view(swarm);
     }

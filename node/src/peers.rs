@@ -33,7 +33,7 @@ pub enum PeerAction {
 impl PeerAction {
     fn score(self) -> f64 {
         match self {
-            PeerAction::Fatal => BLOCK_SCORE,
+            PeerAction::Fatal => 2.0 * BLOCK_SCORE,
             PeerAction::LowTolerance => -10.0,
             PeerAction::MidTolerance => -5.0,
             PeerAction::HighTolerance => -1.0,
@@ -51,8 +51,9 @@ impl PeerAction {
     }
 }
 
-/// A peer whose score falls to this is blocked.
-pub const BLOCK_SCORE: f64 = -50.0;
+/// A peer whose score falls to this is blocked (half a point of slack for the decay between
+/// actions that come close together).
+pub const BLOCK_SCORE: f64 = -49.5;
 /// Half-life of a peer's score.
 pub const HALF_LIFE_MS: u64 = 10 * 60 * 1000;
 /// How long the immune system blocks a peer.

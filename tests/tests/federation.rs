@@ -238,10 +238,14 @@ fn a_partition_with_votes_on_both_sides_heals_to_identical_state() {
 
 /// A plain HTTP/1.1 GET, so that the test sees exactly what the API answers.
 fn raw_get(addr: &str, path: &str, token: Option<&str>) -> String {
+    raw_get_host(addr, path, token, "127.0.0.1")
+}
+
+fn raw_get_host(addr: &str, path: &str, token: Option<&str>, host: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
     let header = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{header}Connection: close\r\n\r\n")
         .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
@@ -266,6 +270,9 @@ fn the_control_api_requires_its_token_and_stays_on_loopback() {
     assert!(raw(Some("nope")).starts_with("HTTP/1.1 401"));
     let token = std::fs::read_to_string(a.dir.join("api.token")).expect("token");
     assert!(raw(Some(token.trim())).starts_with("HTTP/1.1 200"));
+    // A page on another name (DNS rebinding) is refused even with the token.
+    let rebound = raw_get_host(&addr, "/v1/status", Some(token.trim()), "evil.example:7700");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
     // Prometheus metrics, behind the same token.
     let metrics = |auth: Option<&str>| raw_get(&addr, "/metrics", auth);
     assert!(metrics(None).starts_with("HTTP/1.1 401"));
