@@ -11,6 +11,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kos_protocol::{MAX_ENVELOPE_LEN, Message, diagnostic};
 
+/// Envelopes per `POST /v1/messages` call.
+const SUBMIT_CHUNK: usize = 256;
+
 #[derive(Parser, Debug)]
 #[command(name = "kosctl", version, about = "Control a kOS node")]
 struct Cli {
@@ -231,6 +234,13 @@ enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Submit envelopes signed elsewhere (an agent, another tool): a file with one envelope in
+    /// hex per line (`-` reads standard input). Each is verified and judged like any message;
+    /// fails if any is refused.
+    Submit {
+        /// The file.
+        file: PathBuf,
+    },
     /// Local tally, attestations and finality of a proposal.
     Tally {
         /// Proposal id.
@@ -330,6 +340,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let show = |v: serde_json::Value| client::print(&v, cli.json);
     match cli.command {
         Command::Status => show(api()?.get("/v1/status")?),
+        Command::Submit { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .collect();
+            let client = api()?;
+            let (mut counts, mut errors) = (std::collections::BTreeMap::new(), Vec::new());
+            for (n, chunk) in lines.chunks(SUBMIT_CHUNK).enumerate() {
+                let r = client.post("/v1/messages", serde_json::json!({ "envelopes": chunk }))?;
+                for (i, item) in r["results"].as_array().into_iter().flatten().enumerate() {
+                    match item["status"].as_str() {
+                        Some(s) => *counts.entry(s.to_owned()).or_insert(0u64) += 1,
+                        None => errors.push(serde_json::json!({
+                            "line": n * SUBMIT_CHUNK + i + 1,
+                            "error": item["error"],
+                        })),
+                    }
+                }
+            }
+            let refused = errors.len();
+            show(serde_json::json!({
+                "accepted": counts.get("accepted").copied().unwrap_or(0),
+                "held": counts.get("held").copied().unwrap_or(0),
+                "duplicate": counts.get("duplicate").copied().unwrap_or(0),
+                "refused": refused,
+                "errors": errors.into_iter().take(20).collect::<Vec<_>>(),
+            }))?;
+            if refused > 0 {
+                bail!("{refused} envelope(s) refused");
+            }
+            Ok(())
+        }
         Command::Id => {
             let s = api()?.get("/v1/status")?;
             show(

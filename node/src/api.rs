@@ -636,33 +636,90 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
     .await
 }
 
+/// Most envelopes in one `POST /v1/messages`.
+pub const SUBMIT_BATCH: usize = 512;
+
 #[derive(Deserialize)]
 struct SubmitReq {
-    /// The envelope, hex.
-    envelope: String,
+    /// One envelope, hex.
+    #[serde(default)]
+    envelope: Option<String>,
+    /// Several envelopes, hex (at most [`SUBMIT_BATCH`]).
+    #[serde(default)]
+    envelopes: Vec<String>,
 }
 
-/// A signed envelope from an outside signer (an agent, another tool): verified, then ingested
-/// like any message, stored durably and published.
+/// Signed envelopes from an outside signer (an agent, another tool): verified off the async
+/// workers, then ingested like any message — judged, stored durably (one commit for the batch),
+/// published. Each gets its own answer; a bad one does not stop the others.
 async fn submit(AxState(ctx): AxState<Ctx>, Body(req): Body<SubmitReq>) -> ApiResult {
-    let bytes = hex::decode(req.envelope.trim()).map_err(|_| bad("envelope is not hexadecimal"))?;
-    let msg = tokio::task::spawn_blocking(move || Message::decode(&bytes))
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "verification failed".into()))?
-        .map_err(|e| bad(format!("invalid envelope: {e}")))?;
-    let id = msg.id();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    ctx.core.try_send(ToCore::Submit(Box::new(msg), tx))?;
-    let outcome = rx.await.map_err(|_| ApiError::from(CallError::Gone))?;
-    let status = match outcome {
-        Ok(Submitted::Accepted) => "accepted",
-        Ok(Submitted::Held) => "held",
-        Ok(Submitted::Duplicate) => "duplicate",
-        Err(IngestError::NoFederation) => return Err(no_federation()),
-        Err(IngestError::Store(e)) => return Err(ApiError::from(e)),
-        Err(e) => return Err(bad(e.to_string())),
+    let single = req.envelope.is_some();
+    let hexes: Vec<String> = req.envelope.into_iter().chain(req.envelopes).collect();
+    if hexes.is_empty() {
+        return Err(bad("give envelope (hex) or envelopes (a list of hex)"));
+    }
+    if hexes.len() > SUBMIT_BATCH {
+        return Err(bad(format!("at most {SUBMIT_BATCH} envelopes per call")));
+    }
+    let decoded = tokio::task::spawn_blocking(move || {
+        hexes
+            .iter()
+            .map(|h| {
+                let bytes =
+                    hex::decode(h.trim()).map_err(|_| "envelope is not hexadecimal".to_owned())?;
+                Message::decode(&bytes).map_err(|e| format!("invalid envelope: {e}"))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "verification failed".into()))?;
+    let good: Vec<Message> = decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect();
+    let mut outcomes = if good.is_empty() {
+        Vec::new()
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ctx.core.try_send(ToCore::Submit(good, tx))?;
+        rx.await.map_err(|_| ApiError::from(CallError::Gone))?
+    }
+    .into_iter();
+    let mut results = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        let r = match d {
+            Err(e) => Err((StatusCode::BAD_REQUEST, e)),
+            Ok(msg) => match outcomes.next() {
+                Some(Ok(s)) => Ok((msg.id(), s)),
+                Some(Err(IngestError::NoFederation)) => {
+                    Err((StatusCode::CONFLICT, IngestError::NoFederation.to_string()))
+                }
+                Some(Err(IngestError::Store(e))) => {
+                    Err((ApiError::from(e).0, "the store could not take it".to_owned()))
+                }
+                Some(Err(e)) => Err((StatusCode::BAD_REQUEST, e.to_string())),
+                None => Err((StatusCode::SERVICE_UNAVAILABLE, "no answer".to_owned())),
+            },
+        };
+        results.push(r);
+    }
+    let name = |s: Submitted| match s {
+        Submitted::Accepted => "accepted",
+        Submitted::Held => "held",
+        Submitted::Duplicate => "duplicate",
     };
-    Ok(Json(json!({ "id": id.to_string(), "status": status })))
+    if single {
+        return match results.pop() {
+            Some(Ok((id, s))) => Ok(Json(json!({ "id": id.to_string(), "status": name(s) }))),
+            Some(Err((code, e))) => Err(ApiError(code, e)),
+            None => Err(bad("nothing submitted")),
+        };
+    }
+    let list: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok((id, s)) => json!({ "id": id.to_string(), "status": name(s) }),
+            Err((_, e)) => json!({ "error": e }),
+        })
+        .collect();
+    Ok(Json(json!({ "results": list })))
 }
 
 #[derive(Deserialize)]

@@ -89,8 +89,9 @@ pub type Call = Box<dyn FnOnce(&mut Core) + Send>;
 pub enum ToCore {
     /// Verified messages from the network, handled as one batch (one attestation pass).
     Ingest(Vec<Inbound>),
-    /// A signed envelope submitted through the API, verified; the answer says what became of it.
-    Submit(Box<Message>, oneshot::Sender<Result<Submitted, IngestError>>),
+    /// Signed envelopes submitted through the API, verified; the answer says what became of
+    /// each. One group commit for the batch.
+    Submit(Vec<Message>, oneshot::Sender<Vec<Result<Submitted, IngestError>>>),
     /// Run this with the core (API reads and local messages).
     Call(Call),
     /// Commit, checkpoint and stop.
@@ -101,7 +102,7 @@ impl std::fmt::Debug for ToCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ToCore::Ingest(b) => write!(f, "Ingest({})", b.len()),
-            ToCore::Submit(m, _) => write!(f, "Submit({})", m.id()),
+            ToCore::Submit(m, _) => write!(f, "Submit({})", m.len()),
             ToCore::Call(_) => f.write_str("Call"),
             ToCore::Shutdown(_) => f.write_str("Shutdown"),
         }
@@ -158,6 +159,9 @@ pub enum IngestError {
     /// The store could not take it; nothing changed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// Applied, but the commit that makes it durable failed: not acknowledged.
+    #[error("not stored durably: {0}")]
+    NotDurable(String),
 }
 
 /// The engine, the store and the node identity, owned by the core thread.
@@ -408,27 +412,58 @@ impl Core {
         Ok(self.apply(msg, from.origin(), now))
     }
 
-    /// A signed envelope submitted through the API (verified by the caller): judged, stored
-    /// durably, applied and published.
-    pub fn submit(&mut self, msg: &Message) -> Result<Submitted, IngestError> {
+    /// Signed envelopes submitted through the API (verified by the caller): each judged,
+    /// stored and applied; the batch made durable with one commit before anything is published
+    /// or answered.
+    pub fn submit(&mut self, msgs: &[Message]) -> Vec<Result<Submitted, IngestError>> {
         let now = now_ms();
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut attest = false;
+        for msg in msgs {
+            let r = self.submit_one(msg, now);
+            if let Ok((_, a)) = &r {
+                attest |= *a;
+            }
+            out.push(r.map(|(s, _)| s));
+        }
+        if let Err(e) = self.store.commit() {
+            // Applied but not durable: the caller is told, and must not count on them.
+            warn!("commit of submitted messages: {e}");
+            let msg = e.to_string();
+            return out
+                .into_iter()
+                .map(|r| match r {
+                    Ok(Submitted::Duplicate) => Ok(Submitted::Duplicate),
+                    Ok(_) => Err(IngestError::NotDurable(msg.clone())),
+                    e => e,
+                })
+                .collect();
+        }
+        for (msg, r) in msgs.iter().zip(&out) {
+            if matches!(r, Ok(Submitted::Accepted | Submitted::Held)) {
+                self.to_net(ToNet::Publish(msg.bytes().to_vec()));
+            }
+        }
+        if attest {
+            self.attest();
+        }
+        out
+    }
+
+    fn submit_one(&mut self, msg: &Message, now: u64) -> Result<(Submitted, bool), IngestError> {
         let engine = self.engine.as_mut().ok_or(IngestError::NoFederation)?;
         let held = match engine.check(msg, Origin::Local, now) {
             Ok(()) => {
-                self.store.insert_durable(msg)?;
+                self.store.insert(msg)?;
                 false
             }
-            Err(Refusal::Duplicate) => return Ok(Submitted::Duplicate),
+            Err(Refusal::Duplicate) => return Ok((Submitted::Duplicate, false)),
             Err(Refusal::Pending(_)) => true,
             Err(r) => return Err(IngestError::Refused(r)),
         };
         let step = self.apply(msg, Origin::Local, now);
-        self.store.commit()?;
-        self.to_net(ToNet::Publish(msg.bytes().to_vec()));
-        if step.effects.iter().any(|e| matches!(e, Effect::Attest(_))) {
-            self.attest();
-        }
-        Ok(if held { Submitted::Held } else { Submitted::Accepted })
+        let attest = step.effects.iter().any(|e| matches!(e, Effect::Attest(_)));
+        Ok((if held { Submitted::Held } else { Submitted::Accepted }, attest))
     }
 
     /// (5) Signs and publishes the attestations that are due.
@@ -501,8 +536,8 @@ impl Core {
                         self.attest();
                     }
                 }
-                Ok(ToCore::Submit(msg, reply)) => {
-                    let _ = reply.send(self.submit(&msg));
+                Ok(ToCore::Submit(msgs, reply)) => {
+                    let _ = reply.send(self.submit(&msgs));
                 }
                 Ok(ToCore::Call(f)) => f(&mut self),
                 Ok(ToCore::Shutdown(reply)) => {

@@ -260,3 +260,10 @@ impl Drop for Node {
         self.kill();
     }
 }
+
+/// Milliseconds since the Unix epoch (for signing messages in tests).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
