@@ -265,3 +265,137 @@ fn kos_tests_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// An envelope with `version` and type `code` (canonical CBOR by hand: the node must not be
+/// able to read it, which is the point), signed with garbage.
+fn unreadable_envelope(version: u8, code: u16, author: [u8; 32]) -> Vec<u8> {
+    let mut header = vec![0x87, version];
+    header.extend_from_slice(&[0x19, (code >> 8) as u8, code as u8]);
+    header.extend_from_slice(&[0x58, 0x20]);
+    header.extend_from_slice(&author);
+    header.push(0x01); // seq
+    header.push(0x1b);
+    header.extend_from_slice(&kos_tests_now().to_be_bytes());
+    header.push(0xf6); // no target
+    header.push(0x40); // empty body
+    let mut env = vec![0x82, 0x58, header.len() as u8];
+    env.extend_from_slice(&header);
+    env.extend_from_slice(&[0x58, 0x40]);
+    env.extend_from_slice(&[0x11; 64]);
+    env
+}
+
+async fn connect_raw(a: &Node, topic: &gossipsub::IdentTopic) -> libp2p::Swarm<Raw> {
+    let mut swarm = raw_swarm();
+    swarm.behaviour_mut().gossipsub.subscribe(topic).expect("subscribe");
+    swarm.dial(a.bootstrap_addr().parse::<Multiaddr>().expect("addr")).expect("dial");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let SwarmEvent::Behaviour(RawEvent::Gossipsub(gossipsub::Event::Subscribed {
+                ..
+            })) = swarm.select_next_some().await
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the node subscribes to its federation topic");
+    pump(&mut swarm, 1000).await;
+    swarm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_messages_are_ignored_but_forgeries_block_even_a_peer_that_left_and_blocks_persist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::start(dir.path().join("a"));
+    let fed = a.json(&["federation", "create", "graded", "--dev-timing"])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    let p = a.propose_open("Stable");
+    let proposal: MessageId = p.parse().expect("id");
+    let federation: MessageId = fed.parse().expect("id");
+    let topic = gossipsub::IdentTopic::new(format!("kos/{fed}/gov"));
+
+    // A peer running a newer kOS: unknown message types and a newer protocol version, twenty of
+    // them — far more than any tolerance. Ignored, never punished: a rolling upgrade must not
+    // split the network.
+    let mut newer = connect_raw(&a, &topic).await;
+    let newer_id = newer.local_peer_id().to_string();
+    let author = SecretKey::generate().public().to_bytes();
+    for i in 0..20u16 {
+        let env = if i % 2 == 0 {
+            unreadable_envelope(1, 900 + i, author)
+        } else {
+            unreadable_envelope(2, 1, author)
+        };
+        let _ = newer.behaviour_mut().gossipsub.publish(topic.clone(), env);
+        pump(&mut newer, 50).await;
+    }
+    pump(&mut newer, 2000).await;
+
+    // A forger: ten votes with broken signatures, then it leaves at once.
+    let forger_id = {
+        let mut forger = connect_raw(&a, &topic).await;
+        let id = forger.local_peer_id().to_string();
+        let stranger = SecretKey::generate();
+        for seq in 1..=10u64 {
+            let m = Message::sign(
+                &stranger,
+                seq,
+                kos_tests_now(),
+                None,
+                Payload::Vote(Vote {
+                    choice: Choice::Yes,
+                    reason: None,
+                    proposal,
+                    revision: 0,
+                    federation,
+                }),
+            )
+            .expect("sign");
+            let mut b = m.bytes().to_vec();
+            let n = b.len();
+            b[n - 2] ^= 0x55;
+            let _ = forger.behaviour_mut().gossipsub.publish(topic.clone(), b);
+        }
+        pump(&mut forger, 300).await;
+        id
+        // Dropped here: the connection closes.
+    };
+    wait_for(30, "the forger to be blocked although it left", || {
+        let p = a.json(&["peers"]);
+        p["blocked"].as_array().filter(|b| b.iter().any(|x| x == forger_id.as_str())).map(|_| ())
+    });
+    let peers = a.json(&["peers"]);
+    assert!(
+        !peers["blocked"].as_array().expect("list").iter().any(|x| x == newer_id.as_str()),
+        "a peer sending newer message types was blocked: {peers}"
+    );
+    let reason = peers["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .find(|b| b["peer_id"] == forger_id.as_str())
+        .and_then(|b| b["reason"].as_str())
+        .expect("reason")
+        .to_owned();
+    assert!(reason.contains("signature"), "{reason}");
+    pump(&mut newer, 500).await;
+    let connected = a.json(&["peers"])["connected"].clone();
+    assert!(
+        connected.as_array().expect("list").iter().any(|x| x == newer_id.as_str()),
+        "the newer peer should still be connected: {connected}"
+    );
+
+    // The block survives a crash and restart.
+    a.kill();
+    drop(newer);
+    let a = Node::start(dir.path().join("a"));
+    let peers = a.json(&["peers"]);
+    assert!(
+        peers["blocked"].as_array().expect("list").iter().any(|x| x == forger_id.as_str()),
+        "the block was lost in a restart: {peers}"
+    );
+}
