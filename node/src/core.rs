@@ -481,6 +481,24 @@ impl Core {
         }
     }
 
+    /// Ingests a batch of verified messages from the network (see the module documentation),
+    /// then signs the attestations the engine asked for, once.
+    pub fn ingest_batch(&mut self, batch: Vec<Inbound>) {
+        let now = now_ms();
+        let mut attest = false;
+        for item in batch {
+            attest |= self.ingest(item, now);
+        }
+        if attest {
+            self.attest();
+        }
+    }
+
+    /// Makes everything ingested so far durable (the group commit).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.store.commit()
+    }
+
     /// Time-driven transitions: held messages expire, attestations fall due.
     fn tick(&mut self, now: u64) {
         if let Some(e) = self.engine.as_mut() {
@@ -526,16 +544,7 @@ impl Core {
             }
             let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
             match rx.recv_timeout(wait) {
-                Ok(ToCore::Ingest(batch)) => {
-                    let now = now_ms();
-                    let mut attest = false;
-                    for item in batch {
-                        attest |= self.ingest(item, now);
-                    }
-                    if attest {
-                        self.attest();
-                    }
-                }
+                Ok(ToCore::Ingest(batch)) => self.ingest_batch(batch),
                 Ok(ToCore::Submit(msgs, reply)) => {
                     let _ = reply.send(self.submit(&msgs));
                 }

@@ -4,14 +4,7 @@
 //! swarm, sled store, governance engine, local control API); `kosd devnet N` runs a local
 //! federation of N nodes. See `docs/operator.md`.
 
-mod api;
-mod core;
-mod devnet;
-mod limits;
-mod metrics;
-mod net;
-mod node;
-mod peers;
+use kos_node::{api, core, devnet, limits, metrics, node};
 
 use std::{
     path::{Path, PathBuf},

@@ -113,6 +113,7 @@ pub enum SyncResponse {
 }
 
 /// The node's network behaviour.
+#[allow(missing_debug_implementations)] // libp2p's behaviours are not Debug
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     /// Gossip of governance messages.
