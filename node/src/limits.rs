@@ -16,10 +16,6 @@ pub const AUTHOR_PER_MINUTE: u32 = 2_000;
 pub const PEER_BURST: u32 = 50_000;
 /// …and sustained rate per minute (about 1,700 messages a second).
 pub const PEER_PER_MINUTE: u32 = 100_000;
-/// Sync requests a peer may make in a burst…
-pub const SYNC_BURST: u32 = 64;
-/// …and per minute.
-pub const SYNC_PER_MINUTE: u32 = 600;
 /// Keys tracked at most per limiter; when full, buckets that have refilled completely (and so
 /// carry no information) are dropped first, then new keys are refused.
 pub const MAX_TRACKED: usize = 65_536;

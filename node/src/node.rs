@@ -65,6 +65,15 @@ pub const VERIFY_BATCH: usize = 128;
 pub const SYNC_IN_FLIGHT: usize = 4;
 /// Sync requests queued for one peer at most (the rest wait for the next round).
 pub const SYNC_QUEUE: usize = 4096;
+/// Sync requests of one peer waiting or being served at most; more are refused and held
+/// against it (an honest peer keeps [`SYNC_IN_FLIGHT`]).
+pub const SYNC_PEER_OUTSTANDING: usize = 16;
+/// Sync requests waiting for a server at most (beyond: refused, the peer asks again later).
+pub const SYNC_WAITING: usize = 1024;
+
+/// Waiting sync requests.
+type SyncWaiting = VecDeque<(PeerId, SyncRequest, request_response::ResponseChannel<SyncResponse>)>;
+
 /// Sync requests served at once (on blocking threads).
 pub const SYNC_SERVERS: usize = 2;
 
@@ -245,12 +254,14 @@ struct Net {
     walks: HashMap<PeerId, SyncPeer>,
     /// Per-peer flood guard on gossip.
     flood: Buckets<PeerId>,
-    /// Per-peer quota of sync requests served.
-    sync_quota: Buckets<PeerId>,
+    /// Sync requests waiting for a server, first come first served.
+    sync_waiting: SyncWaiting,
+    /// Sync requests of each peer waiting or being served.
+    sync_outstanding: HashMap<PeerId, usize>,
     /// Sync requests being served.
     serving: Arc<Semaphore>,
     /// Answers of the sync servers.
-    served: mpsc::Sender<(request_response::ResponseChannel<SyncResponse>, SyncResponse)>,
+    served: mpsc::Sender<(PeerId, request_response::ResponseChannel<SyncResponse>, SyncResponse)>,
     /// The core's sender of [`ToNet`] (cloned into the workers).
     to_net: mpsc::Sender<ToNet>,
 }
@@ -323,7 +334,8 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         wanted: HashSet::new(),
         walks: HashMap::new(),
         flood: Buckets::new(crate::limits::PEER_BURST, crate::limits::PEER_PER_MINUTE),
-        sync_quota: Buckets::new(crate::limits::SYNC_BURST, crate::limits::SYNC_PER_MINUTE),
+        sync_waiting: VecDeque::new(),
+        sync_outstanding: HashMap::new(),
         serving: Arc::new(Semaphore::new(SYNC_SERVERS)),
         served: served_tx,
         to_net,
@@ -340,8 +352,8 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
             }
             Some(m) = from_core.recv() => n.on_core(&mut swarm, m),
             Some(cmd) = commands.recv() => n.on_command(&mut swarm, cmd),
-            Some((channel, response)) = served_rx.recv() => {
-                let _ = swarm.behaviour_mut().sync.send_response(channel, response);
+            Some((peer, channel, response)) = served_rx.recv() => {
+                n.on_served(&mut swarm, peer, channel, response);
             }
             Ok(permit) = workers.clone().acquire_owned(), if !n.backlog.is_empty() => {
                 let take = n.backlog.len().min(VERIFY_BATCH);
@@ -640,25 +652,62 @@ impl Net {
         request: SyncRequest,
         channel: request_response::ResponseChannel<SyncResponse>,
     ) {
-        if !self.sync_quota.allow(peer, now_ms()) {
-            // Dropping the channel fails the peer's request; a flood costs it.
+        // An honest peer keeps at most SYNC_IN_FLIGHT requests outstanding; far more is a flood.
+        // Dropping the channel fails the request.
+        let outstanding = self.sync_outstanding.get(&peer).copied().unwrap_or(0);
+        if outstanding >= SYNC_PEER_OUTSTANDING {
             self.metrics.sync_refused.inc();
-            self.penalise(swarm, peer, PeerAction::HighTolerance, "over its sync request quota");
+            self.penalise(
+                swarm,
+                peer,
+                PeerAction::HighTolerance,
+                "too many sync requests outstanding",
+            );
             return;
         }
-        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
-            self.metrics.sync_refused.inc();
+        if self.sync_waiting.len() >= SYNC_WAITING {
+            self.metrics.sync_refused.inc(); // busy: the peer asks again later
             return;
-        };
-        self.metrics.sync_served.inc();
-        let store = self.store.clone();
-        let federation = self.federation;
-        let served = self.served.clone();
-        tokio::task::spawn_blocking(move || {
-            let response = serve(&store, federation, request);
-            let _ = served.blocking_send((channel, response));
-            drop(permit);
-        });
+        }
+        *self.sync_outstanding.entry(peer).or_default() += 1;
+        self.sync_waiting.push_back((peer, request, channel));
+        self.dispatch_sync();
+    }
+
+    /// Serves waiting sync requests, first come first served, on at most [`SYNC_SERVERS`]
+    /// blocking threads.
+    fn dispatch_sync(&mut self) {
+        while !self.sync_waiting.is_empty() {
+            let Ok(permit) = self.serving.clone().try_acquire_owned() else { return };
+            let Some((peer, request, channel)) = self.sync_waiting.pop_front() else { return };
+            self.metrics.sync_served.inc();
+            let store = self.store.clone();
+            let federation = self.federation;
+            let served = self.served.clone();
+            tokio::task::spawn_blocking(move || {
+                let response = serve(&store, federation, request);
+                drop(permit);
+                let _ = served.blocking_send((peer, channel, response));
+            });
+        }
+    }
+
+    /// A sync answer is ready: sent, and the next waiting request served.
+    fn on_served(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        channel: request_response::ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    ) {
+        let _ = swarm.behaviour_mut().sync.send_response(channel, response);
+        if let Some(n) = self.sync_outstanding.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.sync_outstanding.remove(&peer);
+            }
+        }
+        self.dispatch_sync();
     }
 
     /// Starts a sync walk with `peer` unless one is in progress.

@@ -289,7 +289,7 @@ impl Store {
     pub(crate) fn write_manifest(&self) -> Result<(), StoreError> {
         match (&self.data_dir, &self.node_key) {
             (Some(dir), Some(key)) => {
-                Manifest { node_key: key.clone(), records: self.messages.len() as u64 }.write(dir)
+                Manifest { node_key: key.clone(), records: self.len() as u64 }.write(dir)
             }
             _ => Ok(()),
         }

@@ -182,8 +182,11 @@ fn ingest(n: usize) -> anyhow::Result<()> {
     let decoded = decode_rate(&envelopes);
     let peer = libp2p::PeerId::random();
     let t = Instant::now();
+    let (mut in_decode, mut in_core, mut in_commit) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for chunk in envelopes.chunks(1024) {
         for batch in chunk.chunks(128) {
+            let t0 = Instant::now();
             let items = batch
                 .iter()
                 .map(|b| Inbound {
@@ -191,12 +194,50 @@ fn ingest(n: usize) -> anyhow::Result<()> {
                     from: Source::Sync { peer },
                 })
                 .collect();
+            let t1 = Instant::now();
             core.ingest_batch(items);
+            in_decode += t1 - t0;
+            in_core += t1.elapsed();
         }
+        let t2 = Instant::now();
         core.commit()?;
+        in_commit += t2.elapsed();
     }
     let ingest = per_sec(n, t.elapsed());
     let stored = core.store.len();
+    // The parts alone: the engine (a fresh one, fed the same messages), and the store.
+    let msgs: Vec<Message> = envelopes.iter().filter_map(|b| Message::decode(b).ok()).collect();
+    let mut engine = kos_engine::Engine::new(federation);
+    let history: Vec<Message> = [federation]
+        .iter()
+        .chain(&proposals)
+        .filter_map(|id| core.store.get(id).ok().flatten())
+        .collect();
+    engine.replay(history, now_ms());
+    let t3 = Instant::now();
+    let me = core.key.public();
+    for m in &msgs {
+        let now = now_ms();
+        if engine.check(m, kos_engine::Origin::Sync, now).is_ok() {
+            engine.handle(m, kos_engine::Origin::Sync, now, Some(&me));
+        }
+    }
+    let engine_only = t3.elapsed();
+    let dir2 = tempfile::tempdir()?;
+    let opts = kos_storage::OpenOptions {
+        node_key: me.to_did(),
+        new_identity: true,
+        ..Default::default()
+    };
+    let (store2, _) = kos_storage::Store::open_node(dir2.path(), &opts)?;
+    let t4 = Instant::now();
+    for chunk in msgs.chunks(1024) {
+        for m in chunk {
+            store2.insert(m)?;
+        }
+        store2.commit()?;
+    }
+    let store_only = t4.elapsed();
     drop(core);
     let _ = drain.join();
     anyhow::ensure!(stored >= n, "only {stored} of {n} votes were stored");
@@ -206,6 +247,18 @@ fn ingest(n: usize) -> anyhow::Result<()> {
     println!(
         "  ingest (decode, verify, engine, store, group commit) {ingest:>10.0}/s   {:.2}",
         ingest / raw
+    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "  per message: decode + verify {:.1} µs, engine + store {:.1} µs, group commits {:.1} µs",
+        us(in_decode),
+        us(in_core),
+        us(in_commit)
+    );
+    println!(
+        "  alone: engine check + handle {:.1} µs, store insert + commit {:.1} µs",
+        us(engine_only),
+        us(store_only)
     );
     Ok(())
 }
