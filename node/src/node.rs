@@ -905,7 +905,10 @@ pub fn open_state(
         store.meta("seq")?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
     let mut federation = store.meta("federation")?.and_then(|v| <[u8; 32]>::try_from(v).ok());
     let me = key.public();
-    let msgs = store.messages().collect::<Result<Vec<_>, _>>()?;
+    // Every stored message is verified again (one thread per core): the store is not trusted
+    // with deciding what is valid.
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let msgs = store.messages_parallel(threads)?;
     if federation.is_none() {
         // The metadata was lost with a damaged store: the charter in the journal says which
         // federation this node follows (a node stores only its own federation's messages).

@@ -415,6 +415,37 @@ impl Store {
         self.messages.get(id.0)?.map(|bytes| verify(*id, &bytes)).transpose()
     }
 
+    /// Every stored message, in id order, each verified again, using up to `threads` threads
+    /// (start-up: verification dominates it).
+    pub fn messages_parallel(&self, threads: usize) -> Result<Vec<Message>, StoreError> {
+        let raw: Vec<(MessageId, sled::IVec)> = self
+            .messages
+            .iter()
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                let id = MessageId(key.as_ref().try_into().map_err(|_| StoreError::CorruptMeta)?);
+                Ok((id, bytes))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let threads = threads.clamp(1, 64);
+        let chunk = raw.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = raw
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter().map(|(id, b)| verify(*id, b)).collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(raw.len());
+            for h in handles {
+                out.extend(h.join().map_err(|_| StoreError::CorruptMeta)??);
+            }
+            Ok(out)
+        })
+    }
+
     /// Every stored message, in id order, each verified again.
     pub fn messages(&self) -> impl Iterator<Item = Result<Message, StoreError>> + '_ {
         self.messages.iter().map(|entry| {

@@ -381,7 +381,7 @@ async fn newer_messages_are_ignored_but_forgeries_block_even_a_peer_that_left_an
         .and_then(|b| b["reason"].as_str())
         .expect("reason")
         .to_owned();
-    assert!(reason.contains("signature"), "{reason}");
+    assert!(reason.contains("signature") && reason.contains("fatal"), "{reason}");
     pump(&mut newer, 500).await;
     let connected = a.json(&["peers"])["connected"].clone();
     assert!(
