@@ -13,6 +13,9 @@
 //!   idle and loaded; a late joiner syncs them all (time until it holds as many messages); the
 //!   loaded node is restarted (time until its API answers with every message). Baseline:
 //!   decode + verify of the same N envelopes on one core.
+//! - `syncflood`: N votes submitted to a node through its API (the core's ingest path), once
+//!   quiet and once while a peer floods it with sync fetches (16 outstanding at all times, the
+//!   most it may hold without penalty). Baseline: the quiet run.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 use std::{
@@ -52,7 +55,8 @@ fn main() -> anyhow::Result<()> {
     match what {
         "ingest" => ingest(votes.unwrap_or(20_000)),
         "catchup" => catchup(votes.unwrap_or(100_000)),
-        other => bail!("unknown benchmark {other}: ingest or catchup"),
+        "syncflood" => syncflood(votes.unwrap_or(10_000)),
+        other => bail!("unknown benchmark {other}: ingest, catchup or syncflood"),
     }
 }
 
@@ -448,5 +452,150 @@ fn catchup(n: usize) -> anyhow::Result<()> {
     );
     println!("  RSS after restart: {:.0} MB", a.rss_mb());
     a.stop();
+    Ok(())
+}
+
+/// Submits `votes` through the API in batches of 512; returns the elapsed time.
+fn submit_all(a: &Kosd, votes: &[Vec<u8>]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    for chunk in votes.chunks(512) {
+        let hexes: Vec<String> = chunk.iter().map(hex::encode).collect();
+        let r = a.call("POST", "/v1/messages", Some(json!({ "envelopes": hexes })))?;
+        let ok = r["results"]
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|x| x["status"] == "accepted").count());
+        anyhow::ensure!(ok == chunk.len(), "only {ok} of {} accepted", chunk.len());
+    }
+    Ok(t.elapsed())
+}
+
+fn syncflood(n: usize) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kos_node::net::{SYNC_PROTOCOL, SyncRequest, SyncResponse};
+    use libp2p::{request_response, swarm::SwarmEvent};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dir = tempfile::tempdir()?;
+    let a = Kosd::start(&dir.path().join("a"))?;
+    let members: Vec<SecretKey> = (0..MEMBERS).map(|_| SecretKey::generate()).collect();
+    let list: Vec<String> = members.iter().map(|m| m.public().to_did()).collect();
+    let fed = a.call(
+        "POST",
+        "/v1/federation/create",
+        Some(json!({"name": "flood", "members": list, "dev_timing": true})),
+    )?["federation"]
+        .as_str()
+        .context("federation")?
+        .to_owned();
+    let federation: MessageId = fed.parse().map_err(|_| anyhow::anyhow!("federation id"))?;
+    let per_run = n.div_ceil(MEMBERS);
+    let mut proposals = Vec::new();
+    for i in 0..2 * per_run {
+        let r = a.call(
+            "POST",
+            "/v1/proposals",
+            Some(json!({"kind": "resource_allocation", "title": format!("p{i}"),
+                "description": "Benchmark.", "voting_secs": 3000})),
+        )?;
+        proposals.push(r["id"].as_str().context("id")?.parse().map_err(|_| anyhow::anyhow!("id"))?);
+    }
+    std::thread::sleep(Duration::from_millis(1_100));
+    let quiet_votes = sign_votes(&members, &proposals[..per_run], federation, n);
+    let quiet = submit_all(&a, &quiet_votes)?;
+    let ids: Vec<MessageId> = quiet_votes.iter().map(|b| kos_protocol::message_id(b)).collect();
+
+    // The flooder: a libp2p peer that keeps 16 fetches of 128 stored votes outstanding.
+    let s = a.call("GET", "/v1/status", None)?;
+    let addr: libp2p::Multiaddr = format!(
+        "{}/p2p/{}",
+        s["listen"][0].as_str().unwrap_or(""),
+        s["peer_id"].as_str().unwrap_or("")
+    )
+    .parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (stop2, served2) = (stop.clone(), served.clone());
+    let flooder = std::thread::spawn(move || -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    libp2p::tcp::Config::default(),
+                    libp2p::noise::Config::new,
+                    libp2p::yamux::Config::default,
+                )?
+                .with_behaviour(|_| {
+                    request_response::cbor::Behaviour::<SyncRequest, SyncResponse>::with_codec(
+                        request_response::cbor::codec::Codec::default()
+                            .set_response_size_maximum(4 * 1024 * 1024),
+                        [(SYNC_PROTOCOL, request_response::ProtocolSupport::Outbound)],
+                        request_response::Config::default(),
+                    )
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build();
+            swarm.dial(addr)?;
+            let mut k = 0usize;
+            let next = |k: &mut usize| {
+                let start = (*k * 128) % ids.len().max(1);
+                *k += 1;
+                SyncRequest::Fetch {
+                    ids: ids.iter().cycle().skip(start).take(128).copied().collect(),
+                }
+            };
+            let mut peer = None;
+            while !stop2.load(Ordering::Relaxed) {
+                let ev = tokio::time::timeout(Duration::from_millis(200), swarm.select_next_some())
+                    .await;
+                match ev {
+                    Ok(SwarmEvent::ConnectionEstablished { peer_id, .. }) => {
+                        peer = Some(peer_id);
+                        for _ in 0..16 {
+                            swarm.behaviour_mut().send_request(&peer_id, next(&mut k));
+                        }
+                    }
+                    Ok(SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { .. },
+                        ..
+                    })) => {
+                        served2.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = peer {
+                            swarm.behaviour_mut().send_request(&p, next(&mut k));
+                        }
+                    }
+                    Ok(SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        ..
+                    })) => {
+                        if let Some(p) = peer {
+                            swarm.behaviour_mut().send_request(&p, next(&mut k));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    });
+    // Let the flood reach its pace, then measure.
+    while served.load(Ordering::Relaxed) < 50 {
+        anyhow::ensure!(!flooder.is_finished(), "the flooder stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let flood_votes = sign_votes(&members, &proposals[per_run..], federation, n);
+    let before = served.load(Ordering::Relaxed);
+    let flooded = submit_all(&a, &flood_votes)?;
+    let fetches = served.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    let _ = flooder.join();
+    let blocked = a.call("GET", "/v1/peers", None)?["blocked"].as_array().map_or(0, Vec::len);
+    println!("sync flood, {n} votes submitted through the API each run:");
+    println!("  quiet                     {:>10.0} votes/s   1.00", per_sec(n, quiet));
+    println!(
+        "  while a peer floods fetches {:>8.0} votes/s   {:.2}   ({fetches} fetches of 128 served meanwhile, {:.0}/s; peers blocked: {blocked})",
+        per_sec(n, flooded),
+        quiet.as_secs_f64() / flooded.as_secs_f64(),
+        per_sec(fetches as usize, flooded)
+    );
     Ok(())
 }
