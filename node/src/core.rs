@@ -364,6 +364,9 @@ impl Core {
             }
             Err(label) => (gossipsub::MessageAcceptance::Ignore, label, None, false),
         };
+        if label == "accept" {
+            tracing::debug!(id = %msg.id(), "accepted");
+        }
         match &from {
             Source::Gossip { .. } => self.metrics.gossip(label),
             Source::Sync { .. } => {

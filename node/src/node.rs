@@ -439,7 +439,8 @@ impl Net {
     fn publish(&mut self, swarm: &mut Swarm<Behaviour>, bytes: Vec<u8>) {
         let Some(f) = self.federation else { return };
         match swarm.behaviour_mut().gossipsub.publish(net::topic(&f), bytes) {
-            Ok(_) => {}
+            // The gossipsub id is the message id (SHA-256 of the bytes).
+            Ok(id) => debug!(id = %hex::encode(id.0), "published"),
             // Normal situations: nobody subscribed yet (sync will deliver), or already sent.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
             | Err(gossipsub::PublishError::Duplicate) => {}

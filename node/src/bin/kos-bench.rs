@@ -16,6 +16,11 @@
 //! - `syncflood`: N votes submitted to a node through its API (the core's ingest path), once
 //!   quiet and once while a peer floods it with sync fetches (16 outstanding at all times, the
 //!   most it may hold without penalty). Baseline: the quiet run.
+//! - `propagation [--nodes N] [--votes V]`: N `kosd` processes (5, 10 and 20 by default); V
+//!   votes submitted one at a time at node 0; the time from node 0's publication to the last
+//!   node's acceptance, read from the nodes' JSON debug logs (one clock: one machine). Baseline:
+//!   N minimal rust-libp2p gossipsub peers in this process with the same mesh settings and the
+//!   same connections (each dials the ones before it, at most 16), validating at once.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 use std::{
@@ -56,6 +61,21 @@ fn main() -> anyhow::Result<()> {
         "ingest" => ingest(votes.unwrap_or(20_000)),
         "catchup" => catchup(votes.unwrap_or(100_000)),
         "syncflood" => syncflood(votes.unwrap_or(10_000)),
+        "propagation" => {
+            let nodes = args
+                .iter()
+                .position(|a| a == "--nodes")
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse::<usize>())
+                .transpose()
+                .context("--nodes N")?;
+            match nodes {
+                Some(n) => propagation(n, votes.unwrap_or(30)),
+                None => {
+                    [5, 10, 20].into_iter().try_for_each(|n| propagation(n, votes.unwrap_or(30)))
+                }
+            }
+        }
         other => bail!("unknown benchmark {other}: ingest, catchup or syncflood"),
     }
 }
@@ -275,6 +295,10 @@ struct Kosd {
 
 impl Kosd {
     fn start(dir: &Path) -> anyhow::Result<Kosd> {
+        Kosd::start_with(dir, &[], "warn")
+    }
+
+    fn start_with(dir: &Path, extra: &[&str], log: &str) -> anyhow::Result<Kosd> {
         let exe = std::env::current_exe()?.with_file_name("kosd");
         let _ = std::fs::remove_file(dir.join("api.addr"));
         std::fs::create_dir_all(dir)?;
@@ -291,7 +315,8 @@ impl Kosd {
                 "--sync-interval-secs",
                 "1",
             ])
-            .env("RUST_LOG", "warn")
+            .args(extra)
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.with_extension("log"))?)
             .spawn()
@@ -598,4 +623,239 @@ fn syncflood(n: usize) -> anyhow::Result<()> {
         per_sec(fetches as usize, flooded)
     );
     Ok(())
+}
+
+/// Microseconds since the Unix epoch of an RFC 3339 UTC timestamp (`…T…Z`, as tracing writes).
+fn parse_ts(ts: &str) -> Option<i64> {
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let micros: i64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3_600 + mi * 60 + s) * 1_000_000) + micros)
+}
+
+/// (message id, µs) of every log line with `message == what` in a JSON log file.
+fn log_times(path: &Path, what: &str) -> std::collections::HashMap<String, i64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == what)
+        .filter_map(|v| {
+            Some((v["fields"]["id"].as_str()?.to_owned(), parse_ts(v["timestamp"].as_str()?)?))
+        })
+        .collect()
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    (at(0.5), at(0.95), at(0.99))
+}
+
+fn propagation(n: usize, votes: usize) -> anyhow::Result<()> {
+    let kosd = propagation_kosd(n, votes)?;
+    let raw = propagation_raw(n, votes)?;
+    let (k, r) = (percentiles(kosd), percentiles(raw));
+    println!("propagation to every one of {n} nodes, {votes} votes (ms):");
+    println!("  raw gossipsub  p50 {:7.1}  p95 {:7.1}  p99 {:7.1}   1.00", r.0, r.1, r.2);
+    println!(
+        "  kosd           p50 {:7.1}  p95 {:7.1}  p99 {:7.1}   {:.2} (p50), {:.2} (p95)",
+        k.0,
+        k.1,
+        k.2,
+        k.0 / r.0.max(1e-3),
+        k.1 / r.1.max(1e-3)
+    );
+    Ok(())
+}
+
+fn propagation_kosd(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir()?;
+    let log = "warn,kos_node::core=debug,kos_node::node=debug";
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(Kosd::start_with(&dir.path().join(format!("n{i}")), &["--log-json"], log)?);
+    }
+    let voters: Vec<SecretKey> = (0..votes).map(|_| SecretKey::generate()).collect();
+    let mut members: Vec<String> = Vec::new();
+    for k in &nodes[1..] {
+        members.push(k.call("GET", "/v1/status", None)?["did"].as_str().context("did")?.to_owned());
+    }
+    members.extend(voters.iter().map(|v| v.public().to_did()));
+    let fed = nodes[0].call(
+        "POST",
+        "/v1/federation/create",
+        Some(json!({"name": "propagation", "members": members, "dev_timing": true})),
+    )?["federation"]
+        .as_str()
+        .context("federation")?
+        .to_owned();
+    let s = nodes[0].call("GET", "/v1/status", None)?;
+    let boot = format!(
+        "{}/p2p/{}",
+        s["listen"][0].as_str().unwrap_or(""),
+        s["peer_id"].as_str().unwrap_or("")
+    );
+    for k in &nodes[1..] {
+        k.call("POST", "/v1/federation/join", Some(json!({"federation": fed, "bootstrap": boot})))?;
+    }
+    let p = nodes[0].call(
+        "POST",
+        "/v1/proposals",
+        Some(json!({"kind": "resource_allocation", "title": "p", "description": "Benchmark.",
+            "voting_secs": 3000})),
+    )?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    for k in &nodes {
+        k.wait(|s| {
+            s["messages"].as_u64() >= Some(2)
+                && s["peers"].as_array().is_some_and(|a| !a.is_empty())
+        })?;
+    }
+    std::thread::sleep(Duration::from_secs(5)); // discovery and gossipsub meshes settle
+    let proposal: MessageId = p.parse().map_err(|_| anyhow::anyhow!("id"))?;
+    let federation: MessageId = fed.parse().map_err(|_| anyhow::anyhow!("id"))?;
+    let mut ids = Vec::new();
+    for v in &voters {
+        let vote = Vote { choice: Choice::Yes, reason: None, proposal, revision: 0, federation };
+        let m = Message::sign(v, 1, now_ms(), None, Payload::Vote(vote))?;
+        ids.push(m.id().to_string());
+        nodes[0].call("POST", "/v1/messages", Some(json!({"envelope": hex::encode(m.bytes())})))?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for k in &mut nodes {
+        k.stop();
+    }
+    let published = log_times(&dir.path().join("n0.log"), "published");
+    let accepted: Vec<_> =
+        (1..n).map(|i| log_times(&dir.path().join(format!("n{i}.log")), "accepted")).collect();
+    let mut out = Vec::new();
+    for id in &ids {
+        let Some(t0) = published.get(id) else { continue };
+        let last = accepted.iter().map(|a| a.get(id).copied()).collect::<Option<Vec<i64>>>();
+        if let Some(last) = last.and_then(|l| l.into_iter().max()) {
+            out.push((last - t0) as f64 / 1000.0);
+        }
+    }
+    anyhow::ensure!(
+        out.len() == votes,
+        "only {} of {votes} votes reached every node live (the others came by sync)",
+        out.len()
+    );
+    Ok(out)
+}
+
+fn propagation_raw(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
+    use futures::StreamExt;
+    use libp2p::{gossipsub, swarm::SwarmEvent};
+    use sha2::{Digest as _, Sha256};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let topic = gossipsub::IdentTopic::new("bench");
+        let base = Instant::now();
+        let seen: Arc<std::sync::Mutex<Vec<(usize, Vec<u8>, f64)>>> = Default::default();
+        let mut addrs: Vec<libp2p::Multiaddr> = Vec::new();
+        let mut publish_tx = None;
+        for i in 0..n {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    libp2p::tcp::Config::default().nodelay(true),
+                    libp2p::noise::Config::new,
+                    libp2p::yamux::Config::default,
+                )?
+                .with_behaviour(|key| {
+                    let config = gossipsub::ConfigBuilder::default()
+                        .heartbeat_interval(Duration::from_millis(500))
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .validate_messages()
+                        .mesh_n_low(1)
+                        .mesh_n(3)
+                        .mesh_n_high(6)
+                        .mesh_outbound_min(0)
+                        .message_id_fn(|m: &gossipsub::Message| {
+                            gossipsub::MessageId::from(Sha256::digest(&m.data).to_vec())
+                        })
+                        .build()
+                        .map_err(std::io::Error::other)?;
+                    let b: gossipsub::Behaviour = gossipsub::Behaviour::new(
+                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        config,
+                    )
+                    .map_err(std::io::Error::other)?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(b)
+                })?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+                .build();
+            swarm.behaviour_mut().subscribe(&topic)?;
+            swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+            let addr = loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    break address;
+                }
+            };
+            for a in addrs.iter().rev().take(16) {
+                swarm.dial(a.clone())?;
+            }
+            addrs.push(addr);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+            if i == 0 {
+                publish_tx = Some(tx);
+            }
+            let seen = seen.clone();
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        Some(data) = rx.recv() => {
+                            let _ = swarm.behaviour_mut().publish(topic.clone(), data);
+                        }
+                        ev = swarm.select_next_some() => {
+                            if let SwarmEvent::Behaviour(gossipsub::Event::Message { propagation_source, message_id, message }) = ev {
+                                let at = base.elapsed().as_secs_f64() * 1000.0;
+                                seen.lock().map(|mut s| s.push((i, message.data.clone(), at))).ok();
+                                swarm.behaviour_mut().report_message_validation_result(
+                                    &message_id, &propagation_source, gossipsub::MessageAcceptance::Accept,
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let tx = publish_tx.context("no publisher")?;
+        let mut sent = Vec::new();
+        for k in 0..votes {
+            let mut data = vec![0u8; 230];
+            data[..8].copy_from_slice(&(k as u64).to_be_bytes());
+            sent.push((data.clone(), base.elapsed().as_secs_f64() * 1000.0));
+            tx.send(data).await.ok();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        for (data, t0) in sent {
+            let times: Vec<f64> = seen.iter().filter(|(_, d, _)| *d == data).map(|(_, _, t)| *t).collect();
+            if times.len() == n - 1 {
+                out.push(times.iter().copied().fold(0.0, f64::max) - t0);
+            }
+        }
+        anyhow::ensure!(out.len() == votes, "only {} of {votes} reached every raw peer", out.len());
+        Ok(out)
+    })
 }
