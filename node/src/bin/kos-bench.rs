@@ -758,6 +758,9 @@ fn propagation_kosd(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
     Ok(out)
 }
 
+/// A raw peer received a message: (peer index, data, ms since the start).
+type Seen = (usize, Vec<u8>, f64);
+
 fn propagation_raw(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
     use futures::StreamExt;
     use libp2p::{gossipsub, swarm::SwarmEvent};
@@ -766,7 +769,7 @@ fn propagation_raw(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
     rt.block_on(async move {
         let topic = gossipsub::IdentTopic::new("bench");
         let base = Instant::now();
-        let seen: Arc<std::sync::Mutex<Vec<(usize, Vec<u8>, f64)>>> = Default::default();
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
         let mut addrs: Vec<libp2p::Multiaddr> = Vec::new();
         let mut publish_tx = None;
         for i in 0..n {
