@@ -149,7 +149,7 @@ struct Job {
 
 /// Decodes and verifies a batch on a blocking thread; hands the good ones to the core as one
 /// batch, reports the bad ones' verdicts and penalties.
-fn verify_batch(jobs: Vec<Job>, core: &CoreHandle, net: &mpsc::Sender<ToNet>) {
+fn verify_batch(jobs: Vec<Job>, core: &CoreHandle, net: &mpsc::Sender<ToNet>, metrics: &Metrics) {
     let mut good = Vec::with_capacity(jobs.len());
     for Job { bytes, from } in jobs {
         match Message::decode(&bytes) {
@@ -161,6 +161,7 @@ fn verify_batch(jobs: Vec<Job>, core: &CoreHandle, net: &mpsc::Sender<ToNet>) {
                     Source::Sync { peer } => (*peer, None),
                 };
                 if let Some((id, source)) = verdict {
+                    metrics.gossip(if action.is_some() { "invalid" } else { "unreadable" });
                     let acceptance = if action.is_some() {
                         gossipsub::MessageAcceptance::Reject
                     } else {
@@ -361,8 +362,9 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
                 n.metrics.ingest_backlog.set(n.backlog.len() as i64);
                 let core = n.core.clone();
                 let to_net = n.to_net.clone();
+                let metrics = n.metrics.clone();
                 tokio::task::spawn_blocking(move || {
-                    verify_batch(jobs, &core, &to_net);
+                    verify_batch(jobs, &core, &to_net, &metrics);
                     drop(permit);
                 });
             }
