@@ -453,6 +453,7 @@ impl Net {
     fn on_core(&mut self, swarm: &mut Swarm<Behaviour>, m: ToNet) {
         match m {
             ToNet::Verdict { id, source, acceptance } => {
+                debug!(id = %hex::encode(&id.0), "verdict reported");
                 swarm
                     .behaviour_mut()
                     .gossipsub
@@ -592,6 +593,7 @@ impl Net {
                 message,
             })) => {
                 if self.flood.allow(propagation_source, now_ms()) {
+                    debug!(id = %hex::encode(&message_id.0), "received");
                     self.backlog.push_back(Job {
                         bytes: message.data,
                         from: Source::Gossip { id: message_id, source: propagation_source },

@@ -755,6 +755,28 @@ fn propagation_kosd(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
         "only {} of {votes} votes reached every node live (the others came by sync)",
         out.len()
     );
+    // Where a hop's time goes inside a node: received → accepted (verification and the core),
+    // accepted → verdict reported to gossipsub (back to the network task).
+    let (mut inside, mut back) = (Vec::new(), Vec::new());
+    for i in 1..n {
+        let log = dir.path().join(format!("n{i}.log"));
+        let (rx, acc, ver) = (
+            log_times(&log, "received"),
+            log_times(&log, "accepted"),
+            log_times(&log, "verdict reported"),
+        );
+        for id in &ids {
+            if let (Some(r), Some(a), Some(v)) = (rx.get(id), acc.get(id), ver.get(id)) {
+                inside.push((a - r) as f64 / 1000.0);
+                back.push((v - a) as f64 / 1000.0);
+            }
+        }
+    }
+    let (i, b) = (percentiles(inside), percentiles(back));
+    println!(
+        "  inside a node (ms, p50/p95): received → accepted {:.2}/{:.2}, accepted → verdict {:.2}/{:.2}",
+        i.0, i.1, b.0, b.1
+    );
     Ok(out)
 }
 
