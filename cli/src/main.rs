@@ -45,6 +45,10 @@ enum FederationCmd {
         /// Timings in seconds (development and tests).
         #[arg(long)]
         dev_timing: bool,
+        /// A charter file (TOML, see docs/charter.example.toml): members with roles, stake and
+        /// trust, governance bodies, voting defaults per proposal type, timing, weights.
+        #[arg(long)]
+        charter: Option<PathBuf>,
     },
     /// Follow a federation, syncing from a bootstrap peer.
     Join {
@@ -401,10 +405,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trust { target, level } => {
             show(api()?.post("/v1/trust", serde_json::json!({"target": target, "level": level}))?)
         }
-        Command::Federation(FederationCmd::Create { name, members, dev_timing }) => {
+        Command::Federation(FederationCmd::Create { name, members, dev_timing, charter }) => {
+            let charter = match charter {
+                Some(f) => {
+                    let text = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    let v: toml::Value = toml::from_str(&text)
+                        .with_context(|| format!("invalid charter file {}", f.display()))?;
+                    Some(serde_json::to_value(v).context("charter file")?)
+                }
+                None => None,
+            };
             show(api()?.post(
                 "/v1/federation/create",
-                serde_json::json!({"name": name, "members": members, "dev_timing": dev_timing}),
+                serde_json::json!({"name": name, "members": members, "dev_timing": dev_timing,
+                    "charter": charter}),
             )?)
         }
         Command::Federation(FederationCmd::Join { federation, bootstrap }) => show(api()?.post(

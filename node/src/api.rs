@@ -533,6 +533,89 @@ struct CreateReq {
     /// Timings in seconds for development and tests.
     #[serde(default)]
     dev_timing: bool,
+    /// A whole charter (what `kosctl federation create --charter FILE` sends); `members` and
+    /// `dev_timing` then add to it.
+    #[serde(default)]
+    charter: Option<CharterSpec>,
+}
+
+/// A charter as people write it (`docs/charter.example.toml`): identities as did:key (or
+/// `self` for this node), times in seconds, voting defaults that name only what differs from
+/// the built-in default of their proposal type.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CharterSpec {
+    #[serde(default)]
+    timing: Option<TimingSpec>,
+    #[serde(default)]
+    hybrid: Option<HybridWeights>,
+    #[serde(default)]
+    members: Vec<MemberSpec>,
+    #[serde(default)]
+    bodies: Vec<BodySpec>,
+    #[serde(default)]
+    defaults: Vec<DefaultSpec>,
+    #[serde(default)]
+    role_weights: Vec<RoleWeight>,
+    #[serde(default)]
+    max_delegation_depth: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingSpec {
+    grace_secs: u64,
+    reveal_secs: u64,
+    clock_skew_secs: u64,
+    max_voting_secs: u64,
+    min_voting_secs: u64,
+    default_voting_secs: u64,
+    min_discussion_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberSpec {
+    did: String,
+    #[serde(default)]
+    trust: Option<TrustLevel>,
+    #[serde(default)]
+    roles: Option<Vec<Role>>,
+    #[serde(default)]
+    stake: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BodySpec {
+    kind: BodyKind,
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultSpec {
+    kind: ProposalType,
+    #[serde(default)]
+    rule: Option<DecisionRule>,
+    #[serde(default)]
+    quorum: Option<Ratio>,
+    #[serde(default)]
+    veto: Option<Ratio>,
+    #[serde(default)]
+    secret: Option<bool>,
+    #[serde(default)]
+    sponsors: Option<u16>,
+    #[serde(default)]
+    reasoning: Option<bool>,
+    #[serde(default)]
+    weighting: Option<Weighting>,
+    #[serde(default)]
+    early_close: Option<bool>,
+}
+
+fn secs_ms(name: &str, secs: u64) -> Result<u64, ApiError> {
+    secs.checked_mul(1000).ok_or_else(|| bad(format!("timing.{name} is too large")))
 }
 
 async fn federation_create(AxState(ctx): AxState<Ctx>, Body(req): Body<CreateReq>) -> ApiResult {
@@ -553,23 +636,54 @@ async fn federation_create(AxState(ctx): AxState<Ctx>, Body(req): Body<CreateReq
 
 fn charter_message(core: &Core, req: CreateReq) -> Result<Message, ApiError> {
     let me = core.key.public();
-    let mut members = vec![Member {
-        key: me,
-        roles: vec![Role::Citizen, Role::Validator],
-        stake: 1,
-        trust: TrustLevel::Core,
-    }];
+    let spec = req.charter.unwrap_or_default();
+    let did_or_self = |d: &str| if d == "self" { Ok(me) } else { parse_key(d) };
+    let mut members: Vec<Member> = Vec::new();
+    let mut add = |m: Member| -> Result<(), ApiError> {
+        if members.iter().any(|x| x.key == m.key) {
+            return Err(bad(format!("{} is listed twice", clip(&m.key.to_did()))));
+        }
+        members.push(m);
+        Ok(())
+    };
+    // This node founds the federation: a core member unless the charter lists it otherwise.
+    if !spec.members.iter().any(|m| m.did == "self" || m.did == me.to_did()) {
+        add(Member {
+            key: me,
+            roles: vec![Role::Citizen, Role::Validator],
+            stake: 1,
+            trust: TrustLevel::Core,
+        })?;
+    }
+    for m in &spec.members {
+        add(Member {
+            key: did_or_self(&m.did)?,
+            roles: m.roles.clone().unwrap_or_else(|| vec![Role::Citizen, Role::Validator]),
+            stake: m.stake.unwrap_or(1),
+            trust: m.trust.unwrap_or(TrustLevel::Standard),
+        })?;
+    }
     for m in &req.members {
         let (did, level) = m.split_once('=').unwrap_or((m, "standard"));
         let trust: TrustLevel = level.parse().map_err(|e: UnknownName| bad(e.to_string()))?;
-        let key = parse_key(did)?;
-        if members.iter().any(|x| x.key == key) {
-            return Err(bad(format!("{} is listed twice", clip(did))));
-        }
-        members.push(Member { key, roles: vec![Role::Citizen, Role::Validator], stake: 1, trust });
+        add(Member {
+            key: parse_key(did)?,
+            roles: vec![Role::Citizen, Role::Validator],
+            stake: 1,
+            trust,
+        })?;
     }
-    let timing = if req.dev_timing {
-        Timing {
+    let timing = match (&spec.timing, req.dev_timing) {
+        (Some(t), _) => Timing {
+            grace_ms: secs_ms("grace_secs", t.grace_secs)?,
+            reveal_ms: secs_ms("reveal_secs", t.reveal_secs)?,
+            clock_skew_ms: secs_ms("clock_skew_secs", t.clock_skew_secs)?,
+            max_voting_ms: secs_ms("max_voting_secs", t.max_voting_secs)?,
+            min_voting_ms: secs_ms("min_voting_secs", t.min_voting_secs)?,
+            default_voting_ms: secs_ms("default_voting_secs", t.default_voting_secs)?,
+            min_discussion_ms: secs_ms("min_discussion_secs", t.min_discussion_secs)?,
+        },
+        (None, true) => Timing {
             grace_ms: 2_000,
             reveal_ms: 5_000,
             clock_skew_ms: 60_000,
@@ -577,24 +691,58 @@ fn charter_message(core: &Core, req: CreateReq) -> Result<Message, ApiError> {
             min_voting_ms: 1_000,
             default_voting_ms: 10_000,
             min_discussion_ms: 0,
-        }
-    } else {
-        Timing::standard()
+        },
+        (None, false) => Timing::standard(),
     };
+    let bodies = spec
+        .bodies
+        .iter()
+        .map(|b| {
+            Ok(kos_protocol::payload::Body {
+                kind: b.kind,
+                members: b
+                    .members
+                    .iter()
+                    .map(|d| did_or_self(d))
+                    .collect::<Result<_, ApiError>>()?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let defaults = spec
+        .defaults
+        .iter()
+        .map(|d| {
+            let base = kos_engine::default_config(d.kind);
+            TypeDefault {
+                kind: d.kind,
+                config: VotingConfig {
+                    rule: d.rule.unwrap_or(base.rule),
+                    veto: d.veto.unwrap_or(base.veto),
+                    quorum: d.quorum.unwrap_or(base.quorum),
+                    secret: d.secret.unwrap_or(base.secret),
+                    sponsors: d.sponsors.unwrap_or(base.sponsors),
+                    reasoning: d.reasoning.unwrap_or(base.reasoning),
+                    weighting: d.weighting.unwrap_or(base.weighting),
+                    early_close: d.early_close.unwrap_or(base.early_close),
+                },
+            }
+        })
+        .collect();
     let charter = Charter {
         name: req.name,
         nonce: now_ms(),
-        bodies: vec![],
-        hybrid: HybridWeights { role: 0, stake: 0, trust: 1000 },
+        bodies,
+        hybrid: spec.hybrid.unwrap_or(HybridWeights { role: 0, stake: 0, trust: 1000 }),
         timing,
         members,
-        defaults: vec![],
-        role_weights: vec![],
-        max_delegation_depth: 4,
+        defaults,
+        role_weights: spec.role_weights,
+        max_delegation_depth: spec.max_delegation_depth.unwrap_or(4),
         min_protocol_version: 1,
     };
+    // The charter's own rules (sizes, ratios, bounds) are checked when it is signed.
     Message::sign(&core.key, 0, now_ms(), None, Payload::Charter(charter))
-        .map_err(|e| bad(e.to_string()))
+        .map_err(|e| bad(format!("invalid charter: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -625,11 +773,29 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
         let now = now_ms();
         let charter = engine.charter();
         let reg = engine.registry(now);
+        let did = |k: &PublicKey| k.to_did();
         Ok(Json(json!({
             "federation": engine.federation().to_string(),
             "name": charter.map(|c| c.name.clone()),
-            "members": reg.as_ref().map(|r| r.members.values().map(|m| json!({"did": m.key.to_did(), "trust": m.trust.as_str()})).collect::<Vec<_>>()),
+            "members": reg.as_ref().map(|r| r.members.values().map(|m| json!({
+                "did": did(&m.key),
+                "trust": m.trust.as_str(),
+                "roles": m.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                "stake": m.stake,
+            })).collect::<Vec<_>>()),
             "registry_epoch": reg.as_ref().map(|r| r.epoch),
+            "bodies": charter.map(|c| c.bodies.iter().map(|b| json!({
+                "kind": b.kind.as_str(),
+                "members": b.members.iter().map(did).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>()),
+            "defaults": charter.map(|c| c.defaults.iter().map(|d| json!({
+                "kind": d.kind.as_str(),
+                "config": d.config,
+            })).collect::<Vec<_>>()),
+            "hybrid": charter.map(|c| json!(c.hybrid)),
+            "timing": charter.map(|c| json!(c.timing)),
+            "role_weights": charter.map(|c| json!(c.role_weights)),
+            "max_delegation_depth": charter.map(|c| c.max_delegation_depth),
             "synced": charter.is_some(),
         })))
     })
