@@ -127,6 +127,36 @@ struct ProposeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     voting_secs: Option<u64>,
+    /// Decision rule instead of the charter's default for the type: simple_majority,
+    /// supermajority:N/D, consensus, plurality (approval ballots over the options) or
+    /// instant_runoff (ranked ballots).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    /// Weighting: one_person_one_vote, trust, stake, role or hybrid.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    weighting: Option<String>,
+    /// Secret ballot (commit, then reveal).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<bool>,
+    /// Quorum as N/D of the eligible weight.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quorum: Option<String>,
+    /// Veto threshold as N/D of the participation.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    veto: Option<String>,
+    /// Sponsors needed before discussion opens.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sponsors: Option<u16>,
+    /// Close early once the outcome cannot change.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    early_close: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -596,6 +626,13 @@ fn merge(file: ProposeArgs, flags: ProposeArgs) -> ProposeArgs {
         options: if flags.options.is_empty() { file.options } else { flags.options },
         discussion_secs: flags.discussion_secs.or(file.discussion_secs),
         voting_secs: flags.voting_secs.or(file.voting_secs),
+        rule: flags.rule.or(file.rule),
+        weighting: flags.weighting.or(file.weighting),
+        secret: flags.secret.or(file.secret),
+        quorum: flags.quorum.or(file.quorum),
+        veto: flags.veto.or(file.veto),
+        sponsors: flags.sponsors.or(file.sponsors),
+        early_close: flags.early_close.or(file.early_close),
     }
 }
 

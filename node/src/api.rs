@@ -922,6 +922,100 @@ struct ProposeReq {
     discussion_secs: Option<u64>,
     #[serde(default)]
     voting_secs: Option<u64>,
+    /// Overrides of the type's voting configuration (proposals only).
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    weighting: Option<String>,
+    #[serde(default)]
+    secret: Option<bool>,
+    #[serde(default)]
+    quorum: Option<String>,
+    #[serde(default)]
+    veto: Option<String>,
+    #[serde(default)]
+    sponsors: Option<u16>,
+    #[serde(default)]
+    early_close: Option<bool>,
+}
+
+fn parse_ratio(name: &str, s: &str) -> Result<Ratio, ApiError> {
+    let (n, d) = s
+        .split_once('/')
+        .and_then(|(n, d)| Some((n.trim().parse::<u32>().ok()?, d.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| bad(format!("{name} is N/D, e.g. 2/3 — not {}", clip(s))))?;
+    if d == 0 || n > d {
+        return Err(bad(format!("{name} must be a fraction between 0 and 1")));
+    }
+    Ok(Ratio(n, d))
+}
+
+fn parse_rule(s: &str) -> Result<DecisionRule, ApiError> {
+    Ok(match s {
+        "simple_majority" => DecisionRule::SimpleMajority,
+        "consensus" => DecisionRule::Consensus,
+        "plurality" | "approval" => DecisionRule::Plurality,
+        "instant_runoff" | "ranked" => DecisionRule::InstantRunoff,
+        _ => match s.strip_prefix("supermajority:") {
+            Some(r) => DecisionRule::Supermajority(parse_ratio("supermajority", r)?),
+            None => {
+                return Err(bad(format!(
+                    "rule is simple_majority, supermajority:N/D, consensus, plurality or instant_runoff — not {}",
+                    clip(s)
+                )));
+            }
+        },
+    })
+}
+
+impl ProposeReq {
+    /// The proposal's own voting configuration: `None` when it overrides nothing (the charter's
+    /// default for its type applies), else that default with the overrides.
+    fn voting(&self, base: VotingConfig) -> Result<Option<VotingConfig>, ApiError> {
+        let any = self.rule.is_some()
+            || self.weighting.is_some()
+            || self.secret.is_some()
+            || self.quorum.is_some()
+            || self.veto.is_some()
+            || self.sponsors.is_some()
+            || self.early_close.is_some();
+        let mut c = base;
+        if let Some(r) = &self.rule {
+            c.rule = parse_rule(r)?;
+        }
+        if let Some(w) = &self.weighting {
+            c.weighting = w.parse().map_err(|e: UnknownName| bad(e.to_string()))?;
+        }
+        if let Some(q) = &self.quorum {
+            c.quorum = parse_ratio("quorum", q)?;
+        }
+        if let Some(v) = &self.veto {
+            c.veto = parse_ratio("veto", v)?;
+        }
+        c.secret = self.secret.unwrap_or(c.secret);
+        c.sponsors = self.sponsors.unwrap_or(c.sponsors);
+        c.early_close = self.early_close.unwrap_or(c.early_close);
+        if c.rule.is_binary() && !self.options.is_empty() {
+            return Err(bad(format!(
+                "options need a ballot over options: --rule plurality (approval) or --rule instant_runoff (ranked); the rule here is {}",
+                rule_name(c.rule)
+            )));
+        }
+        if !c.rule.is_binary() && self.options.len() < 2 {
+            return Err(bad(format!("the rule {} needs at least two --option", rule_name(c.rule))));
+        }
+        Ok(any.then_some(c))
+    }
+}
+
+fn rule_name(r: DecisionRule) -> String {
+    match r {
+        DecisionRule::Supermajority(Ratio(n, d)) => format!("supermajority:{n}/{d}"),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    }
 }
 
 fn action_for(kind: ProposalType, req: &ProposeReq) -> Result<Action, ApiError> {
@@ -1064,7 +1158,7 @@ async fn propose(AxState(ctx): AxState<Ctx>, Body(req): Body<ProposeReq>) -> Api
             let voting_end = discussion_end
                 .checked_add(voting)
                 .ok_or_else(|| bad("voting_secs is too large"))?;
-            let body = Proposal {
+            let mut body = Proposal {
                 kind,
                 scope,
                 title: req.title.clone(),
@@ -1081,6 +1175,15 @@ async fn propose(AxState(ctx): AxState<Ctx>, Body(req): Body<ProposeReq>) -> Api
                 federation: engine.federation(),
                 description: req.description.clone(),
             };
+            body.voting = req.voting(kos_engine::voting_config(charter, &body))?;
+            if kos_engine::voting_config(charter, &body).secret {
+                // Ballots are committed until voting ends, then revealed in this window.
+                body.timeline.reveal_end_ms = Some(
+                    voting_end
+                        .checked_add(t.reveal_ms)
+                        .ok_or_else(|| bad("voting_secs is too large"))?,
+                );
+            }
             Ok(core.create(Payload::Proposal(body), None)?.id())
         })
         .await?;

@@ -1,0 +1,95 @@
+//! Ballots over options from `kosctl`: an approval ballot and a ranked ballot, voted by three
+//! nodes and decided as the rules say; options without a rule for them are refused by name.
+
+use kos_tests::{Node, wait_for};
+
+/// Proposes a resource allocation with `options` under `rule`; returns its id.
+fn propose(n: &Node, title: &str, rule: &str, options: &[&str]) -> String {
+    let mut args = vec![
+        "propose",
+        "--kind",
+        "resource_allocation",
+        "--title",
+        title,
+        "--description",
+        "Pick.",
+    ];
+    args.extend(["--rule", rule, "--voting-secs", "6"]);
+    for o in options {
+        args.extend(["--option", o]);
+    }
+    n.json(&args)["id"].as_str().expect("id").to_owned()
+}
+
+#[test]
+fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    // Trust weighting: a is core (5), b trusted (3), c standard (1).
+    let fed = a.json(&[
+        "federation",
+        "create",
+        "ballots",
+        "--dev-timing",
+        "--member",
+        &format!("{}=trusted", b.did()),
+        "--member",
+        &format!("{}=standard", c.did()),
+    ])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    for n in [&b, &c] {
+        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    }
+    // Options under the default (binary) rule: refused, naming the rule.
+    let err = a
+        .ctl(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            "t",
+            "--description",
+            "d",
+            "--option",
+            "x",
+            "--option",
+            "y",
+        ])
+        .fails(1);
+    assert!(err.contains("--rule plurality") && err.contains("simple_majority"), "{err}");
+
+    let approval = propose(&a, "colour", "plurality", &["red", "green", "blue"]);
+    let ranked = propose(&a, "venue", "instant_runoff", &["north", "south", "east"]);
+    for n in [&a, &b, &c] {
+        for p in [&approval, &ranked] {
+            wait_for(60, "the ballots open everywhere", || {
+                (n.json(&["show", p])["status"] == "voting").then_some(())
+            });
+        }
+    }
+    // Approval: red 5 (a), green 3 + 1 (b, c), blue 3 (b) → red.
+    a.json(&["vote", &approval, "approve:0"]);
+    b.json(&["vote", &approval, "approve:1,2"]);
+    c.json(&["vote", &approval, "approve:1"]);
+    // Ranked: first preferences south 5 + 3 of 9 → a majority for south at once.
+    a.json(&["vote", &ranked, "rank:1,0"]);
+    b.json(&["vote", &ranked, "rank:1,2"]);
+    c.json(&["vote", &ranked, "rank:2,1"]);
+    for n in [&a, &b, &c] {
+        for (p, winner, totals) in [(&approval, 0, vec![5000, 4000, 3000]), (&ranked, 1, vec![])] {
+            let t = wait_for(90, "a final result", || {
+                let t = n.json(&["tally", p]);
+                (!t["final"].is_null()).then_some(t)
+            });
+            assert_eq!(t["final"]["winner"], winner, "{t}");
+            assert_eq!(t["final"]["outcome"], "approved", "{t}");
+            if !totals.is_empty() {
+                assert_eq!(t["tally"]["totals"], serde_json::json!(totals), "{t}");
+            }
+        }
+    }
+}
