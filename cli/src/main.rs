@@ -259,6 +259,12 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Reveal this node's secret ballot on a proposal (the node also reveals by itself when
+    /// voting ends).
+    Reveal {
+        /// Proposal id.
+        id: String,
+    },
     /// Delegate your vote (no --to: revoke).
     Delegate {
         /// Delegate's did:key.
@@ -374,6 +380,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let show = |v: serde_json::Value| client::print(&v, cli.json);
     match cli.command {
         Command::Status => show(api()?.get("/v1/status")?),
+        Command::Reveal { id } => {
+            show(api()?.post(&format!("/v1/proposals/{id}/reveal"), serde_json::json!({}))?)
+        }
         Command::Submit { file } => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?

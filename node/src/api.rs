@@ -238,6 +238,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/proposals", get(proposals).post(propose))
         .route("/v1/proposals/{id}", get(show))
         .route("/v1/proposals/{id}/vote", post(vote))
+        .route("/v1/proposals/{id}/reveal", post(reveal))
         .route("/v1/proposals/{id}/comment", post(comment))
         .route("/v1/proposals/{id}/sponsor", post(sponsor))
         .route("/v1/proposals/{id}/withdraw", post(withdraw))
@@ -1377,10 +1378,40 @@ async fn vote(
 ) -> ApiResult {
     let proposal = parse_id(&id)?;
     let choice = parse_choice(&req.choice)?;
-    about_proposal(&ctx, proposal, move |federation, revision, _| {
-        Ok(Payload::Vote(Vote { choice, reason: req.reason, proposal, revision, federation }))
-    })
-    .await
+    let v = ctx
+        .call(move |core| {
+            let engine = engine(core)?;
+            let federation = engine.federation();
+            let (_, _, revision, config) = engine
+                .proposal(&proposal)
+                .ok_or_else(|| not_found(format!("unknown proposal {proposal}")))?;
+            if config.secret {
+                // Commit now; the node reveals by itself when voting ends.
+                let m = core.commit_vote(proposal, revision, choice, req.reason)?;
+                return Ok(json!({ "id": m.id().to_string(), "committed": true }));
+            }
+            let vote = Vote { choice, reason: req.reason, proposal, revision, federation };
+            let m = core.create(Payload::Vote(vote), None)?;
+            Ok(json!({ "id": m.id().to_string() }))
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+/// Reveals this node's committed secret ballot on a proposal (the node also does it by itself
+/// in the reveal window).
+async fn reveal(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let proposal = parse_id(&id)?;
+    let ids = ctx
+        .call(move |core| {
+            engine(core)?
+                .proposal(&proposal)
+                .ok_or_else(|| not_found(format!("unknown proposal {proposal}")))?;
+            core.reveal(Some(proposal))
+                .map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))
+        })
+        .await?;
+    Ok(Json(json!({ "revealed": ids.iter().map(|m| m.id().to_string()).collect::<Vec<_>>() })))
 }
 
 #[derive(Deserialize)]

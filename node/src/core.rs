@@ -469,6 +469,85 @@ impl Core {
         Ok((if held { Submitted::Held } else { Submitted::Accepted }, attest))
     }
 
+    /// Votes on a proposal with a secret ballot: the choice and a fresh salt are stored durably
+    /// first (so that a node killed before the reveal window still reveals), then the commitment
+    /// is signed and published. The node reveals by itself in the reveal window.
+    pub fn commit_vote(
+        &mut self,
+        proposal: MessageId,
+        revision: u32,
+        choice: kos_protocol::payload::Choice,
+        reason: Option<String>,
+    ) -> anyhow::Result<Message> {
+        let federation =
+            self.engine.as_ref().context("this node follows no federation")?.federation();
+        let salt = SecretKey::generate().seed();
+        let salt: [u8; 32] = *salt;
+        let me = self.key.public();
+        let commitment =
+            kos_protocol::vote_commitment(&federation, &proposal, &me, revision, &salt, &choice);
+        let record =
+            SecretBallot { revision, salt: hex::encode(salt), choice: choice.clone(), reason };
+        self.store.set_meta(&secret_key(&proposal), &serde_json::to_vec(&record)?)?;
+        self.store.flush()?;
+        let commit =
+            kos_protocol::payload::VoteCommit { proposal, revision, commitment, federation };
+        self.create(Payload::VoteCommit(commit), None)
+    }
+
+    /// Reveals the stored secret ballots whose reveal window is open (only `only`, if given);
+    /// forgets those whose window has passed. Returns the reveals signed.
+    pub fn reveal(&mut self, only: Option<MessageId>) -> anyhow::Result<Vec<Message>> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (key, value) in self.store.meta_with_prefix(SECRET_PREFIX)? {
+            let Some(proposal) =
+                key.strip_prefix(SECRET_PREFIX).and_then(|h| h.parse::<MessageId>().ok())
+            else {
+                continue;
+            };
+            if only.is_some_and(|o| o != proposal) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<SecretBallot>(&value) else { continue };
+            let Some(engine) = self.engine.as_ref() else { break };
+            let federation = engine.federation();
+            let Some((_, body, _, _)) = engine.proposal(&proposal) else { continue };
+            let (end, reveal_end) =
+                (body.timeline.voting_end_ms, body.timeline.reveal_end_ms.unwrap_or(0));
+            if now >= reveal_end {
+                warn!(%proposal, "the reveal window of a secret ballot passed before it was revealed");
+                self.store.remove_meta(&key)?;
+                continue;
+            }
+            if now < end {
+                if only.is_some() {
+                    bail!("the reveal window of {proposal} opens when voting ends");
+                }
+                continue;
+            }
+            let mut salt = [0u8; 32];
+            hex::decode_to_slice(&record.salt, &mut salt).context("stored salt")?;
+            let reveal = kos_protocol::payload::VoteReveal {
+                salt,
+                choice: record.choice,
+                reason: record.reason,
+                proposal,
+                revision: record.revision,
+                federation,
+            };
+            let m = self.create(Payload::VoteReveal(reveal), None)?;
+            self.store.remove_meta(&key)?;
+            out.push(m);
+        }
+        if let Some(p) = only
+            && out.is_empty()
+        {
+            bail!("no secret ballot of this node waits to be revealed for {p}");
+        }
+        Ok(out)
+    }
+
     /// (5) Signs and publishes the attestations that are due.
     fn attest(&mut self) {
         let now = now_ms();
@@ -502,13 +581,17 @@ impl Core {
         self.store.commit()
     }
 
-    /// Time-driven transitions: held messages expire, attestations fall due.
+    /// Time-driven transitions: held messages expire, attestations fall due, secret ballots
+    /// are revealed.
     fn tick(&mut self, now: u64) {
         if let Some(e) = self.engine.as_mut() {
             e.tick(now);
             self.wake = e.next_wakeup(now);
         }
         self.attest();
+        if let Err(e) = self.reveal(None) {
+            warn!("reveal: {e:#}");
+        }
     }
 
     fn housekeeping(&mut self) {
@@ -535,7 +618,7 @@ impl Core {
         let mut last_housekeeping = now_ms();
         let mut last_commit = now_ms();
         self.wake = self.engine.as_ref().and_then(|e| e.next_wakeup(now_ms()));
-        self.attest();
+        self.tick(now_ms());
         loop {
             let now = now_ms();
             let mut deadline = last_housekeeping + HOUSEKEEPING_MS;
@@ -577,6 +660,9 @@ impl Core {
             }
             if now >= last_housekeeping + HOUSEKEEPING_MS {
                 self.housekeeping();
+                if let Err(e) = self.reveal(None) {
+                    warn!("reveal: {e:#}");
+                }
                 last_housekeeping = now;
             }
         }
@@ -648,6 +734,22 @@ pub enum CallError {
     /// The core has stopped.
     #[error("the node is shutting down")]
     Gone,
+}
+
+/// Where a secret ballot waits for its reveal, in the store's metadata.
+const SECRET_PREFIX: &str = "secret-ballot/";
+
+fn secret_key(proposal: &MessageId) -> String {
+    format!("{SECRET_PREFIX}{proposal}")
+}
+
+/// A committed ballot kept until its reveal (the node's own store only).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SecretBallot {
+    revision: u32,
+    salt: String,
+    choice: kos_protocol::payload::Choice,
+    reason: Option<String>,
 }
 
 /// Builds and starts the core thread.

@@ -486,6 +486,23 @@ impl Store {
         Ok(())
     }
 
+    /// Metadata values whose key starts with `prefix`.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.meta
+            .scan_prefix(prefix.as_bytes())
+            .map(|e| {
+                let (k, v) = e?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Removes a metadata value.
+    pub fn remove_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.meta.remove(key.as_bytes())?;
+        Ok(())
+    }
+
     /// Records a peer's addresses (text multiaddrs), replacing earlier ones.
     pub fn put_peer(&self, peer: &str, addrs: &[String]) -> Result<(), StoreError> {
         self.check_space()?;

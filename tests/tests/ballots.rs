@@ -93,3 +93,61 @@ fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
         }
     }
 }
+
+#[test]
+fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let mut b = Node::start(dir.path().join("b"));
+    let fed = a.json(&[
+        "federation",
+        "create",
+        "secret",
+        "--dev-timing",
+        "--member",
+        &format!("{}=trusted", b.did()),
+    ])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    let p = a.json(&[
+        "propose",
+        "--kind",
+        "resource_allocation",
+        "--title",
+        "secret",
+        "--description",
+        "Nobody sees the ballots before the reveal.",
+        "--secret",
+        "--voting-secs",
+        "12",
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for n in [&a, &b] {
+        wait_for(60, "voting open", || (n.json(&["show", &p])["status"] == "voting").then_some(()));
+    }
+    assert_eq!(a.json(&["vote", &p, "yes"])["committed"], true);
+    assert_eq!(b.json(&["vote", &p, "no"])["committed"], true);
+    // Before the reveal: commitments only — nothing is counted on either node.
+    for n in [&a, &b] {
+        let t = wait_for(30, "both commitments", || {
+            let t = n.json(&["tally", &p]);
+            (t["status"] == "voting").then_some(t)
+        });
+        assert_eq!(t["tally"]["participation"], 0, "a secret ballot was readable: {t}");
+    }
+    // b is killed after committing and restarted before the reveal window: it still reveals.
+    b.kill();
+    let b = Node::start(dir.path().join("b"));
+    for n in [&a, &b] {
+        let t = wait_for(120, "the revealed, final tally", || {
+            let t = n.json(&["tally", &p]);
+            (!t["final"].is_null()).then_some(t)
+        });
+        assert_eq!(t["tally"]["counted"], 2, "both ballots revealed and counted: {t}");
+        assert_eq!(t["final"]["outcome"], "approved", "yes (core, 5) against no (trusted, 3): {t}");
+    }
+}
