@@ -207,9 +207,15 @@ enum Command {
     },
     /// List proposals.
     Proposals {
-        /// Only this status.
+        /// Only this status (seeking_sponsors, discussion, voting, reveal, approved, …).
         #[arg(long)]
         status: Option<String>,
+        /// Only this proposal type.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only proposals by this author (did:key).
+        #[arg(long)]
+        author: Option<String>,
     },
     /// Show a proposal.
     Show {
@@ -486,10 +492,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             show(api()?.post("/v1/proposals", serde_json::to_value(&args)?)?)
         }
-        Command::Proposals { status } => {
+        Command::Proposals { status, kind, author } => {
             let mut v = api()?.get("/v1/proposals")?;
-            if let (Some(s), Some(list)) = (status, v["proposals"].as_array_mut()) {
-                list.retain(|p| p["status"].as_str() == Some(s.as_str()));
+            if let Some(list) = v["proposals"].as_array_mut() {
+                for (field, want) in [("status", status), ("kind", kind), ("author", author)] {
+                    if let Some(w) = want {
+                        list.retain(|p| p[field].as_str() == Some(w.as_str()));
+                    }
+                }
             }
             show(v)
         }

@@ -151,3 +151,70 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         assert_eq!(t["final"]["outcome"], "approved", "yes (core, 5) against no (trusted, 3): {t}");
     }
 }
+
+#[test]
+fn a_proposal_without_its_sponsors_expires_and_a_sponsored_one_goes_to_a_vote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let fed = a.json(&[
+        "federation",
+        "create",
+        "sponsors",
+        "--dev-timing",
+        "--member",
+        &format!("{}=trusted", b.did()),
+    ])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    let propose = |title: &str| {
+        a.json(&[
+            "propose",
+            "--kind",
+            "resource_allocation",
+            "--title",
+            title,
+            "--description",
+            "d",
+            "--sponsors",
+            "1",
+            "--discussion-secs",
+            "8",
+            "--voting-secs",
+            "5",
+        ])["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let lonely = propose("nobody sponsors this");
+    let backed = propose("b sponsors this");
+    for p in [&lonely, &backed] {
+        wait_for(60, "seeking sponsors on b", || {
+            (b.json(&["show", p])["status"] == "seeking_sponsors").then_some(())
+        });
+    }
+    b.json(&["sponsor", &backed]);
+    wait_for(60, "the sponsored one in discussion", || {
+        (a.json(&["show", &backed])["status"] == "discussion").then_some(())
+    });
+    assert_eq!(a.json(&["show", &lonely])["status"], "seeking_sponsors");
+    // When discussion ends: the sponsored proposal is voted on, the other expires.
+    for n in [&a, &b] {
+        wait_for(60, "the lonely proposal to expire", || {
+            (n.json(&["show", &lonely])["status"] == "expired").then_some(())
+        });
+        let listed = n.json(&["proposals", "--status", "expired", "--author", &a.did()]);
+        let ids: Vec<&str> = listed["proposals"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|p| p["id"].as_str())
+            .collect();
+        assert_eq!(ids, vec![lonely.as_str()], "{listed}");
+    }
+    let s = a.json(&["show", &backed])["status"].clone();
+    assert!(s == "voting" || s == "closed" || s == "approved" || s == "failed_quorum", "{s}");
+}
