@@ -218,3 +218,60 @@ fn a_proposal_without_its_sponsors_expires_and_a_sponsored_one_goes_to_a_vote() 
     let s = a.json(&["show", &backed])["status"].clone();
     assert!(s == "voting" || s == "closed" || s == "approved" || s == "failed_quorum", "{s}");
 }
+
+#[test]
+fn a_delegation_chain_carries_its_weight_into_the_tally() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    // Trust weighting: a core (5), b trusted (3), c standard (1).
+    let fed = a.json(&[
+        "federation",
+        "create",
+        "chain",
+        "--dev-timing",
+        "--member",
+        &format!("{}=trusted", b.did()),
+        "--member",
+        &format!("{}=standard", c.did()),
+    ])["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    for n in [&b, &c] {
+        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+        wait_for(60, "the charter", || {
+            (n.json(&["federation", "show"])["synced"] == true).then_some(())
+        });
+    }
+    // c delegates to b, b to a: a's ballot carries all three weights.
+    c.json(&["delegate", "--to", &b.did()]);
+    b.json(&["delegate", "--to", &a.did()]);
+    let p = a.json(&[
+        "propose",
+        "--kind",
+        "resource_allocation",
+        "--title",
+        "chain",
+        "--description",
+        "d",
+        "--voting-secs",
+        "6",
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for n in [&a, &b, &c] {
+        wait_for(60, "voting open", || (n.json(&["show", &p])["status"] == "voting").then_some(()));
+    }
+    a.json(&["vote", &p, "no"]);
+    for n in [&a, &b, &c] {
+        let t = wait_for(90, "a final result", || {
+            let t = n.json(&["tally", &p]);
+            (!t["final"].is_null()).then_some(t)
+        });
+        assert_eq!(t["tally"]["participation"], 9000, "5 + 3 + 1 through the chain: {t}");
+        assert_eq!(t["final"]["outcome"], "rejected", "{t}");
+    }
+}
