@@ -90,3 +90,68 @@ fn a_federation_from_the_example_charter_file_is_what_the_file_says_on_every_nod
         assert_eq!(d.status()["federation"], serde_json::Value::Null);
     }
 }
+
+#[test]
+fn a_security_board_member_quarantines_a_member_in_an_emergency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let c = Node::start(dir.path().join("c"));
+    // b is trusted — below the core trust emergencies need — but sits on the Security Board.
+    let charter = format!(
+        "[timing]\ngrace_secs = 2\nreveal_secs = 5\nclock_skew_secs = 60\nmax_voting_secs = 3600\n\
+         min_voting_secs = 1\ndefault_voting_secs = 10\nmin_discussion_secs = 0\n\n\
+         [[members]]\ndid = \"{}\"\ntrust = \"trusted\"\n\n[[members]]\ndid = \"{}\"\n\n\
+         [[bodies]]\nkind = \"security_board\"\nmembers = [\"{}\"]\n",
+        b.did(),
+        c.did(),
+        b.did()
+    );
+    let file = dir.path().join("board.toml");
+    std::fs::write(&file, charter).expect("write");
+    let fed = a.json(&["federation", "create", "board", "--charter", file.to_str().expect("path")])
+        ["federation"]
+        .as_str()
+        .expect("federation")
+        .to_owned();
+    for n in [&b, &c] {
+        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+        wait_for(60, "the charter", || {
+            (n.json(&["federation", "show"])["synced"] == true).then_some(())
+        });
+    }
+    let emergency = |n: &Node| {
+        n.ctl(&[
+            "propose",
+            "--kind",
+            "emergency_action",
+            "--member",
+            &c.did(),
+            "--title",
+            "quarantine c",
+            "--description",
+            "Compromised key.",
+            "--voting-secs",
+            "5",
+        ])
+    };
+    // c is neither core nor on the board: refused, naming the trust it lacks.
+    let err = emergency(&c).fails(1);
+    assert!(err.contains("trust"), "{err}");
+    let out = emergency(&b).ok();
+    let p = serde_json::from_str::<serde_json::Value>(&out).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for n in [&a, &b] {
+        wait_for(60, "voting open", || (n.json(&["show", &p])["status"] == "voting").then_some(()));
+        n.json(&["vote", &p, "yes"]);
+    }
+    for n in [&a, &b, &c] {
+        wait_for(120, "c quarantined on every node", || {
+            let f = n.json(&["federation", "show"]);
+            let m = f["members"].as_array()?.iter().find(|m| m["did"] == c.did().as_str())?.clone();
+            (m["trust"] == "quarantine").then_some(())
+        });
+    }
+}
