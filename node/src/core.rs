@@ -576,11 +576,6 @@ impl Core {
         }
     }
 
-    /// Makes everything ingested so far durable (the group commit).
-    pub fn commit(&mut self) -> Result<(), StoreError> {
-        self.store.commit()
-    }
-
     /// Time-driven transitions: held messages expire, attestations fall due, secret ballots
     /// are revealed.
     fn tick(&mut self, now: u64) {
@@ -760,10 +755,4 @@ pub fn spawn(core: Core) -> anyhow::Result<(CoreHandle, std::thread::JoinHandle<
         .spawn(move || core.run(rx))
         .context("cannot start the core thread")?;
     Ok((CoreHandle::new(tx), join))
-}
-
-/// The ids of messages a peer served that were not asked for are refused before verification;
-/// this is the id a peer's envelope bytes have.
-pub fn envelope_id(bytes: &[u8]) -> MessageId {
-    kos_protocol::message_id(bytes)
 }

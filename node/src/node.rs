@@ -831,7 +831,7 @@ impl Net {
                 let mut unasked = 0;
                 for bytes in envelopes {
                     // Only what was asked for is taken (checked before any verification).
-                    if ids.contains(&crate::core::envelope_id(&bytes)) {
+                    if ids.contains(&kos_protocol::message_id(&bytes)) {
                         self.backlog.push_back(Job {
                             bytes: bytes.into_vec(),
                             from: Source::Sync { peer },

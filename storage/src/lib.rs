@@ -277,31 +277,23 @@ impl Store {
         self.summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Per-bucket counts and digests (see [`BucketSummary`]), from the cache: the first call
-    /// walks the index once, later ones cost a copy.
-    pub fn summary(&self) -> Summary {
+    /// Runs `f` on the per-bucket summaries, building them from the index on first use (one
+    /// walk); later inserts keep them up to date.
+    fn with_summary<R>(&self, f: impl FnOnce(&Summary) -> R) -> R {
         let mut guard = self.lock_summary();
-        if let Some(s) = guard.as_ref() {
-            return s.clone();
-        }
-        let mut s = Summary::new();
-        for key in self.by_proposal.iter().keys().filter_map(Result::ok) {
-            if let (Some(b), Some(m)) = (key.get(..32), key.get(32..64))
-                && let (Ok(b), Ok(m)) = (<[u8; 32]>::try_from(b), <[u8; 32]>::try_from(m))
-            {
-                s.entry(MessageId(b)).or_default().add(&MessageId(m));
+        let s = guard.get_or_insert_with(|| {
+            let mut s = Summary::new();
+            for (b, m) in self.index_entries() {
+                s.entry(b).or_default().add(&m);
             }
-        }
-        *guard = Some(s.clone());
-        s
+            s
+        });
+        f(s)
     }
 
     /// One bucket's summary (`None` if this node holds nothing of it).
     pub fn bucket_summary(&self, bucket: &MessageId) -> Option<BucketSummary> {
-        if self.lock_summary().is_none() {
-            self.summary();
-        }
-        self.lock_summary().as_ref().and_then(|s| s.get(bucket).copied())
+        self.with_summary(|s| s.get(bucket).copied())
     }
 
     /// Summaries of the buckets after `after`, at most `limit` of them, and whether more follow.
@@ -310,19 +302,16 @@ impl Store {
         after: Option<&MessageId>,
         limit: usize,
     ) -> (Vec<(MessageId, BucketSummary)>, bool) {
-        if self.lock_summary().is_none() {
-            self.summary();
-        }
-        let guard = self.lock_summary();
-        let Some(s) = guard.as_ref() else { return (Vec::new(), false) };
-        let range = match after {
-            Some(a) => s.range((std::ops::Bound::Excluded(*a), std::ops::Bound::Unbounded)),
-            None => s.range(..),
-        };
-        let mut page: Vec<_> = range.take(limit + 1).map(|(b, v)| (*b, *v)).collect();
-        let more = page.len() > limit;
-        page.truncate(limit);
-        (page, more)
+        self.with_summary(|s| {
+            let range = match after {
+                Some(a) => s.range((std::ops::Bound::Excluded(*a), std::ops::Bound::Unbounded)),
+                None => s.range(..),
+            };
+            let mut page: Vec<_> = range.take(limit + 1).map(|(b, v)| (*b, *v)).collect();
+            let more = page.len() > limit;
+            page.truncate(limit);
+            (page, more)
+        })
     }
 
     /// The stored envelope bytes of `id`, as stored (not verified again: for serving peers, who
@@ -373,14 +362,19 @@ impl Store {
     /// Per bucket (proposal id, or [`FEDERATION_BUCKET`]): the ids of its messages, ascending.
     pub fn buckets(&self) -> std::collections::BTreeMap<MessageId, Vec<MessageId>> {
         let mut out: std::collections::BTreeMap<MessageId, Vec<MessageId>> = Default::default();
-        for key in self.by_proposal.iter().keys().filter_map(Result::ok) {
-            if let (Some(b), Some(m)) = (key.get(..32), key.get(32..64))
-                && let (Ok(b), Ok(m)) = (<[u8; 32]>::try_from(b), <[u8; 32]>::try_from(m))
-            {
-                out.entry(MessageId(b)).or_default().push(MessageId(m));
-            }
+        for (b, m) in self.index_entries() {
+            out.entry(b).or_default().push(m);
         }
         out
+    }
+
+    /// Every (bucket, message id) of the index, in key order.
+    fn index_entries(&self) -> impl Iterator<Item = (MessageId, MessageId)> + '_ {
+        self.by_proposal.iter().keys().filter_map(Result::ok).filter_map(|key| {
+            let b = <[u8; 32]>::try_from(key.get(..32)?).ok()?;
+            let m = <[u8; 32]>::try_from(key.get(32..64)?).ok()?;
+            Some((MessageId(b), MessageId(m)))
+        })
     }
 
     /// Up to `limit` ids of bucket `bucket` greater than `after`, ascending.
@@ -457,10 +451,7 @@ impl Store {
 
     /// Number of stored messages (from the summary cache: no walk after the first call).
     pub fn len(&self) -> usize {
-        if self.lock_summary().is_none() {
-            self.summary();
-        }
-        self.lock_summary().as_ref().map_or(0, |s| s.values().map(|b| b.count as usize).sum())
+        self.with_summary(|s| s.values().map(|b| b.count as usize).sum())
     }
 
     /// Whether no message is stored.

@@ -267,3 +267,43 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Founds a federation at `founder` with development timing and the given `(node, trust level)`
+/// members, has each of them join through the founder and waits until it holds the charter.
+/// Returns the federation id.
+pub fn found(founder: &Node, name: &str, members: &[(&Node, &str)]) -> String {
+    let mut args =
+        vec!["federation".to_owned(), "create".into(), name.into(), "--dev-timing".into()];
+    for (n, level) in members {
+        args.push("--member".into());
+        args.push(format!("{}={level}", n.did()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fed = founder.json(&args)["federation"].as_str().expect("federation").to_owned();
+    let nodes: Vec<&Node> = members.iter().map(|(n, _)| *n).collect();
+    join(founder, &fed, &nodes);
+    fed
+}
+
+/// Has each of `nodes` join federation `fed` through `founder`, and waits until it holds the
+/// charter.
+pub fn join(founder: &Node, fed: &str, nodes: &[&Node]) {
+    let boot = founder.bootstrap_addr();
+    for n in nodes {
+        n.json(&["federation", "join", fed, "--bootstrap", &boot]);
+        wait_for(60, "the charter", || {
+            (n.json(&["federation", "show"])["synced"] == true).then_some(())
+        });
+    }
+}
+
+/// A running `kosd devnet` process, stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct Devnet(pub std::process::Child);
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}

@@ -1,7 +1,7 @@
 //! Ballots over options from `kosctl`: an approval ballot and a ranked ballot, voted by three
 //! nodes and decided as the rules say; options without a rule for them are refused by name.
 
-use kos_tests::{Node, wait_for};
+use kos_tests::{Node, found, wait_for};
 
 /// Proposes a resource allocation with `options` under `rule`; returns its id.
 fn propose(n: &Node, title: &str, rule: &str, options: &[&str]) -> String {
@@ -28,22 +28,7 @@ fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
     let b = Node::start(dir.path().join("b"));
     let c = Node::start(dir.path().join("c"));
     // Trust weighting: a is core (5), b trusted (3), c standard (1).
-    let fed = a.json(&[
-        "federation",
-        "create",
-        "ballots",
-        "--dev-timing",
-        "--member",
-        &format!("{}=trusted", b.did()),
-        "--member",
-        &format!("{}=standard", c.did()),
-    ])["federation"]
-        .as_str()
-        .expect("federation")
-        .to_owned();
-    for n in [&b, &c] {
-        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
-    }
+    found(&a, "ballots", &[(&b, "trusted"), (&c, "standard")]);
     // Options under the default (binary) rule: refused, naming the rule.
     let err = a
         .ctl(&[
@@ -99,18 +84,7 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::start(dir.path().join("a"));
     let mut b = Node::start(dir.path().join("b"));
-    let fed = a.json(&[
-        "federation",
-        "create",
-        "secret",
-        "--dev-timing",
-        "--member",
-        &format!("{}=trusted", b.did()),
-    ])["federation"]
-        .as_str()
-        .expect("federation")
-        .to_owned();
-    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    found(&a, "secret", &[(&b, "trusted")]);
     let p = a.json(&[
         "propose",
         "--kind",
@@ -157,18 +131,7 @@ fn a_proposal_without_its_sponsors_expires_and_a_sponsored_one_goes_to_a_vote() 
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::start(dir.path().join("a"));
     let b = Node::start(dir.path().join("b"));
-    let fed = a.json(&[
-        "federation",
-        "create",
-        "sponsors",
-        "--dev-timing",
-        "--member",
-        &format!("{}=trusted", b.did()),
-    ])["federation"]
-        .as_str()
-        .expect("federation")
-        .to_owned();
-    b.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
+    found(&a, "sponsors", &[(&b, "trusted")]);
     let propose = |title: &str| {
         a.json(&[
             "propose",
@@ -226,25 +189,7 @@ fn a_delegation_chain_carries_its_weight_into_the_tally() {
     let b = Node::start(dir.path().join("b"));
     let c = Node::start(dir.path().join("c"));
     // Trust weighting: a core (5), b trusted (3), c standard (1).
-    let fed = a.json(&[
-        "federation",
-        "create",
-        "chain",
-        "--dev-timing",
-        "--member",
-        &format!("{}=trusted", b.did()),
-        "--member",
-        &format!("{}=standard", c.did()),
-    ])["federation"]
-        .as_str()
-        .expect("federation")
-        .to_owned();
-    for n in [&b, &c] {
-        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
-        wait_for(60, "the charter", || {
-            (n.json(&["federation", "show"])["synced"] == true).then_some(())
-        });
-    }
+    found(&a, "chain", &[(&b, "trusted"), (&c, "standard")]);
     // c delegates to b, b to a: a's ballot carries all three weights.
     c.json(&["delegate", "--to", &b.did()]);
     b.json(&["delegate", "--to", &a.did()]);

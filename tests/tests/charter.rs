@@ -1,7 +1,7 @@
 //! A federation founded from the example charter file: members with roles, stake and trust, the
 //! Security Board, voting defaults per proposal type — as every node sees them.
 
-use kos_tests::{Node, wait_for};
+use kos_tests::{Node, join, wait_for};
 use serde_json::json;
 
 #[test]
@@ -29,9 +29,7 @@ fn a_federation_from_the_example_charter_file_is_what_the_file_says_on_every_nod
         .as_str()
         .expect("federation")
         .to_owned();
-    for n in [&b, &c] {
-        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
-    }
+    join(&a, &fed, &[&b, &c]);
     for n in [&a, &b, &c] {
         let f = wait_for(60, "the charter on every node", || {
             let f = n.json(&["federation", "show"]);
@@ -114,12 +112,7 @@ fn a_security_board_member_quarantines_a_member_in_an_emergency() {
         .as_str()
         .expect("federation")
         .to_owned();
-    for n in [&b, &c] {
-        n.json(&["federation", "join", &fed, "--bootstrap", &a.bootstrap_addr()]);
-        wait_for(60, "the charter", || {
-            (n.json(&["federation", "show"])["synced"] == true).then_some(())
-        });
-    }
+    join(&a, &fed, &[&b, &c]);
     let emergency = |n: &Node| {
         n.ctl(&[
             "propose",

@@ -4,19 +4,10 @@
 
 use std::io::BufRead;
 
-use kos_tests::{bin, wait_for};
+use kos_tests::{Devnet, bin, wait_for};
 use serde_json::Value;
 
 const NODES: usize = 20;
-
-struct Devnet(std::process::Child);
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn twenty_nodes_on_one_host_publish_and_nobody_is_blocked() {

@@ -85,26 +85,10 @@ async fn forged_malformed_and_replayed_gossip_changes_nothing_and_gets_the_peer_
     let proposal: MessageId = p.parse().expect("id");
     let federation: MessageId = fed.parse().expect("id");
 
-    let mut swarm = raw_swarm();
-    let raw_peer = swarm.local_peer_id().to_string();
     let topic = gossipsub::IdentTopic::new(format!("kos/{fed}/gov"));
-    swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribe");
-    let addr: Multiaddr = a.bootstrap_addr().parse().expect("multiaddr");
-    swarm.dial(addr).expect("dial");
-    // Wait until the node's subscription to the topic has arrived.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if let SwarmEvent::Behaviour(RawEvent::Gossipsub(gossipsub::Event::Subscribed {
-                ..
-            })) = swarm.select_next_some().await
-            {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("the node subscribes to its federation topic");
-    pump(&mut swarm, 1500).await;
+    let mut swarm = connect_raw(&a, &topic).await;
+    let raw_peer = swarm.local_peer_id().to_string();
+    pump(&mut swarm, 500).await;
 
     let before = a.status();
     let hash = before["state_hash"].clone();

@@ -2,7 +2,7 @@
 
 use std::io::BufRead;
 
-use kos_tests::{Node, bin, wait_for};
+use kos_tests::{Devnet, Node, bin, wait_for};
 
 #[test]
 fn discussion_revision_and_the_revised_action_executes() {
@@ -126,14 +126,6 @@ fn an_unreadable_store_is_a_clear_error() {
 }
 
 /// Stops devnet with SIGTERM (so it stops its nodes) even if the test fails.
-struct Devnet(std::process::Child);
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn devnet_starts_a_federation_of_n_nodes() {

@@ -224,7 +224,7 @@ fn ingest(n: usize) -> anyhow::Result<()> {
             in_core += t1.elapsed();
         }
         let t2 = Instant::now();
-        core.commit()?;
+        core.store.commit()?;
         in_commit += t2.elapsed();
     }
     let ingest = per_sec(n, t.elapsed());
@@ -389,35 +389,44 @@ impl Drop for Kosd {
     }
 }
 
-fn catchup(n: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut a = Kosd::start(&dir.path().join("a"))?;
-    std::thread::sleep(Duration::from_secs(2));
-    let idle = a.rss_mb();
+/// Founds a federation at `a` with [`MEMBERS`] fresh member keys and `count` open proposals,
+/// and waits until voting opens. Returns the keys, the federation (text and id) and the
+/// proposals.
+fn found_with_proposals(
+    a: &Kosd,
+    count: usize,
+) -> anyhow::Result<(Vec<SecretKey>, String, MessageId, Vec<MessageId>)> {
     let members: Vec<SecretKey> = (0..MEMBERS).map(|_| SecretKey::generate()).collect();
     let list: Vec<String> = members.iter().map(|m| m.public().to_did()).collect();
     let fed = a.call(
         "POST",
         "/v1/federation/create",
-        Some(json!({"name": "catchup", "members": list, "dev_timing": true})),
+        Some(json!({"name": "bench", "members": list, "dev_timing": true})),
     )?["federation"]
         .as_str()
         .context("federation")?
         .to_owned();
     let federation: MessageId = fed.parse().map_err(|_| anyhow::anyhow!("federation id"))?;
     let mut proposals = Vec::new();
-    for i in 0..n.div_ceil(MEMBERS) {
+    for i in 0..count {
         let r = a.call(
             "POST",
             "/v1/proposals",
             Some(json!({"kind": "resource_allocation", "title": format!("p{i}"),
                 "description": "Benchmark.", "voting_secs": 3000})),
         )?;
-        let id: MessageId =
-            r["id"].as_str().context("id")?.parse().map_err(|_| anyhow::anyhow!("id"))?;
-        proposals.push(id);
+        proposals.push(r["id"].as_str().context("id")?.parse().map_err(|_| anyhow::anyhow!("id"))?);
     }
-    std::thread::sleep(Duration::from_millis(1_100));
+    std::thread::sleep(Duration::from_millis(1_100)); // voting opens
+    Ok((members, fed, federation, proposals))
+}
+
+fn catchup(n: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut a = Kosd::start(&dir.path().join("a"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = a.rss_mb();
+    let (members, fed, federation, proposals) = found_with_proposals(&a, n.div_ceil(MEMBERS))?;
     let mut envelopes = Vec::with_capacity(n);
     let t_submit = Instant::now();
     // Signed in slices so that every vote is submitted within the clock-skew bound.
@@ -502,29 +511,8 @@ fn syncflood(n: usize) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let a = Kosd::start(&dir.path().join("a"))?;
-    let members: Vec<SecretKey> = (0..MEMBERS).map(|_| SecretKey::generate()).collect();
-    let list: Vec<String> = members.iter().map(|m| m.public().to_did()).collect();
-    let fed = a.call(
-        "POST",
-        "/v1/federation/create",
-        Some(json!({"name": "flood", "members": list, "dev_timing": true})),
-    )?["federation"]
-        .as_str()
-        .context("federation")?
-        .to_owned();
-    let federation: MessageId = fed.parse().map_err(|_| anyhow::anyhow!("federation id"))?;
     let per_run = n.div_ceil(MEMBERS);
-    let mut proposals = Vec::new();
-    for i in 0..2 * per_run {
-        let r = a.call(
-            "POST",
-            "/v1/proposals",
-            Some(json!({"kind": "resource_allocation", "title": format!("p{i}"),
-                "description": "Benchmark.", "voting_secs": 3000})),
-        )?;
-        proposals.push(r["id"].as_str().context("id")?.parse().map_err(|_| anyhow::anyhow!("id"))?);
-    }
-    std::thread::sleep(Duration::from_millis(1_100));
+    let (members, _, federation, proposals) = found_with_proposals(&a, 2 * per_run)?;
     let quiet_votes = sign_votes(&members, &proposals[..per_run], federation, n);
     let quiet = submit_all(&a, &quiet_votes)?;
     let ids: Vec<MessageId> = quiet_votes.iter().map(|b| kos_protocol::message_id(b)).collect();
