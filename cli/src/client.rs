@@ -88,23 +88,12 @@ impl Client {
     }
 }
 
-/// Prints a response: JSON, or `key: value` lines.
+/// Prints a response: JSON, or aligned `label  value` lines.
 pub fn print(v: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{v}");
-        return Ok(());
-    }
-    match v {
-        Value::Object(map) => {
-            for (k, val) in map {
-                match val {
-                    Value::String(s) => println!("{k}: {s}"),
-                    Value::Null => {}
-                    other => println!("{k}: {other}"),
-                }
-            }
-        }
-        other => println!("{other}"),
+    } else {
+        print!("{}", crate::render::generic(v));
     }
     Ok(())
 }

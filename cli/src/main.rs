@@ -4,6 +4,7 @@
 //! `api.token`), or given with `--api` and `--token`. `kosctl decode` works offline.
 
 mod client;
+mod render;
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
@@ -115,6 +116,11 @@ struct ProposeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     policy: Option<String>,
+    /// Roll back the execution of this proposal (its id) — propose it with the kind of the
+    /// proposal it undoes.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollback: Option<String>,
     /// An option (approval or ranked-choice voting), repeatable.
     #[arg(long = "option")]
     #[serde(default)]
@@ -279,6 +285,13 @@ enum Command {
         /// all, kind:TYPE or scope:SCOPE.
         #[arg(long)]
         scope: Option<String>,
+    },
+    /// Whom a member (default: this node) delegates to, and who delegates to it — directly or
+    /// through a chain — for each scope.
+    Delegations {
+        /// The member's did:key.
+        #[arg(long)]
+        member: Option<String>,
     },
     /// Submit envelopes signed elsewhere (an agent, another tool): a file with one envelope in
     /// hex per line (`-` reads standard input). Each is verified and judged like any message;
@@ -501,9 +514,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            show(v)
+            human(v, cli.json, render::proposals)
         }
-        Command::Show { id } => show(api()?.get(&format!("/v1/proposals/{id}"))?),
+        Command::Show { id } => {
+            let v = api()?.get(&format!("/v1/proposals/{id}"))?;
+            human(v, cli.json, render::proposal)
+        }
         Command::Comment { id, text, kind, parent } => show(api()?.post(
             &format!("/v1/proposals/{id}/comment"),
             serde_json::json!({"text": text, "kind": kind, "parent": parent}),
@@ -534,7 +550,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delegate { to, scope } => {
             show(api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?)
         }
-        Command::Tally { id } => show(api()?.get(&format!("/v1/proposals/{id}/tally"))?),
+        Command::Tally { id } => {
+            let client = api()?;
+            let t = client.get(&format!("/v1/proposals/{id}/tally"))?;
+            if cli.json {
+                return show(t);
+            }
+            let p = client.get(&format!("/v1/proposals/{id}"))?;
+            print!("{}", render::tally(&p, &t));
+            Ok(())
+        }
+        Command::Delegations { member } => {
+            let path = match member {
+                Some(did) => format!("/v1/delegations?member={did}"),
+                None => "/v1/delegations".to_owned(),
+            };
+            human(api()?.get(&path)?, cli.json, render::delegations)
+        }
         Command::Certificate { id, out } => {
             let v = api()?.get(&format!("/v1/proposals/{id}/certificate"))?;
             write_out(&v, out.as_deref())
@@ -628,6 +660,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Prints `v` as JSON, or as `render` lays it out for people.
+fn human(
+    v: serde_json::Value,
+    json: bool,
+    render: fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{v}");
+    } else {
+        print!("{}", render(&v));
+    }
+    Ok(())
+}
+
 /// Flags win over the file.
 fn merge(file: ProposeArgs, flags: ProposeArgs) -> ProposeArgs {
     ProposeArgs {
@@ -642,6 +688,7 @@ fn merge(file: ProposeArgs, flags: ProposeArgs) -> ProposeArgs {
         level: flags.level.or(file.level),
         membership: flags.membership.or(file.membership),
         policy: flags.policy.or(file.policy),
+        rollback: flags.rollback.or(file.rollback),
         options: if flags.options.is_empty() { file.options } else { flags.options },
         discussion_secs: flags.discussion_secs.or(file.discussion_secs),
         voting_secs: flags.voting_secs.or(file.voting_secs),

@@ -23,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use kos_engine::{CertificateBundle, Engine, ReceiptBundle, Status, Tally};
+use kos_engine::{CertificateBundle, Engine, ReceiptBundle};
 use kos_protocol::{Message, MessageId, Payload, PublicKey, payload::*};
 use kos_storage::Store;
 use serde::{Deserialize, de::DeserializeOwned};
@@ -34,6 +34,9 @@ use crate::{
     core::{CallError, Core, CoreHandle, IngestError, Submitted, ToCore},
     metrics::Metrics,
     node::{Command, NetView, now_ms},
+    views::{
+        delegations_json, proposal_detail, proposal_summary, rule_name, status_name, tally_json,
+    },
 };
 
 /// Time allowed for a client to send its request headers.
@@ -247,6 +250,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/proposals/{id}/certificate", get(certificate))
         .route("/v1/proposals/{id}/receipt", get(receipt))
         .route("/v1/delegate", post(delegate))
+        .route("/v1/delegations", get(delegations))
         .route("/v1/audit/verify", get(audit_verify))
         .fallback(|| async { not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -393,10 +397,6 @@ fn parse_id(s: &str) -> Result<MessageId, ApiError> {
 
 fn parse_key(s: &str) -> Result<PublicKey, ApiError> {
     PublicKey::from_did(s).map_err(|e| bad(format!("{}: {e}", clip(s))))
-}
-
-fn status_name(s: Status) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn engine(core: &Core) -> Result<&Engine, ApiError> {
@@ -917,6 +917,9 @@ struct ProposeReq {
     /// Policy document for policy updates.
     #[serde(default)]
     policy: Option<String>,
+    /// Roll back the execution of this proposal (its id) instead of any other action.
+    #[serde(default)]
+    rollback: Option<String>,
     #[serde(default)]
     options: Vec<String>,
     #[serde(default)]
@@ -1009,13 +1012,22 @@ impl ProposeReq {
     }
 }
 
-fn rule_name(r: DecisionRule) -> String {
-    match r {
-        DecisionRule::Supermajority(Ratio(n, d)) => format!("supermajority:{n}/{d}"),
-        other => serde_json::to_value(other)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+/// Refuses a rollback of a proposal that has not executed a change this node knows of (the
+/// engine would accept the proposal, and its execution would fail).
+fn check_rollback(engine: &Engine, action: &Action) -> Result<(), ApiError> {
+    let Action::Rollback(target) = action else { return Ok(()) };
+    match engine.execution(target) {
+        Some(e) if e.inverse.is_some() => Ok(()),
+        Some(e) if e.result.is_err() => {
+            Err(bad(format!("proposal {target} failed to execute: there is nothing to roll back")))
+        }
+        Some(_) => {
+            Err(bad(format!("proposal {target} changed nothing: there is nothing to roll back")))
+        }
+        None if engine.proposal(target).is_some() => Err(bad(format!(
+            "proposal {target} has not executed: there is nothing to roll back yet"
+        ))),
+        None => Err(not_found(format!("unknown proposal {target}"))),
     }
 }
 
@@ -1029,6 +1041,14 @@ fn action_for(kind: ProposalType, req: &ProposeReq) -> Result<Action, ApiError> 
             .parse::<TrustLevel>()
             .map_err(|e| bad(e.to_string()))
     };
+    if let Some(target) = &req.rollback {
+        if kind == ProposalType::EmergencyAction {
+            return Err(bad(
+                "a rollback is proposed with the kind of the proposal it undoes, not emergency_action",
+            ));
+        }
+        return Ok(Action::Rollback(parse_id(target)?));
+    }
     Ok(match kind {
         ProposalType::Configuration => Action::Configuration {
             key: req.key.clone().ok_or_else(|| bad("--key is required for configuration"))?,
@@ -1070,36 +1090,6 @@ fn duration_ms(name: &str, secs: u64, max_ms: u64) -> Result<u64, ApiError> {
     })
 }
 
-fn proposal_json(engine: &Engine, id: &MessageId, now: u64) -> Option<Value> {
-    let (author, body, revision, config) = engine.proposal(id)?;
-    Some(json!({
-        "id": id.to_string(),
-        "kind": body.kind.as_str(),
-        "scope": body.scope.as_str(),
-        "title": body.title,
-        "description": body.description,
-        "author": author.to_did(),
-        "status": engine.status(id, now).map(status_name),
-        "revision": revision,
-        "rule": format!("{:?}", config.rule),
-        "discussion_end_ms": body.timeline.discussion_end_ms,
-        "voting_end_ms": body.timeline.voting_end_ms,
-    }))
-}
-
-fn tally_json(t: &Tally) -> Value {
-    json!({
-        "revision": t.revision,
-        "totals": t.count.totals,
-        "participation": t.count.participation,
-        "eligible": t.count.eligible,
-        "outcome": t.count.outcome.as_str(),
-        "winner": t.count.winner,
-        "counted": t.counted.len(),
-        "votes_root": t.votes_root.to_string(),
-    })
-}
-
 fn parse_choice(s: &str) -> Result<Choice, ApiError> {
     let list = |v: &str| -> Result<Vec<u16>, ApiError> {
         v.split(',')
@@ -1136,6 +1126,7 @@ async fn propose(AxState(ctx): AxState<Ctx>, Body(req): Body<ProposeReq>) -> Api
         .call(move |core| {
             let now = now_ms();
             let engine = engine(core)?;
+            check_rollback(engine, &action)?;
             let charter = engine.charter().ok_or_else(|| {
                 ApiError(
                     StatusCode::CONFLICT,
@@ -1196,7 +1187,7 @@ async fn proposals(AxState(ctx): AxState<Ctx>) -> ApiResult {
         let engine = engine(core)?;
         let now = now_ms();
         let list: Vec<Value> =
-            engine.proposals().filter_map(|id| proposal_json(engine, id, now)).collect();
+            engine.proposals().filter_map(|id| proposal_summary(engine, id, now)).collect();
         Ok(Json(json!({ "proposals": list })))
     })
     .await
@@ -1205,7 +1196,7 @@ async fn proposals(AxState(ctx): AxState<Ctx>) -> ApiResult {
 async fn show(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
     let id = parse_id(&id)?;
     ctx.call(move |core| {
-        proposal_json(engine(core)?, &id, now_ms())
+        proposal_detail(engine(core)?, &core.store, &id, now_ms())
             .map(Json)
             .ok_or_else(|| not_found(format!("unknown proposal {id}")))
     })
@@ -1306,13 +1297,7 @@ async fn receipt(
 ) -> ApiResult {
     let id = parse_id(&id)?;
     // The voter's did:key (`?voter=`); the node's own identity if absent.
-    let mut voter = None;
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("voter", v)) => voter = Some(parse_key(v)?),
-            _ => return Err(bad("the only query parameter is voter=DID")),
-        }
-    }
+    let voter = query_key(query.as_deref(), "voter")?;
     ctx.call(move |core| {
         let voter = voter.unwrap_or_else(|| core.key.public());
         let certificate = certificate_bundle(core, &id)?;
@@ -1493,6 +1478,7 @@ async fn revise(
             .map(|p| p.1.kind)
             .ok_or_else(|| not_found("unknown proposal"))?;
         let action = action_for(kind, &req)?;
+        check_rollback(engine, &action)?;
         Ok(Payload::Revision(Revision {
             title: req.title,
             action,
@@ -1502,6 +1488,29 @@ async fn revise(
             federation,
             description: req.description,
         }))
+    })
+    .await
+}
+
+/// The did:key in the query's only parameter `name` (`?name=did:key:…`), if given.
+fn query_key(query: Option<&str>, name: &str) -> Result<Option<PublicKey>, ApiError> {
+    let mut key = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((n, v)) if n == name => key = Some(parse_key(v)?),
+            _ => return Err(bad(format!("the only query parameter is {name}=DID"))),
+        }
+    }
+    Ok(key)
+}
+
+/// `GET /v1/delegations[?member=DID]`: whom the member (default: this node) delegates to, and
+/// who delegates to it, directly or through a chain, per scope.
+async fn delegations(AxState(ctx): AxState<Ctx>, RawQuery(query): RawQuery) -> ApiResult {
+    let member = query_key(query.as_deref(), "member")?;
+    ctx.call(move |core| {
+        let member = member.unwrap_or_else(|| core.key.public());
+        Ok(Json(delegations_json(engine(core)?, &member)))
     })
     .await
 }

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod peers;
+pub mod views;

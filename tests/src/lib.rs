@@ -196,6 +196,13 @@ impl Node {
         cmd.stdin(std::process::Stdio::null()).output().expect("kosctl").into()
     }
 
+    /// `kosctl` with `args`, human output (no `--json`); asserts success, returns the text.
+    pub fn human(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(bin("kosctl"));
+        cmd.arg("--data-dir").arg(&self.dir).args(args);
+        Run::from(cmd.stdin(std::process::Stdio::null()).output().expect("kosctl")).ok()
+    }
+
     /// Proposes a resource allocation whose discussion lasts an hour (so statuses, and the
     /// state hash, hold still for a test); returns its id.
     pub fn propose_open(&self, title: &str) -> String {

@@ -193,6 +193,22 @@ fn a_delegation_chain_carries_its_weight_into_the_tally() {
     // c delegates to b, b to a: a's ballot carries all three weights.
     c.json(&["delegate", "--to", &b.did()]);
     b.json(&["delegate", "--to", &a.did()]);
+    // `kosctl delegations`: who delegates to a, transitively, and whom c delegates to.
+    let graph = wait_for(60, "both delegations on a", || {
+        let g = a.json(&["delegations"]);
+        (g["delegated_to_me"][0]["delegators"].as_array().map(Vec::len) == Some(2)).then_some(g)
+    });
+    assert_eq!(graph["delegated_to_me"][0]["scope"], "all", "{graph}");
+    let chain = &graph["delegated_to_me"][0]["delegators"];
+    assert_eq!(chain[0]["member"], b.did(), "{graph}");
+    assert_eq!(chain[0]["depth"], 1, "{graph}");
+    assert_eq!(chain[1]["member"], c.did(), "{graph}");
+    assert_eq!(chain[1]["depth"], 2, "{graph}");
+    assert_eq!(chain[1]["via"], b.did(), "{graph}");
+    let of_c = a.json(&["delegations", "--member", &c.did()]);
+    assert_eq!(of_c["delegates_to"][0]["delegate"], b.did(), "{of_c}");
+    let text = a.human(&["delegations"]);
+    assert!(text.contains(&format!("{}  2 steps, via {}", c.did(), b.did())), "{text}");
     let p = a.json(&[
         "propose",
         "--kind",
@@ -219,4 +235,9 @@ fn a_delegation_chain_carries_its_weight_into_the_tally() {
         assert_eq!(t["tally"]["participation"], 9000, "5 + 3 + 1 through the chain: {t}");
         assert_eq!(t["final"]["outcome"], "rejected", "{t}");
     }
+    // For people: totals by name, weights in votes, participation against the quorum.
+    let text = a.human(&["tally", &p]);
+    assert!(text.contains("  no             9 votes"), "{text}");
+    assert!(text.contains("9 votes of 9 eligible — quorum"), "{text}");
+    assert!(text.contains("rejected (final)"), "{text}");
 }

@@ -125,6 +125,11 @@ impl Attestations {
     }
 
     /// The final result: the certified key completed earliest (then the lowest key).
+    /// The attested key with the most weight, and that weight.
+    pub(crate) fn leading(&self) -> Option<(FinalKey, u64)> {
+        self.weight.iter().max_by_key(|(k, w)| (**w, std::cmp::Reverse(**k))).map(|(k, w)| (*k, *w))
+    }
+
     pub(crate) fn final_(&self) -> Option<Final> {
         self.certified.iter().min_by_key(|(k, (at, _))| (*at, **k)).map(|(k, (at, w))| Final {
             key: *k,

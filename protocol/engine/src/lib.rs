@@ -37,6 +37,7 @@ mod hash;
 mod judge;
 mod registry;
 mod tally;
+mod view;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -55,6 +56,7 @@ pub use finality::{Certificate, Final, FinalKey};
 pub use hash::STATE_DOMAIN;
 pub use registry::{REGISTRY_DOMAIN, Registry};
 pub use tally::{Count, ProofStep, merkle_proof, merkle_root, verify_merkle_proof};
+pub use view::{CommentView, DelegationEdge, Delegator, ProposalRecord, RevisionView};
 
 use chain::Version;
 use finality::Attestations;

@@ -1,0 +1,568 @@
+//! Output for people: aligned labels, option names beside their totals, weights in votes, times
+//! as dates with "in 3 h 12 min", progress against what is needed. `--json` bypasses all of it.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Width of the label column.
+const LABEL: usize = 14;
+
+/// A weight in thousandths as votes: `9 votes`, `4.5 votes`, `0.333 votes`.
+pub fn weight(milli: u64) -> String {
+    format!("{} {}", number(milli), if milli == 1000 { "vote" } else { "votes" })
+}
+
+/// A weight in thousandths as a number of votes: `9`, `4.5`.
+fn number(milli: u64) -> String {
+    let (whole, frac) = (milli / 1000, milli % 1000);
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{frac:03}").trim_end_matches('0'))
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (proleptic Gregorian).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A UTC date and time: `2026-11-23 06:10:00 UTC`.
+pub fn date(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, mo, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// A duration in the two largest units: `3 h 12 min`, `45 s`, `2 d 4 h`.
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec} s"),
+        (0, 0, _) if sec == 0 => format!("{m} min"),
+        (0, 0, _) => format!("{m} min {sec} s"),
+        (0, _, 0) => format!("{h} h"),
+        (0, _, _) => format!("{h} h {m} min"),
+        (_, 0, _) => format!("{d} d"),
+        _ => format!("{d} d {h} h"),
+    }
+}
+
+/// A time relative to `now`: `2026-11-23 06:10:00 UTC (in 3 h 12 min)` or `(5 min ago)`.
+pub fn when(ms: u64, now: u64) -> String {
+    if ms >= now {
+        format!("{} (in {})", date(ms), duration(ms - now))
+    } else {
+        format!("{} ({} ago)", date(ms), duration(now - ms))
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // relative times ("in 3 h") are read against the local clock
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{label:<LABEL$}{value}");
+}
+
+/// Any JSON value as indented `label  value` lines (objects nest, lists are itemised).
+pub fn generic(v: &Value) -> String {
+    let mut out = String::new();
+    generic_into(&mut out, v, 0);
+    out
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "yes" } else { "no" }.to_owned()),
+        Value::Null => Some("—".to_owned()),
+        Value::Array(a) if a.is_empty() => Some("none".to_owned()),
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            Some(a.iter().filter_map(scalar).collect::<Vec<_>>().join(", "))
+        }
+        _ => None,
+    }
+}
+
+fn generic_into(out: &mut String, v: &Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(map) => {
+            let width = map.keys().map(|k| k.len()).max().unwrap_or(0).clamp(8, 28) + 2;
+            for (k, val) in map {
+                let label = k.replace('_', " ");
+                // Times in ms since the epoch read as dates.
+                if k.ends_with("_ms") && !k.contains("delay") && val.is_u64() {
+                    let t = val.as_u64().unwrap_or(0);
+                    let label = label.trim_end_matches(" ms");
+                    let _ = writeln!(out, "{pad}{label:<width$}{}", when(t, now_ms()));
+                    continue;
+                }
+                match scalar(val) {
+                    Some(text) => {
+                        let _ = writeln!(out, "{pad}{label:<width$}{text}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{pad}{label}");
+                        generic_into(out, val, indent + 2);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                match scalar(item) {
+                    Some(text) => {
+                        let _ = writeln!(out, "{pad}- {text}");
+                    }
+                    None => {
+                        if i > 0 {
+                            out.push('\n');
+                        }
+                        generic_into(out, item, indent);
+                    }
+                }
+            }
+        }
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other).unwrap_or_default());
+        }
+    }
+}
+
+/// The names of a tally's totals: yes/no/abstain/veto, or the options.
+fn choice_labels(p: &Value, totals: usize) -> Vec<String> {
+    let options: Vec<String> =
+        p["options"].as_array().into_iter().flatten().map(|o| s(o).to_owned()).collect();
+    if options.len() == totals && totals > 0 && !p["rule"].as_str().is_some_and(binary) {
+        options.iter().enumerate().map(|(i, o)| format!("{i}: {o}")).collect()
+    } else {
+        ["yes", "no", "abstain", "veto"].iter().map(|x| (*x).to_owned()).collect()
+    }
+}
+
+fn binary(rule: &str) -> bool {
+    !matches!(rule, "plurality" | "instant_runoff")
+}
+
+/// The tally block of `show`/`tally`: totals by name, participation against the quorum.
+fn tally_block(out: &mut String, p: &Value, t: &Value, fin: Option<&Value>) {
+    let totals: Vec<u64> =
+        t["totals"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+    let labels = choice_labels(p, totals.len());
+    let width =
+        labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max("participation".len()) + 2;
+    let _ = writeln!(out, "Tally (revision {}, {} ballot(s) counted)", t["revision"], t["counted"]);
+    for (label, total) in labels.iter().zip(&totals) {
+        let mark = match t["winner"].as_u64() {
+            Some(w) if label.starts_with(&format!("{w}:")) => "  ← winner",
+            _ => "",
+        };
+        let _ = writeln!(out, "  {label:<width$}{}{mark}", weight(*total));
+    }
+    let participation = t["participation"].as_u64().unwrap_or(0);
+    let eligible = t["eligible"].as_u64().unwrap_or(0);
+    let quorum = t["quorum_weight"].as_u64();
+    let q = match quorum {
+        Some(q) if participation >= q => format!(" — quorum {} met", weight(q)),
+        Some(q) => format!(" — quorum needs {}", weight(q)),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  {:<width$}{} of {} eligible{q}",
+        "participation",
+        weight(participation),
+        number(eligible)
+    );
+    let final_ = fin.is_some_and(|f| f["final"].as_bool() == Some(true));
+    let _ = writeln!(
+        out,
+        "  {:<width$}{}{}",
+        "outcome",
+        s(&t["outcome"]),
+        if final_ { " (final)" } else { " (so far)" }
+    );
+}
+
+fn finality_block(out: &mut String, f: &Value) {
+    let eligible = f["eligible"].as_u64().unwrap_or(0);
+    let attested = f["attested"].as_u64().unwrap_or(0);
+    let needed = f["needed"].as_u64().unwrap_or(0);
+    let text = if f["final"].as_bool() == Some(true) {
+        format!(
+            "final: attested {} of {} eligible (needs {}), since {}",
+            weight(attested),
+            number(eligible),
+            weight(needed),
+            f["final_at_ms"].as_u64().map_or("—".into(), date)
+        )
+    } else {
+        format!(
+            "attested {} of {} eligible; final at {}",
+            weight(attested),
+            number(eligible),
+            weight(needed)
+        )
+    };
+    line(out, "Finality", text);
+}
+
+/// A line diff of two texts: lines only in `a` with `- `, only in `b` with `+ ` (LCS).
+pub fn diff_lines(a: &str, b: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let (n, m) = (a.len(), b.len());
+    // lcs[i][j]: longest common subsequence of a[i..] and b[j..] (texts are bounded in size).
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] =
+                if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            out.push(format!("  {}", a[i]));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+fn action_line(a: &Value) -> String {
+    let kind = s(&a["type"]);
+    match kind {
+        "none" => "none (a decision without an action)".into(),
+        "configuration" => match a["old"].as_str() {
+            Some(old) => format!("set {} = {} (expects {old})", s(&a["key"]), s(&a["new"])),
+            None => format!("set {} = {}", s(&a["key"]), s(&a["new"])),
+        },
+        "trust_adjustment" => format!("trust of {} → {}", s(&a["member"]), s(&a["level"])),
+        "add_member" => format!("admit {} as {}", s(&a["member"]), s(&a["trust"])),
+        "remove_member" => format!("remove {}", s(&a["member"])),
+        "quarantine" => format!("quarantine {}", s(&a["member"])),
+        "protocol_upgrade" => format!("minimum protocol version {}", a["version"]),
+        "policy_update" => {
+            format!("replace the policy ({} characters)", s(&a["policy"]).chars().count())
+        }
+        "rollback" => format!("roll back the execution of {}", s(&a["proposal"])),
+        other => other.to_owned(),
+    }
+}
+
+/// `kosctl show`.
+pub fn proposal(p: &Value) -> String {
+    let now = p["timeline"]["now_ms"].as_u64().unwrap_or_else(now_ms);
+    let mut out = String::new();
+    let revisions = p["revisions"].as_array().map_or(1, Vec::len);
+    line(&mut out, "Proposal", s(&p["id"]));
+    line(
+        &mut out,
+        "Title",
+        format!(
+            "{}  (revision {} of {})",
+            s(&p["title"]),
+            p["revision"],
+            revisions.saturating_sub(1)
+        ),
+    );
+    line(&mut out, "Kind", format!("{} · scope {}", s(&p["kind"]), s(&p["scope"])));
+    line(&mut out, "Author", s(&p["author"]));
+    let next = &p["timeline"]["next"];
+    let next_text = match next["at_ms"].as_u64() {
+        Some(at) => format!(" — next: {} {}", s(&next["event"]), when(at, now)),
+        None => format!(" — next: {}", s(&next["event"])),
+    };
+    line(&mut out, "Status", format!("{}{next_text}", s(&p["status"])));
+    line(&mut out, "Action", action_line(&p["action"]));
+    if let Some(opts) = p["options"].as_array().filter(|o| !o.is_empty()) {
+        for (i, o) in opts.iter().enumerate() {
+            line(&mut out, if i == 0 { "Options" } else { "" }, format!("{i}: {}", s(o)));
+        }
+    }
+    let v = &p["voting"];
+    line(
+        &mut out,
+        "Voting",
+        format!(
+            "{}, {} weighting, quorum {}, veto {}, {} ballot{}",
+            s(&v["rule"]),
+            s(&v["weighting"]),
+            s(&v["quorum"]),
+            s(&v["veto"]),
+            if v["secret"].as_bool() == Some(true) { "secret" } else { "public" },
+            if v["early_close"].as_bool() == Some(true) { ", closes early" } else { "" },
+        ),
+    );
+    let sponsors: Vec<&str> =
+        p["sponsors"].as_array().into_iter().flatten().map(|x| s(&x["member"])).collect();
+    line(
+        &mut out,
+        "Sponsors",
+        format!(
+            "{} of {} needed{}{}",
+            sponsors.len(),
+            p["sponsors_needed"],
+            if sponsors.is_empty() { "" } else { ": " },
+            sponsors.join(", ")
+        ),
+    );
+    if let Some(w) = p["withdrawn"].as_str() {
+        line(&mut out, "Withdrawn", w);
+    }
+    let _ = writeln!(out, "Timeline");
+    let t = &p["timeline"];
+    for (label, key) in [
+        ("created", "created_ms"),
+        ("discussion ends", "discussion_end_ms"),
+        ("voting ends", "voting_end_ms"),
+        ("reveal ends", "reveal_end_ms"),
+    ] {
+        if let Some(ms) = t[key].as_u64() {
+            let _ = writeln!(out, "  {label:<18}{}", when(ms, now));
+        }
+    }
+    if let Some(e) = p["execution"].as_object() {
+        let at = e.get("at_ms").and_then(Value::as_u64).unwrap_or(0);
+        let result = e.get("result").map(s).unwrap_or("");
+        let _ = writeln!(
+            out,
+            "  {:<18}{} — {}",
+            if e.get("due").and_then(Value::as_bool) == Some(true) {
+                "executed"
+            } else {
+                "executes"
+            },
+            when(at, now),
+            if result == "ok" { "ok".to_owned() } else { format!("failed: {result}") },
+        );
+    }
+    if let Some(tally) = p.get("tally").filter(|t| t.is_object()) {
+        tally_block(&mut out, p, tally, p.get("finality"));
+    }
+    if let Some(f) = p.get("finality").filter(|f| f.is_object()) {
+        finality_block(&mut out, f);
+    }
+    let _ = writeln!(out, "Revisions");
+    for r in p["revisions"].as_array().into_iter().flatten() {
+        let created = r["created_ms"].as_u64().map_or("—".into(), date);
+        let force = if r["in_force"].as_bool() == Some(true) { "  (in force)" } else { "" };
+        let _ = writeln!(out, "  {:<3}{created}  {}{force}", r["revision"], s(&r["title"]));
+        for c in r["changes"].as_array().into_iter().flatten() {
+            match s(&c["field"]) {
+                "description" => {
+                    let _ = writeln!(out, "       description:");
+                    for l in diff_lines(s(&c["from"]), s(&c["to"])) {
+                        let _ = writeln!(out, "         {l}");
+                    }
+                }
+                field => {
+                    let text = |v: &Value| match v {
+                        Value::String(x) => format!("\"{x}\""),
+                        other => other.to_string(),
+                    };
+                    let _ =
+                        writeln!(out, "       {field}: {} → {}", text(&c["from"]), text(&c["to"]));
+                }
+            }
+        }
+    }
+    let shown = p["discussion"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(out, "Discussion ({} comment(s))", p["comments_total"].as_u64().unwrap_or(0));
+    for c in p["discussion"].as_array().into_iter().flatten() {
+        let depth = c["depth"].as_u64().unwrap_or(0) as usize;
+        let pad = "  ".repeat(depth + 1);
+        let arrow = if depth > 0 { "↳ " } else { "" };
+        let _ = writeln!(
+            out,
+            "{pad}{arrow}[{}] {} · {} · on revision {}",
+            s(&c["kind"]),
+            s(&c["author"]),
+            c["created_ms"].as_u64().map_or("—".into(), date),
+            c["revision"]
+        );
+        let body = c["text"].as_str().unwrap_or("(text not in this node's store)");
+        for l in body.lines() {
+            let _ = writeln!(out, "{pad}{}  {l}", if depth > 0 { "  " } else { "" });
+        }
+    }
+    if (p["comments_total"].as_u64().unwrap_or(0) as usize) > shown {
+        let _ = writeln!(
+            out,
+            "  … {} more (use --json)",
+            p["comments_total"].as_u64().unwrap_or(0) as usize - shown
+        );
+    }
+    out
+}
+
+/// `kosctl tally`.
+pub fn tally(p: &Value, t: &Value) -> String {
+    let mut out = String::new();
+    line(&mut out, "Status", s(&t["status"]));
+    let mut tally = t["tally"].clone();
+    if let (Some(q), true) = (p["tally"]["quorum_weight"].as_u64(), tally.is_object()) {
+        tally["quorum_weight"] = q.into();
+    }
+    if tally.is_object() {
+        tally_block(&mut out, p, &tally, p.get("finality"));
+    } else {
+        let _ = writeln!(out, "Tally         voting has not opened");
+    }
+    if let Some(f) = p.get("finality").filter(|f| f.is_object()) {
+        finality_block(&mut out, f);
+    }
+    let atts = t["attestations"].as_array().map_or(0, Vec::len);
+    line(&mut out, "Attestations", format!("{atts} member(s)"));
+    if let Some(e) = t["execution"].as_object() {
+        line(
+            &mut out,
+            "Execution",
+            format!(
+                "{} — {}",
+                e.get("at_ms").and_then(Value::as_u64).map_or("—".into(), date),
+                e.get("result").map(s).unwrap_or("")
+            ),
+        );
+    }
+    out
+}
+
+/// `kosctl proposals`: one line per proposal.
+pub fn proposals(v: &Value) -> String {
+    let now = now_ms();
+    let list = v["proposals"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no proposals\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<64}  {:<16}  {:<18}  {:<28}  title",
+        "id", "status", "kind", "next deadline"
+    );
+    for p in &list {
+        let status = s(&p["status"]);
+        let deadline = match status {
+            "seeking_sponsors" | "discussion" => p["discussion_end_ms"].as_u64(),
+            "voting" => p["voting_end_ms"].as_u64(),
+            "reveal" => p["reveal_end_ms"].as_u64(),
+            _ => None,
+        };
+        let deadline = deadline.map_or("—".to_owned(), |d| {
+            if d >= now {
+                format!("in {}", duration(d - now))
+            } else {
+                format!("{} ago", duration(now - d))
+            }
+        });
+        let _ = writeln!(
+            out,
+            "{:<64}  {:<16}  {:<18}  {:<28}  {}",
+            s(&p["id"]),
+            status,
+            s(&p["kind"]),
+            deadline,
+            s(&p["title"])
+        );
+    }
+    out
+}
+
+/// `kosctl delegations`.
+pub fn delegations(v: &Value) -> String {
+    let mut out = String::new();
+    line(&mut out, "Member", s(&v["member"]));
+    let outgoing = v["delegates_to"].as_array().cloned().unwrap_or_default();
+    if outgoing.is_empty() {
+        line(&mut out, "Delegates to", "nobody (votes directly)");
+    }
+    for (i, d) in outgoing.iter().enumerate() {
+        line(
+            &mut out,
+            if i == 0 { "Delegates to" } else { "" },
+            format!(
+                "{} for {} (since {})",
+                s(&d["delegate"]),
+                s(&d["scope"]),
+                d["created_ms"].as_u64().map_or("—".into(), date)
+            ),
+        );
+    }
+    let incoming = v["delegated_to_me"].as_array().cloned().unwrap_or_default();
+    if incoming.is_empty() {
+        line(&mut out, "Delegated by", "nobody");
+    }
+    for scope in &incoming {
+        let _ = writeln!(out, "Delegated by, for {}:", s(&scope["scope"]));
+        for d in scope["delegators"].as_array().into_iter().flatten() {
+            let how = if d["depth"].as_u64() == Some(1) {
+                "directly".to_owned()
+            } else {
+                format!("{} steps, via {}", d["depth"], s(&d["via"]))
+            };
+            let _ = writeln!(out, "  {}  {how}", s(&d["member"]));
+        }
+    }
+    if let Some(depth) = v["max_depth"].as_u64() {
+        line(&mut out, "Chain limit", format!("{depth} step(s) (charter)"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_durations() {
+        assert_eq!(date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(date(1_795_413_600_000), "2026-11-23 06:00:00 UTC");
+        assert_eq!(date(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(duration(11_520_000), "3 h 12 min");
+        assert_eq!(duration(45_000), "45 s");
+        assert_eq!(duration(187_200_000), "2 d 4 h");
+        assert_eq!(when(2_000, 1_000), "1970-01-01 00:00:02 UTC (in 1 s)");
+    }
+
+    #[test]
+    fn weights_read_as_votes() {
+        assert_eq!(weight(9000), "9 votes");
+        assert_eq!(weight(1000), "1 vote");
+        assert_eq!(weight(4500), "4.5 votes");
+        assert_eq!(weight(333), "0.333 votes");
+    }
+
+    #[test]
+    fn line_diff_marks_changed_lines() {
+        assert_eq!(diff_lines("a\nb\nc", "a\nx\nc"), ["  a", "- b", "+ x", "  c"]);
+    }
+}
