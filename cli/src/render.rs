@@ -23,6 +23,24 @@ fn number(milli: u64) -> String {
     }
 }
 
+/// A ratio `N/D` as a percentage: `30 %`, `33.4 %`.
+fn percent(ratio: &str) -> String {
+    let parsed = ratio.split_once('/').and_then(|(n, d)| {
+        Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok().filter(|d| *d > 0)?))
+    });
+    match parsed {
+        Some((n, d)) => {
+            let tenths = (n * 1000 + d / 2) / d;
+            if tenths % 10 == 0 {
+                format!("{} %", tenths / 10)
+            } else {
+                format!("{}.{} %", tenths / 10, tenths % 10)
+            }
+        }
+        None => ratio.to_owned(),
+    }
+}
+
 /// Days since 1970-01-01 to a civil date (proleptic Gregorian).
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -97,6 +115,7 @@ fn scalar(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(if *b { "yes" } else { "no" }.to_owned()),
         Value::Null => Some("—".to_owned()),
         Value::Array(a) if a.is_empty() => Some("none".to_owned()),
+        Value::Object(o) if o.is_empty() => Some("none".to_owned()),
         Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
             Some(a.iter().filter_map(scalar).collect::<Vec<_>>().join(", "))
         }
@@ -111,11 +130,10 @@ fn generic_into(out: &mut String, v: &Value, indent: usize) {
             let width = map.keys().map(|k| k.len()).max().unwrap_or(0).clamp(8, 28) + 2;
             for (k, val) in map {
                 let label = k.replace('_', " ");
-                // Times in ms since the epoch read as dates.
-                if k.ends_with("_ms") && !k.contains("delay") && val.is_u64() {
-                    let t = val.as_u64().unwrap_or(0);
-                    let label = label.trim_end_matches(" ms");
-                    let _ = writeln!(out, "{pad}{label:<width$}{}", when(t, now_ms()));
+                // Milliseconds: times since the epoch read as dates, durations as durations.
+                if let (Some(t), Some(label)) = (val.as_u64(), label.strip_suffix(" ms")) {
+                    let text = if t >= 1_000_000_000_000 { when(t, now_ms()) } else { duration(t) };
+                    let _ = writeln!(out, "{pad}{label:<width$}{text}");
                     continue;
                 }
                 match scalar(val) {
@@ -313,11 +331,11 @@ pub fn proposal(p: &Value) -> String {
         &mut out,
         "Voting",
         format!(
-            "{}, {} weighting, quorum {}, veto {}, {} ballot{}",
+            "{}, {} weighting, quorum {} of the eligible weight, veto above {}, {} ballot{}",
             s(&v["rule"]),
             s(&v["weighting"]),
-            s(&v["quorum"]),
-            s(&v["veto"]),
+            percent(s(&v["quorum"])),
+            percent(s(&v["veto"])),
             if v["secret"].as_bool() == Some(true) { "secret" } else { "public" },
             if v["early_close"].as_bool() == Some(true) { ", closes early" } else { "" },
         ),
@@ -375,7 +393,8 @@ pub fn proposal(p: &Value) -> String {
     for r in p["revisions"].as_array().into_iter().flatten() {
         let created = r["created_ms"].as_u64().map_or("—".into(), date);
         let force = if r["in_force"].as_bool() == Some(true) { "  (in force)" } else { "" };
-        let _ = writeln!(out, "  {:<3}{created}  {}{force}", r["revision"], s(&r["title"]));
+        let n = r["revision"].as_u64().unwrap_or(0);
+        let _ = writeln!(out, "  {n:<3}{created}  {}{force}", s(&r["title"]));
         for c in r["changes"].as_array().into_iter().flatten() {
             match s(&c["field"]) {
                 "description" => {
@@ -559,6 +578,9 @@ mod tests {
         assert_eq!(weight(1000), "1 vote");
         assert_eq!(weight(4500), "4.5 votes");
         assert_eq!(weight(333), "0.333 votes");
+        assert_eq!(percent("3/10"), "30 %");
+        assert_eq!(percent("334/1000"), "33.4 %");
+        assert_eq!(percent("2/3"), "66.7 %");
     }
 
     #[test]

@@ -785,6 +785,9 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
                 "stake": m.stake,
             })).collect::<Vec<_>>()),
             "registry_epoch": reg.as_ref().map(|r| r.epoch),
+            "config": reg.as_ref().map(|r| json!(r.config)),
+            "policy": reg.as_ref().and_then(|r| r.policy.clone()),
+            "min_protocol_version": reg.as_ref().map(|r| r.min_protocol_version),
             "bodies": charter.map(|c| c.bodies.iter().map(|b| json!({
                 "kind": b.kind.as_str(),
                 "members": b.members.iter().map(did).collect::<Vec<_>>(),
