@@ -613,6 +613,9 @@ struct DefaultSpec {
     weighting: Option<Weighting>,
     #[serde(default)]
     early_close: Option<bool>,
+    /// Settings a proposal of this type may change in any direction (others only stricter).
+    #[serde(default)]
+    overrides: Vec<VotingField>,
 }
 
 fn secs_ms(name: &str, secs: u64) -> Result<u64, ApiError> {
@@ -726,6 +729,7 @@ fn charter_message(core: &Core, req: CreateReq) -> Result<Message, ApiError> {
                     weighting: d.weighting.unwrap_or(base.weighting),
                     early_close: d.early_close.unwrap_or(base.early_close),
                 },
+                overrides: d.overrides.clone(),
             }
         })
         .collect();
@@ -795,6 +799,7 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
             "defaults": charter.map(|c| c.defaults.iter().map(|d| json!({
                 "kind": d.kind.as_str(),
                 "config": d.config,
+                "overrides": d.overrides.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>()),
             "hybrid": charter.map(|c| json!(c.hybrid)),
             "timing": charter.map(|c| json!(c.timing)),
@@ -1000,6 +1005,9 @@ impl ProposeReq {
             c.veto = parse_ratio("veto", v)?;
         }
         c.secret = self.secret.unwrap_or(c.secret);
+        if c.secret && self.early_close.is_none() {
+            c.early_close = false; // secret ballots never close early
+        }
         c.sponsors = self.sponsors.unwrap_or(c.sponsors);
         c.early_close = self.early_close.unwrap_or(c.early_close);
         if c.rule.is_binary() && !self.options.is_empty() {

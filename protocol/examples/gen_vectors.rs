@@ -116,6 +116,7 @@ fn main() {
             },
         ],
         defaults: vec![TypeDefault {
+            overrides: Vec::new(),
             kind: ProposalType::Configuration,
             config: VotingConfig {
                 rule: DecisionRule::SimpleMajority,

@@ -562,7 +562,33 @@ pub struct TypeDefault {
     pub kind: ProposalType,
     /// Its voting configuration.
     pub config: VotingConfig,
+    /// Settings a proposal of this type may change in any direction. Any other setting may only
+    /// be made stricter (see `kos_engine::check_voting`). Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<VotingField>,
 }
+
+string_enum!(
+    /// One setting of a [`VotingConfig`], as a charter names it in [`TypeDefault::overrides`].
+    VotingField {
+        /// The decision rule.
+        Rule = "rule",
+        /// The veto threshold.
+        Veto = "veto",
+        /// The quorum.
+        Quorum = "quorum",
+        /// Secret ballot.
+        Secret = "secret",
+        /// Sponsors needed.
+        Sponsors = "sponsors",
+        /// Reasoning required.
+        Reasoning = "reasoning",
+        /// Vote weighting.
+        Weighting = "weighting",
+        /// Early close.
+        EarlyClose = "early_close",
+    }
+);
 
 /// A role's weight under role weighting, in thousandths.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -636,6 +662,10 @@ impl Charter {
         let kinds: Vec<_> = self.defaults.iter().map(|d| d.kind).collect();
         check_unique("charter.defaults", &kinds)?;
         self.defaults.iter().try_for_each(|d| d.config.validate())?;
+        for d in &self.defaults {
+            check_len("default.overrides", &d.overrides, VotingField::ALL.len())?;
+            check_unique("default.overrides", &d.overrides)?;
+        }
         check_len("charter.role_weights", &self.role_weights, Role::ALL.len())?;
         let roles: Vec<_> = self.role_weights.iter().map(|r| r.role).collect();
         check_unique("charter.role_weights", &roles)

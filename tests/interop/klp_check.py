@@ -908,6 +908,7 @@ PROPOSAL_TYPE = Enum([
 SCOPE = Enum(["global", "regional", "local", "emergency"])
 COMMENT_KIND = Enum(["comment", "suggestion", "objection", "support", "summary"])
 WEIGHTING = Enum(["one_person_one_vote", "trust", "stake", "role", "hybrid"])
+VOTING_FIELD = Enum(["rule", "veto", "quorum", "secret", "sponsors", "reasoning", "weighting", "early_close"])
 OUTCOME = Enum(["approved", "rejected", "failed_quorum", "vetoed"])
 
 
@@ -1000,7 +1001,9 @@ BODIES = {
         ("hybrid", M(("role", UInt(32)), ("stake", UInt(32)), ("trust", UInt(32)))),
         ("timing", TIMING),
         ("members", Array(MEMBER, 1, 512, distinct=lambda m: m["key"])),
-        ("defaults", Array(M(("kind", PROPOSAL_TYPE), ("config", VOTING_CONFIG)), distinct=lambda d: d["kind"])),
+        ("defaults", Array(M(("kind", PROPOSAL_TYPE), ("config", VOTING_CONFIG),
+                             ("overrides", Array(VOTING_FIELD, 0, 8, distinct=lambda x: x), "opt")),
+                           distinct=lambda d: d["kind"])),
         ("role_weights", Array(M(("role", ROLE), ("weight", UInt())), distinct=lambda r: r["role"])),
         ("max_delegation_depth", UInt(64, 0, 255)),
         ("min_protocol_version", UInt(16)),

@@ -63,6 +63,7 @@ fn a_federation_from_the_example_charter_file_is_what_the_file_says_on_every_nod
         assert_eq!(config["config"]["quorum"], json!([1, 2]));
         assert_eq!(config["config"]["weighting"], "hybrid");
         assert_eq!(config["config"]["early_close"], true);
+        assert_eq!(config["overrides"], json!(["weighting"]));
         let alloc = defaults.iter().find(|d| d["kind"] == "resource_allocation").expect("alloc");
         assert_eq!(alloc["config"]["rule"], "plurality");
         assert_eq!(alloc["config"]["sponsors"], 1);
@@ -71,6 +72,31 @@ fn a_federation_from_the_example_charter_file_is_what_the_file_says_on_every_nod
         assert_eq!(f["role_weights"], json!([{"role": "validator", "weight": 2000}]));
         assert_eq!(f["registry_epoch"], 0);
     }
+
+    // A proposal may not lower the bar the charter set for its type (quorum 1/2 here), and the
+    // refusal names the setting; what the charter lets it override (weighting) it may change.
+    let propose = |extra: &[&str]| {
+        let mut args = vec![
+            "propose",
+            "--kind",
+            "configuration",
+            "--title",
+            "t",
+            "--description",
+            "d",
+            "--key",
+            "k",
+            "--value",
+            "v",
+        ];
+        args.extend_from_slice(extra);
+        a.ctl(&args)
+    };
+    let err = propose(&["--quorum", "1/10"]).fails(1);
+    assert!(err.contains("may not relax its quorum"), "{err}");
+    let err = propose(&["--rule", "simple_majority"]).fails(1);
+    assert!(err.contains("may not relax its rule"), "{err}");
+    propose(&["--weighting", "stake", "--quorum", "2/3"]).ok();
 
     // A charter file with a mistake is refused in one line, and the node follows nothing.
     let d = Node::start(dir.path().join("d"));

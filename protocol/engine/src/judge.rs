@@ -422,6 +422,7 @@ impl Engine {
         if config.rule.is_binary() != p.options.is_empty() {
             return Err(Refusal::OptionsMismatch);
         }
+        crate::check_voting(charter, p)?;
         // The registry version it pins, by content hash: unknown (or not in force when the
         // proposal was signed) means held, never refused.
         let reg = self

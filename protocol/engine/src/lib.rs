@@ -246,6 +246,16 @@ pub enum Refusal {
     /// A reply to a comment on another proposal.
     #[error("parent comment belongs to another proposal")]
     ParentMismatch,
+    /// The proposal relaxes a voting setting the charter does not let its type override.
+    #[error(
+        "a {kind} proposal may not relax its {field} (the charter's default for the type is stricter; only the settings it lists as overrides may change freely)"
+    )]
+    WeakerVoting {
+        /// Proposal type.
+        kind: ProposalType,
+        /// The setting.
+        field: VotingField,
+    },
 }
 
 impl Refusal {
@@ -321,14 +331,99 @@ pub(crate) fn trust_rank(t: TrustLevel) -> u8 {
 /// The voting configuration of a proposal: its own, else the charter's default for its type,
 /// else the built-in default.
 pub fn voting_config(charter: &Charter, proposal: &Proposal) -> VotingConfig {
-    proposal.voting.clone().unwrap_or_else(|| {
-        charter
-            .defaults
-            .iter()
-            .find(|d| d.kind == proposal.kind)
-            .map(|d| d.config.clone())
-            .unwrap_or_else(|| default_config(proposal.kind))
-    })
+    proposal.voting.clone().unwrap_or_else(|| type_config(charter, proposal.kind))
+}
+
+/// The voting configuration of type `kind`: the charter's default, else the built-in one.
+pub fn type_config(charter: &Charter, kind: ProposalType) -> VotingConfig {
+    charter
+        .defaults
+        .iter()
+        .find(|d| d.kind == kind)
+        .map(|d| d.config.clone())
+        .unwrap_or_else(|| default_config(kind))
+}
+
+/// The settings a proposal of type `kind` may change in any direction: the charter's list if it
+/// configures the type, else the built-in one — resource allocations may put options to an
+/// approval or ranked ballot and choose its weighting; other types may only be made stricter.
+pub fn overridable(charter: &Charter, kind: ProposalType) -> Vec<VotingField> {
+    match charter.defaults.iter().find(|d| d.kind == kind) {
+        Some(d) => d.overrides.clone(),
+        None if kind == ProposalType::ResourceAllocation => {
+            vec![VotingField::Rule, VotingField::Weighting]
+        }
+        None => Vec::new(),
+    }
+}
+
+/// The approval a binary rule requires: (fraction, whether it must be exceeded). `None` for
+/// ballots over options.
+fn approval_bar(rule: DecisionRule) -> Option<(u64, u64, bool)> {
+    match rule {
+        DecisionRule::SimpleMajority => Some((1, 2, true)),
+        DecisionRule::Supermajority(r) => Some((u64::from(r.0), u64::from(r.1.max(1)), false)),
+        DecisionRule::Consensus => Some((1, 1, false)),
+        DecisionRule::Plurality | DecisionRule::InstantRunoff => None,
+    }
+}
+
+/// `a/b` compared with `c/d`.
+fn cmp_ratio(a: u64, b: u64, c: u64, d: u64) -> std::cmp::Ordering {
+    (u128::from(a) * u128::from(d)).cmp(&(u128::from(c) * u128::from(b)))
+}
+
+/// Checks a proposal's own voting configuration against its type's default: each setting that
+/// differs must be one the charter lets the type override, or stricter than the default — a
+/// higher quorum, a lower veto threshold, a binary rule that requires more approval, more
+/// sponsors, a secret ballot, required reasoning, no early close. A proposer can never lower
+/// the bar the federation set.
+pub fn check_voting(charter: &Charter, proposal: &Proposal) -> Result<(), Refusal> {
+    use std::cmp::Ordering::*;
+    let Some(own) = &proposal.voting else { return Ok(()) };
+    let base = type_config(charter, proposal.kind);
+    let free = overridable(charter, proposal.kind);
+    let stricter = |field: VotingField| match field {
+        VotingField::Rule => match (approval_bar(own.rule), approval_bar(base.rule)) {
+            (Some((a, b, own_strict)), Some((c, d, base_strict))) => match cmp_ratio(a, b, c, d) {
+                Greater => true,
+                Equal => own_strict || !base_strict,
+                Less => false,
+            },
+            _ => false,
+        },
+        VotingField::Quorum => {
+            cmp_ratio(
+                own.quorum.0.into(),
+                own.quorum.1.into(),
+                base.quorum.0.into(),
+                base.quorum.1.into(),
+            ) != Less
+        }
+        VotingField::Veto => {
+            cmp_ratio(own.veto.0.into(), own.veto.1.into(), base.veto.0.into(), base.veto.1.into())
+                != Greater
+        }
+        VotingField::Secret => own.secret,
+        VotingField::Sponsors => own.sponsors >= base.sponsors,
+        VotingField::Reasoning => own.reasoning,
+        VotingField::Weighting => false,
+        VotingField::EarlyClose => !own.early_close,
+    };
+    let changed = |field: VotingField| match field {
+        VotingField::Rule => own.rule != base.rule,
+        VotingField::Veto => own.veto != base.veto,
+        VotingField::Quorum => own.quorum != base.quorum,
+        VotingField::Secret => own.secret != base.secret,
+        VotingField::Sponsors => own.sponsors != base.sponsors,
+        VotingField::Reasoning => own.reasoning != base.reasoning,
+        VotingField::Weighting => own.weighting != base.weighting,
+        VotingField::EarlyClose => own.early_close != base.early_close,
+    };
+    match VotingField::ALL.iter().find(|f| changed(**f) && !free.contains(f) && !stricter(**f)) {
+        Some(field) => Err(Refusal::WeakerVoting { kind: proposal.kind, field: *field }),
+        None => Ok(()),
+    }
 }
 
 /// The built-in voting configuration for a proposal type the charter does not configure.

@@ -425,3 +425,80 @@ fn a_backdated_revision_or_withdrawal_cannot_void_the_ballots() {
     }
     assert_eq!(g.engine.state_hash(VOTE_END + S), f.engine.state_hash(VOTE_END + S));
 }
+
+/// An edit of a voting configuration.
+type Edit<'a> = &'a dyn Fn(&mut VotingConfig);
+
+/// A proposal of `kind` by member `who` with the type's default configuration, edited.
+fn proposal_with(
+    f: &Fed,
+    who: usize,
+    kind: ProposalType,
+    edit: Edit,
+    options: &[&str],
+) -> Message {
+    let Payload::Charter(charter) = f.charter.payload() else { unreachable!() };
+    let mut c = kos_engine::type_config(charter, kind);
+    edit(&mut c);
+    f.sign(who, T0 + S, Payload::Proposal(f.proposal_body(kind, Some(c), options)))
+}
+
+#[test]
+fn a_proposal_cannot_lower_the_bar_its_charter_set() {
+    use ProposalType::{Configuration, ResourceAllocation};
+    // A charter that configures configuration proposals (2/3, quorum 1/2) and lets them change
+    // only their weighting.
+    let mut f = Fed::with(&[Core, Trusted, Standard], 8, |c| {
+        let mut config = kos_engine::default_config(Configuration);
+        config.rule = DecisionRule::Supermajority(Ratio(2, 3));
+        config.quorum = Ratio(1, 2);
+        c.defaults = vec![TypeDefault {
+            kind: Configuration,
+            config,
+            overrides: vec![VotingField::Weighting],
+        }];
+    });
+    let weaker: [(Edit, VotingField); 5] = [
+        (&|c| c.rule = DecisionRule::SimpleMajority, VotingField::Rule),
+        (&|c| c.rule = DecisionRule::Supermajority(Ratio(3, 5)), VotingField::Rule),
+        (&|c| c.quorum = Ratio(3, 10), VotingField::Quorum),
+        (&|c| c.veto = Ratio(1, 2), VotingField::Veto),
+        (&|c| c.early_close = true, VotingField::EarlyClose),
+    ];
+    for (edit, field) in weaker {
+        let m = proposal_with(&f, 0, Configuration, edit, &[]);
+        refused(&mut f, &m, Refusal::WeakerVoting { kind: Configuration, field });
+    }
+    // Stricter settings, and the override the charter grants, are accepted.
+    let stricter: [Edit; 6] = [
+        &|c| c.rule = DecisionRule::Supermajority(Ratio(3, 4)),
+        &|c| c.rule = DecisionRule::Consensus,
+        &|c| c.quorum = Ratio(2, 3),
+        &|c| c.veto = Ratio(1, 10),
+        &|c| c.secret = true,
+        &|c| c.weighting = Weighting::OnePersonOneVote,
+    ];
+    for (i, edit) in stricter.into_iter().enumerate() {
+        let distinct = |c: &mut VotingConfig| {
+            edit(c);
+            c.sponsors = i as u16;
+        };
+        let m = proposal_with(&f, 0, Configuration, &distinct, &[]);
+        f.apply(&m).unwrap_or_else(|e| panic!("stricter setting {i} refused: {e}"));
+    }
+    // A type the charter does not configure: resource allocations may put options to an
+    // approval or ranked ballot and choose its weighting; nothing else may be relaxed.
+    let mut f = Fed::with(&[Core, Trusted, Standard], 8, |c| c.defaults.clear());
+    let options = |c: &mut VotingConfig| {
+        c.rule = DecisionRule::Plurality;
+        c.weighting = Weighting::Stake;
+    };
+    let m = proposal_with(&f, 1, ResourceAllocation, &options, &["a", "b"]);
+    f.apply(&m).expect("an approval ballot over options");
+    let m = proposal_with(&f, 1, ResourceAllocation, &|c| c.quorum = Ratio(1, 10), &[]);
+    refused(
+        &mut f,
+        &m,
+        Refusal::WeakerVoting { kind: ResourceAllocation, field: VotingField::Quorum },
+    );
+}

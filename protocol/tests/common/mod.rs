@@ -138,7 +138,11 @@ fn charter() -> impl Strategy<Value = Charter> {
                     members,
                     defaults: kinds
                         .into_iter()
-                        .map(|kind| TypeDefault { kind, config: config.clone() })
+                        .map(|kind| TypeDefault {
+                            kind,
+                            config: config.clone(),
+                            overrides: Vec::new(),
+                        })
                         .collect(),
                     role_weights: vec![RoleWeight {
                         role: Role::Validator,

@@ -74,7 +74,13 @@ impl Fed {
                     trust,
                 })
                 .collect(),
-            defaults: vec![],
+            // The fixtures' proposals set any voting configuration: the charter lets resource
+            // allocations override every setting.
+            defaults: vec![TypeDefault {
+                kind: ProposalType::ResourceAllocation,
+                config: kos_engine::default_config(ProposalType::ResourceAllocation),
+                overrides: VotingField::ALL.to_vec(),
+            }],
             role_weights: vec![],
             max_delegation_depth: depth,
             min_protocol_version: 1,
