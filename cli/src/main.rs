@@ -337,6 +337,14 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// A message from the node's store, decoded (the envelope exactly as it travelled).
+    Message {
+        /// Message id.
+        id: String,
+        /// Print the envelope in hex instead.
+        #[arg(long)]
+        hex: bool,
+    },
     /// Decode and verify a KLP envelope (hex, or raw bytes with --raw) from a file or stdin.
     Decode {
         /// File to read; `-` or absent for standard input.
@@ -627,37 +635,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 hex::decode(&text).context("input is not hexadecimal (use --raw for binary)")?
             };
-            let msg = Message::decode(&bytes).context("invalid envelope")?;
-            let h = msg.header();
-            let body = diagnostic(&msg.payload().encode()).context("body")?;
-            if cli.json {
-                let out = serde_json::json!({
-                    "id": msg.id().to_string(),
-                    "type": h.kind.name(),
-                    "version": h.version,
-                    "author": h.author.to_did(),
-                    "seq": h.seq,
-                    "created_ms": h.created_ms,
-                    "target": h.target.as_ref().map(|t| t.to_string()),
-                    "body": body,
-                    "size": bytes.len(),
-                });
-                println!("{out}");
-            } else {
-                println!("id:         {}", msg.id());
-                println!("type:       {} (version {})", h.kind, h.version);
-                println!("author:     {}", h.author);
-                println!("seq:        {}", h.seq);
-                println!("created_ms: {}", h.created_ms);
-                if let Some(t) = &h.target {
-                    println!("target:     {t}");
-                }
-                println!("body:       {body}");
-                println!("signature:  valid");
+            print_envelope(&bytes, cli.json)
+        }
+        Command::Message { id, hex: as_hex } => {
+            let v = api()?.get(&format!("/v1/messages/{id}"))?;
+            let text = v["envelope"].as_str().context("the node sent no envelope")?;
+            if as_hex {
+                println!("{text}");
+                return Ok(());
             }
-            Ok(())
+            print_envelope(
+                &hex::decode(text).context("the node sent an envelope that is not hex")?,
+                cli.json,
+            )
         }
     }
+}
+
+/// Decodes, verifies and prints one envelope.
+fn print_envelope(bytes: &[u8], json: bool) -> anyhow::Result<()> {
+    let msg = Message::decode(bytes).context("invalid envelope")?;
+    let h = msg.header();
+    let body = diagnostic(&msg.payload().encode()).context("body")?;
+    if json {
+        let out = serde_json::json!({
+            "id": msg.id().to_string(),
+            "type": h.kind.name(),
+            "version": h.version,
+            "author": h.author.to_did(),
+            "seq": h.seq,
+            "created_ms": h.created_ms,
+            "target": h.target.as_ref().map(|t| t.to_string()),
+            "body": body,
+            "size": bytes.len(),
+        });
+        println!("{out}");
+    } else {
+        println!("id:         {}", msg.id());
+        println!("type:       {} (version {})", h.kind, h.version);
+        println!("author:     {}", h.author);
+        println!("seq:        {}", h.seq);
+        println!("created:    {} ({} ms)", render::date(h.created_ms), h.created_ms);
+        if let Some(t) = &h.target {
+            println!("target:     {t}");
+        }
+        println!("body:       {body}");
+        println!("signature:  valid");
+    }
+    Ok(())
 }
 
 /// Prints `v` as JSON, or as `render` lays it out for people.

@@ -213,6 +213,36 @@ fn tally_block(out: &mut String, p: &Value, t: &Value, fin: Option<&Value>) {
         weight(participation),
         number(eligible)
     );
+    // Binary rules: approval and veto share against their thresholds.
+    let rule = s(&p["voting"]["rule"]);
+    if totals.len() == 4 && binary(rule) {
+        let (yes, no, veto) = (totals[0], totals[1], totals[3]);
+        let decided = yes + no + veto;
+        let share = |part: u64, whole: u64| {
+            if whole == 0 { "—".to_owned() } else { percent(&format!("{part}/{whole}")) }
+        };
+        let needs = match rule {
+            "simple_majority" => "needs more than 50 %".to_owned(),
+            "consensus" => "needs no `no` and no veto".to_owned(),
+            r => match r.strip_prefix("supermajority:") {
+                Some(ratio) => format!("needs at least {}", percent(ratio)),
+                None => r.to_owned(),
+            },
+        };
+        let _ = writeln!(
+            out,
+            "  {:<width$}{} of yes + no + veto — {needs}",
+            "approval",
+            share(yes, decided)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<width$}{} of participation — vetoed above {}",
+            "veto",
+            share(veto, participation),
+            percent(s(&p["voting"]["veto"]))
+        );
+    }
     let final_ = fin.is_some_and(|f| f["final"].as_bool() == Some(true));
     let _ = writeln!(
         out,

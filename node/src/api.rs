@@ -238,6 +238,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/federation/create", post(federation_create))
         .route("/v1/federation/join", post(federation_join))
         .route("/v1/messages", post(submit))
+        .route("/v1/messages/{id}", get(message))
         .route("/v1/proposals", get(proposals).post(propose))
         .route("/v1/proposals/{id}", get(show))
         .route("/v1/proposals/{id}/vote", post(vote))
@@ -807,6 +808,16 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
             "max_delegation_depth": charter.map(|c| c.max_delegation_depth),
             "synced": charter.is_some(),
         })))
+    })
+    .await
+}
+
+/// `GET /v1/messages/{id}`: a stored message's envelope, exactly the bytes that travelled (hex).
+async fn message(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    ctx.call(move |core| match core.store.get_bytes(&id)? {
+        Some(bytes) => Ok(Json(json!({ "id": id.to_string(), "envelope": hex::encode(bytes) }))),
+        None => Err(not_found(format!("no message {id} in this node's store"))),
     })
     .await
 }

@@ -196,6 +196,13 @@ impl Node {
         cmd.stdin(std::process::Stdio::null()).output().expect("kosctl").into()
     }
 
+    /// `kosctl --json` with `args`: the answer, or `None` if the command failed (a message that
+    /// has not arrived yet, while polling).
+    pub fn try_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let run = self.ctl(args);
+        (run.code == Some(0)).then(|| serde_json::from_str(&run.stdout).ok()).flatten()
+    }
+
     /// `kosctl` with `args`, human output (no `--json`); asserts success, returns the text.
     pub fn human(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(bin("kosctl"));

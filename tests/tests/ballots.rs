@@ -52,7 +52,7 @@ fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
     for n in [&a, &b, &c] {
         for p in [&approval, &ranked] {
             wait_for(60, "the ballots open everywhere", || {
-                (n.json(&["show", p])["status"] == "voting").then_some(())
+                (n.try_json(&["show", p])?["status"] == "voting").then_some(())
             });
         }
     }
@@ -67,7 +67,7 @@ fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
     for n in [&a, &b, &c] {
         for (p, winner, totals) in [(&approval, 0, vec![5000, 4000, 3000]), (&ranked, 1, vec![])] {
             let t = wait_for(90, "a final result", || {
-                let t = n.json(&["tally", p]);
+                let t = n.try_json(&["tally", p])?;
                 (!t["final"].is_null()).then_some(t)
             });
             assert_eq!(t["final"]["winner"], winner, "{t}");
@@ -101,14 +101,24 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         .expect("id")
         .to_owned();
     for n in [&a, &b] {
-        wait_for(60, "voting open", || (n.json(&["show", &p])["status"] == "voting").then_some(()));
+        wait_for(60, "voting open", || {
+            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
+        });
     }
     assert_eq!(a.json(&["vote", &p, "yes"])["committed"], true);
-    assert_eq!(b.json(&["vote", &p, "no"])["committed"], true);
+    let commit = b.json(&["vote", &p, "no"]);
+    assert_eq!(commit["committed"], true);
+    // On the wire: a's copy of b's commitment, exactly the bytes that travelled, holds a hash of
+    // the choice and a salt, never the choice.
+    let commit_id = commit["id"].as_str().expect("id");
+    let seen = wait_for(30, "b's commitment on a", || a.try_json(&["message", commit_id]));
+    assert_eq!(seen["type"], "VOTE_COMMIT", "{seen}");
+    let body = seen["body"].as_str().expect("body");
+    assert!(body.contains("commitment") && !body.contains("choice"), "{body}");
     // Before the reveal: commitments only — nothing is counted on either node.
     for n in [&a, &b] {
         let t = wait_for(30, "both commitments", || {
-            let t = n.json(&["tally", &p]);
+            let t = n.try_json(&["tally", &p])?;
             (t["status"] == "voting").then_some(t)
         });
         assert_eq!(t["tally"]["participation"], 0, "a secret ballot was readable: {t}");
@@ -118,7 +128,7 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
     let b = Node::start(dir.path().join("b"));
     for n in [&a, &b] {
         let t = wait_for(120, "the revealed, final tally", || {
-            let t = n.json(&["tally", &p]);
+            let t = n.try_json(&["tally", &p])?;
             (!t["final"].is_null()).then_some(t)
         });
         assert_eq!(t["tally"]["counted"], 2, "both ballots revealed and counted: {t}");
@@ -156,18 +166,18 @@ fn a_proposal_without_its_sponsors_expires_and_a_sponsored_one_goes_to_a_vote() 
     let backed = propose("b sponsors this");
     for p in [&lonely, &backed] {
         wait_for(60, "seeking sponsors on b", || {
-            (b.json(&["show", p])["status"] == "seeking_sponsors").then_some(())
+            (b.try_json(&["show", p])?["status"] == "seeking_sponsors").then_some(())
         });
     }
     b.json(&["sponsor", &backed]);
     wait_for(60, "the sponsored one in discussion", || {
-        (a.json(&["show", &backed])["status"] == "discussion").then_some(())
+        (a.try_json(&["show", &backed])?["status"] == "discussion").then_some(())
     });
     assert_eq!(a.json(&["show", &lonely])["status"], "seeking_sponsors");
     // When discussion ends: the sponsored proposal is voted on, the other expires.
     for n in [&a, &b] {
         wait_for(60, "the lonely proposal to expire", || {
-            (n.json(&["show", &lonely])["status"] == "expired").then_some(())
+            (n.try_json(&["show", &lonely])?["status"] == "expired").then_some(())
         });
         let listed = n.json(&["proposals", "--status", "expired", "--author", &a.did()]);
         let ids: Vec<&str> = listed["proposals"]
@@ -224,12 +234,14 @@ fn a_delegation_chain_carries_its_weight_into_the_tally() {
         .expect("id")
         .to_owned();
     for n in [&a, &b, &c] {
-        wait_for(60, "voting open", || (n.json(&["show", &p])["status"] == "voting").then_some(()));
+        wait_for(60, "voting open", || {
+            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
+        });
     }
     a.json(&["vote", &p, "no"]);
     for n in [&a, &b, &c] {
         let t = wait_for(90, "a final result", || {
-            let t = n.json(&["tally", &p]);
+            let t = n.try_json(&["tally", &p])?;
             (!t["final"].is_null()).then_some(t)
         });
         assert_eq!(t["tally"]["participation"], 9000, "5 + 3 + 1 through the chain: {t}");
@@ -240,4 +252,5 @@ fn a_delegation_chain_carries_its_weight_into_the_tally() {
     assert!(text.contains("  no             9 votes"), "{text}");
     assert!(text.contains("9 votes of 9 eligible — quorum"), "{text}");
     assert!(text.contains("rejected (final)"), "{text}");
+    assert!(text.contains("0 % of yes + no + veto — needs more than 50 %"), "{text}");
 }

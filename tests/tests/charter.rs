@@ -163,7 +163,9 @@ fn a_security_board_member_quarantines_a_member_in_an_emergency() {
         .expect("id")
         .to_owned();
     for n in [&a, &b] {
-        wait_for(60, "voting open", || (n.json(&["show", &p])["status"] == "voting").then_some(()));
+        wait_for(60, "voting open", || {
+            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
+        });
         n.json(&["vote", &p, "yes"]);
     }
     for n in [&a, &b, &c] {

@@ -89,7 +89,9 @@ fn three_nodes_vote_reach_final_and_execute_and_a_late_joiner_catches_up() {
             (n.ctl(&["show", &p]).code == Some(0)).then_some(())
         });
     }
-    wait_for(60, "voting to open", || (a.json(&["show", &p])["status"] == "voting").then_some(()));
+    wait_for(60, "voting to open", || {
+        (a.try_json(&["show", &p])?["status"] == "voting").then_some(())
+    });
     b.json(&["vote", &p, "yes", "--reason", "more headroom"]);
     c.json(&["vote", &p, "yes"]);
 
@@ -158,7 +160,9 @@ fn a_killed_node_restarts_from_its_store_with_its_acknowledged_vote() {
         "id",
     );
     wait_for(60, "the proposal on B", || (b.ctl(&["show", &p]).code == Some(0)).then_some(()));
-    wait_for(60, "voting to open", || (b.json(&["show", &p])["status"] == "voting").then_some(()));
+    wait_for(60, "voting to open", || {
+        (b.try_json(&["show", &p])?["status"] == "voting").then_some(())
+    });
     let vote = id_of(&b.json(&["vote", &p, "no"]), "id");
     // SIGKILL right after the acknowledgement: no graceful shutdown.
     b.kill();
@@ -212,7 +216,9 @@ fn a_partition_with_votes_on_both_sides_heals_to_identical_state() {
     wait_for(30, "A to be alone", || {
         a.status()["peers"].as_array().filter(|p| p.is_empty()).map(|_| ())
     });
-    wait_for(60, "voting to open", || (a.json(&["show", &p])["status"] == "voting").then_some(()));
+    wait_for(60, "voting to open", || {
+        (a.try_json(&["show", &p])?["status"] == "voting").then_some(())
+    });
     a.json(&["vote", &p, "yes"]);
     b.json(&["vote", &p, "no"]);
     c.json(&["vote", &p, "no"]);
@@ -326,7 +332,7 @@ fn certificates_and_receipts_verify_offline_and_survive_a_restart() {
     );
     for n in [&a, &b, &c] {
         wait_for(60, "the proposal everywhere", || {
-            (n.json(&["show", &p])["status"] == "voting").then_some(())
+            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
         });
     }
     a.json(&["vote", &p, "yes"]);

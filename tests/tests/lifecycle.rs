@@ -29,7 +29,7 @@ fn set(n: &Node, key: &str, value: &str, voting: &str) -> String {
 }
 
 fn status(n: &Node, p: &str) -> Value {
-    n.json(&["show", p])["status"].clone()
+    n.try_json(&["show", p]).map_or(Value::Null, |v| v["status"].clone())
 }
 
 /// Waits until `p` is open for voting on every node, votes yes from each, and waits until it
@@ -145,13 +145,13 @@ fn show_reads_back_revisions_discussion_sponsors_and_timeline() {
     b.json(&["sponsor", &p]);
     let objection = id(b.json(&["comment", &p, "Three is still a lot.", "--kind", "objection"]));
     wait_for(60, "the objection on a", || {
-        (a.json(&["show", &p])["comments_total"] == 1).then_some(())
+        (a.try_json(&["show", &p])?["comments_total"] == 1).then_some(())
     });
     a.json(&["comment", &p, "It is the least that works.", "--parent", &objection]);
     a.json(&["comment", &p, "Summary: raise to three.", "--kind", "summary"]);
 
     let v = wait_for(60, "everything on b", || {
-        let v = b.json(&["show", &p]);
+        let v = b.try_json(&["show", &p])?;
         (v["revision"] == 1 && v["comments_total"] == 3 && v["status"] == "discussion").then_some(v)
     });
     // The revision in force, and the history with what each revision changed.

@@ -430,13 +430,7 @@ fn a_backdated_revision_or_withdrawal_cannot_void_the_ballots() {
 type Edit<'a> = &'a dyn Fn(&mut VotingConfig);
 
 /// A proposal of `kind` by member `who` with the type's default configuration, edited.
-fn proposal_with(
-    f: &Fed,
-    who: usize,
-    kind: ProposalType,
-    edit: Edit,
-    options: &[&str],
-) -> Message {
+fn proposal_with(f: &Fed, who: usize, kind: ProposalType, edit: Edit, options: &[&str]) -> Message {
     let Payload::Charter(charter) = f.charter.payload() else { unreachable!() };
     let mut c = kos_engine::type_config(charter, kind);
     edit(&mut c);
