@@ -77,6 +77,16 @@ impl Client {
         self.finish(r)
     }
 
+    /// DELETE `path`.
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .agent
+            .delete(&format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .call();
+        self.finish(r)
+    }
+
     /// POST `body` to `path`.
     pub fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let r = self

@@ -64,6 +64,33 @@ enum FederationCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum InboxCmd {
+    /// List the messages sealed to this node (the default).
+    List,
+    /// One message, with its envelope.
+    Show {
+        /// Message id.
+        id: String,
+    },
+    /// Delete a message.
+    Delete {
+        /// Message id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// The `.klp-policy` in force: this node's and the federation's.
+    Show,
+    /// Check a policy file and apply it at once (written to the data directory).
+    Apply {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum AuditCmd {
     /// Re-compute the audit log's hash chain.
     Verify,
@@ -286,6 +313,44 @@ enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Look up an address in the directory: `klp://NAME-OR-KLP-ID/…` or `agent://…`.
+    Resolve {
+        /// The address.
+        address: String,
+    },
+    /// Send an encrypted KLP message: sealed to the recipient, delivered hop by hop (through
+    /// relays that see only ciphertext when there is no direct connection).
+    Send {
+        /// `klp://NAME-OR-KLP-ID/PATH` or `agent://…`.
+        address: String,
+        /// TASK_REQUEST, TASK_RESULT or BROADCAST_ANNOUNCE.
+        #[arg(long = "type")]
+        kind: String,
+        /// The body as JSON, or a file holding it.
+        #[arg(long)]
+        payload: String,
+    },
+    /// Messages sealed to this node.
+    Inbox {
+        #[command(subcommand)]
+        command: Option<InboxCmd>,
+    },
+    /// Answer a TASK_REQUEST from the inbox with a TASK_RESULT bound to it.
+    Reply {
+        /// The request's id.
+        id: String,
+        /// An output (repeatable).
+        #[arg(long = "output")]
+        outputs: Vec<String>,
+        /// The task failed, with this error.
+        #[arg(long)]
+        error: Option<String>,
+    },
+    /// Messages waiting for a next hop, and those given up.
+    Outbox,
+    /// The `.klp-policy`.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Whom a member (default: this node) delegates to, and who delegates to it — directly or
     /// through a chain — for each scope.
     Delegations {
@@ -567,6 +632,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let p = client.get(&format!("/v1/proposals/{id}"))?;
             print!("{}", render::tally(&p, &t));
             Ok(())
+        }
+        Command::Resolve { address } => {
+            let client = api()?;
+            show(client.get(&format!("/v1/resolve?address={address}"))?)
+        }
+        Command::Send { address, kind, payload } => {
+            let text = if std::path::Path::new(&payload).is_file() {
+                std::fs::read_to_string(&payload)
+                    .with_context(|| format!("cannot read {payload}"))?
+            } else {
+                payload
+            };
+            let body: serde_json::Value =
+                serde_json::from_str(&text).context("--payload is not JSON (nor a JSON file)")?;
+            show(api()?.post(
+                "/v1/send",
+                serde_json::json!({"address": address, "type": kind, "payload": body}),
+            )?)
+        }
+        Command::Inbox { command } => match command.unwrap_or(InboxCmd::List) {
+            InboxCmd::List => human(api()?.get("/v1/inbox")?, cli.json, render::inbox),
+            InboxCmd::Show { id } => show(api()?.get(&format!("/v1/inbox/{id}"))?),
+            InboxCmd::Delete { id } => show(api()?.delete(&format!("/v1/inbox/{id}"))?),
+        },
+        Command::Reply { id, outputs, error } => show(api()?.post(
+            &format!("/v1/inbox/{id}/reply"),
+            serde_json::json!({"ok": error.is_none(), "outputs": outputs, "error": error}),
+        )?),
+        Command::Outbox => show(api()?.get("/v1/outbox")?),
+        Command::Policy(PolicyCmd::Show) => show(api()?.get("/v1/policy")?),
+        Command::Policy(PolicyCmd::Apply { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            show(api()?.post("/v1/policy", serde_json::json!({"text": text}))?)
         }
         Command::Delegations { member } => {
             let path = match member {

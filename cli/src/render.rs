@@ -546,6 +546,49 @@ pub fn proposals(v: &Value) -> String {
     out
 }
 
+/// `kosctl inbox`: one block per message.
+pub fn inbox(v: &Value) -> String {
+    let now = now_ms();
+    let list = v["messages"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "the inbox is empty\n".into();
+    }
+    let mut out = String::new();
+    for m in &list {
+        line(&mut out, "Message", s(&m["id"]));
+        line(&mut out, "Type", s(&m["type"]));
+        line(&mut out, "From", format!("{} ({})", s(&m["sender"]), s(&m["sender_klp_id"])));
+        line(&mut out, "Received", m["received_ms"].as_u64().map_or("—".into(), |t| when(t, now)));
+        let body = &m["body"];
+        match s(&m["type"]) {
+            "TASK_REQUEST" => {
+                line(&mut out, "Task", s(&body["task_id"]));
+                for i in body["inputs"].as_array().into_iter().flatten() {
+                    line(&mut out, "Input", s(i));
+                }
+            }
+            "TASK_RESULT" => {
+                line(
+                    &mut out,
+                    "Task",
+                    format!(
+                        "{} — {}",
+                        s(&body["task_id"]),
+                        if body["ok"] == true { "ok" } else { "failed" }
+                    ),
+                );
+                line(&mut out, "Answers", s(&body["request"]));
+                for o in body["outputs"].as_array().into_iter().flatten() {
+                    line(&mut out, "Output", s(o));
+                }
+            }
+            _ => line(&mut out, "Body", body.to_string()),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// `kosctl delegations`.
 pub fn delegations(v: &Value) -> String {
     let mut out = String::new();

@@ -196,6 +196,12 @@ struct Ctx {
     /// Read-only use: the peer address book.
     store: Store,
     token: String,
+    /// Direct messages at rest (outbox, inbox, directory cache).
+    mail: kos_storage::mail::MailStore,
+    /// The `.klp-policy` in force.
+    policy: Arc<std::sync::Mutex<crate::policy::Policy>>,
+    /// The data directory (the policy file).
+    data_dir: std::path::PathBuf,
 }
 
 impl Ctx {
@@ -221,6 +227,8 @@ pub struct ApiParts {
     pub metrics: Arc<Metrics>,
     /// The store (read-only use).
     pub store: Store,
+    /// The `.klp-policy` in force.
+    pub policy: Arc<std::sync::Mutex<crate::policy::Policy>>,
 }
 
 /// The API's routes.
@@ -253,6 +261,13 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/delegate", post(delegate))
         .route("/v1/delegations", get(delegations))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/resolve", get(resolve))
+        .route("/v1/send", post(send_direct))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/inbox/{id}", get(inbox_show).delete(inbox_delete))
+        .route("/v1/inbox/{id}/reply", post(reply))
+        .route("/v1/outbox", get(outbox))
+        .route("/v1/policy", get(policy_show).post(policy_apply))
         .fallback(|| async { not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into())
@@ -281,8 +296,9 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     write_private(&data_dir.join("api.addr"), bound.to_string().as_bytes())?;
     tracing::info!(%bound, "control API listening");
-    let ApiParts { core, net, view, metrics, store } = parts;
-    let app = router(Ctx { core, net, view, metrics, store, token });
+    let ApiParts { core, net, view, metrics, store, policy } = parts;
+    let mail = store.mail()?;
+    let app = router(Ctx { core, net, view, metrics, store, token, mail, policy, data_dir });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -1616,4 +1632,329 @@ mod tests {
         let e = "missing field `title` at line 1 column 2";
         assert!(scrub(e).contains("`title`"), "{}", scrub(e));
     }
+}
+
+// Direct messages, the directory and the policy.
+
+/// Longest wait for a directory lookup.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn record_json(r: &kos_protocol::directory::CheckedRecord) -> Value {
+    json!({
+        "klp_id": r.klp_id.to_string(),
+        "did": r.key.to_did(),
+        "peer_id": r.key.to_peer_id().to_string(),
+        "name": r.record.name,
+        "x25519": hex::encode(r.record.x25519),
+        "addresses": r.record.addresses,
+        "types": r.record.types.iter().map(|c| {
+            kos_protocol::MessageType::from_code(u64::from(*c)).map_or_else(|| c.to_string(), |t| t.name().to_owned())
+        }).collect::<Vec<_>>(),
+        "created_ms": r.created_ms,
+        "expires_ms": r.record.expires_ms,
+    })
+}
+
+/// The host of a `klp://` or `agent://` address.
+fn address_host(address: &str) -> Result<(kos_protocol::Address, kos_protocol::Host), ApiError> {
+    let a: kos_protocol::Address =
+        address.parse().map_err(|e| bad(format!("invalid address: {e}")))?;
+    let host = match &a {
+        kos_protocol::Address::Klp { host, .. } | kos_protocol::Address::Agent(host) => {
+            host.clone()
+        }
+        kos_protocol::Address::Peer(_) => {
+            return Err(bad(
+                "a peer:// address names a node, not a KLP identity: use klp:// or agent://",
+            ));
+        }
+    };
+    Ok((a, host))
+}
+
+async fn lookup(
+    ctx: &Ctx,
+    host: kos_protocol::Host,
+) -> Result<kos_protocol::directory::CheckedRecord, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.net.try_send(Command::Resolve { host, reply: tx }).map_err(|_| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "the network task is busy".into())
+    })?;
+    let answer = tokio::time::timeout(RESOLVE_TIMEOUT, rx)
+        .await
+        .map_err(|_| {
+            ApiError(StatusCode::GATEWAY_TIMEOUT, "the directory lookup timed out".into())
+        })?
+        .map_err(|_| {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, "the network task stopped".into())
+        })?;
+    match answer {
+        Ok(mut records) if !records.is_empty() => Ok(records.remove(0)),
+        Ok(_) => Err(not_found("no directory record")),
+        Err(e) if e.starts_with("conflict") => Err(ApiError(StatusCode::CONFLICT, e)),
+        Err(e) => Err(not_found(e)),
+    }
+}
+
+/// `GET /v1/resolve?address=klp://…`: the directory record an address resolves to.
+async fn resolve(AxState(ctx): AxState<Ctx>, RawQuery(query): RawQuery) -> ApiResult {
+    let mut address = None;
+    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("address", v)) => address = Some(v.to_owned()),
+            _ => return Err(bad("the only query parameter is address=klp://…")),
+        }
+    }
+    let address = address.ok_or_else(|| bad("give address=klp://NAME-OR-KLP-ID/…"))?;
+    let (_, host) = address_host(&address)?;
+    Ok(Json(record_json(&lookup(&ctx, host).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendReq {
+    /// `klp://NAME-OR-KLP-ID/PATH` or `agent://…`.
+    address: String,
+    /// `TASK_REQUEST`, `TASK_RESULT` or `BROADCAST_ANNOUNCE`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The body, as JSON (the fields of `docs/protocol.md` §4).
+    payload: Value,
+}
+
+/// The inner message of a direct message, from its type name and JSON body.
+fn inner_payload(kind: &str, body: Value) -> Result<Payload, ApiError> {
+    let t = kos_protocol::MessageType::from_name(kind)
+        .ok_or_else(|| bad(format!("unknown message type {}", clip(kind))))?;
+    let bad_body = |e: serde_json::Error| bad(format!("invalid {kind} payload: {e}"));
+    let p = match t {
+        kos_protocol::MessageType::TaskRequest => {
+            Payload::TaskRequest(serde_json::from_value(body).map_err(bad_body)?)
+        }
+        kos_protocol::MessageType::TaskResult => {
+            Payload::TaskResult(serde_json::from_value(body).map_err(bad_body)?)
+        }
+        kos_protocol::MessageType::BroadcastAnnounce => {
+            Payload::BroadcastAnnounce(serde_json::from_value(body).map_err(bad_body)?)
+        }
+        other => {
+            return Err(bad(format!(
+                "{other} cannot be sent as a direct message here (TASK_REQUEST, TASK_RESULT, BROADCAST_ANNOUNCE)"
+            )));
+        }
+    };
+    // Validated like any body before anything is signed.
+    Message::sign(&kos_protocol::SecretKey::from_seed(&[1; 32]), 1, 1, None, p.clone())
+        .map_err(|e| bad(format!("invalid {kind}: {e}")))?;
+    Ok(p)
+}
+
+/// Seals `inner` to the identity `host` resolves to and puts it in the outbox (durably).
+async fn seal_and_queue(
+    ctx: &Ctx,
+    address: kos_protocol::Address,
+    host: kos_protocol::Host,
+    inner: Payload,
+) -> ApiResult {
+    let record = lookup(ctx, host).await?;
+    let to = record.klp_id;
+    // The envelope names the recipient by KLP-ID (relays route by it), keeping the path.
+    let target = match address {
+        kos_protocol::Address::Klp { path, .. } => {
+            kos_protocol::Address::Klp { host: kos_protocol::Host::Id(to), path }
+        }
+        _ => kos_protocol::Address::Agent(kos_protocol::Host::Id(to)),
+    };
+    let recipient = kos_protocol::seal::EncryptionKey(record.record.x25519);
+    let msg = ctx
+        .call(move |core| {
+            core.sign_detached(|key, seq, now| {
+                Ok(kos_protocol::seal::seal(key, &recipient, seq, now, target, &inner)?)
+            })
+            .map_err(|e| bad(format!("cannot seal: {e:#}")))
+        })
+        .await?;
+    let id = msg.id();
+    let entry = kos_storage::mail::OutboxEntry {
+        envelope: hex::encode(msg.bytes()),
+        target: to.to_string(),
+        from: None,
+        attempts: 0,
+        next_ms: now_ms(),
+        queued_ms: now_ms(),
+        last_error: None,
+    };
+    let mail = ctx.mail.clone();
+    tokio::task::spawn_blocking(move || mail.enqueue(&id.0, &entry))
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "outbox write failed".into()))?
+        .map_err(|e| match e {
+            kos_storage::mail::MailError::Full(w) => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the {w} is full"))
+            }
+            kos_storage::mail::MailError::Store(e) => ApiError::from(anyhow::Error::from(e)),
+        })?;
+    let _ = ctx.net.try_send(Command::Pump);
+    Ok(Json(json!({ "id": id.to_string(), "to": to.to_string(), "status": "queued" })))
+}
+
+/// `POST /v1/send`: seal a message to an address and deliver it (acknowledged hop by hop).
+async fn send_direct(AxState(ctx): AxState<Ctx>, Body(req): Body<SendReq>) -> ApiResult {
+    let (address, host) = address_host(&req.address)?;
+    let inner = inner_payload(&req.kind, req.payload)?;
+    seal_and_queue(&ctx, address, host, inner).await
+}
+
+fn inbox_json(id: &[u8; 32], e: &kos_storage::mail::InboxEntry, full: bool) -> Value {
+    let mut v = json!({
+        "id": MessageId(*id).to_string(),
+        "type": e.kind,
+        "sender": e.sender,
+        "sender_klp_id": e.sender_klp_id,
+        "target": e.target,
+        "created_ms": e.created_ms,
+        "received_ms": e.received_ms,
+        "body": serde_json::from_str::<Value>(&e.body).unwrap_or(Value::Null),
+    });
+    if full {
+        v["envelope"] = json!(e.envelope);
+        v["from_peer"] = json!(e.from_peer);
+    }
+    v
+}
+
+/// `GET /v1/inbox`: messages sealed to this node, oldest first.
+async fn inbox(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let mail = ctx.mail.clone();
+    let list = tokio::task::spawn_blocking(move || mail.inbox())
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "inbox read failed".into()))?;
+    Ok(Json(
+        json!({ "messages": list.iter().map(|(id, e)| inbox_json(id, e, false)).collect::<Vec<_>>() }),
+    ))
+}
+
+fn inbox_get(ctx: &Ctx, id: &MessageId) -> Result<kos_storage::mail::InboxEntry, ApiError> {
+    ctx.mail
+        .inbox_entry(&id.0)
+        .map_err(|e| ApiError::from(anyhow::Error::from(e)))?
+        .ok_or_else(|| not_found(format!("no message {id} in the inbox")))
+}
+
+/// `GET /v1/inbox/{id}`: one message, with its envelope.
+async fn inbox_show(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    Ok(Json(inbox_json(&id.0, &inbox_get(&ctx, &id)?, true)))
+}
+
+/// `DELETE /v1/inbox/{id}`.
+async fn inbox_delete(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    inbox_get(&ctx, &id)?;
+    ctx.mail.delete(&id.0).map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
+    Ok(Json(json!({ "deleted": id.to_string() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplyReq {
+    #[serde(default = "yes")]
+    ok: bool,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/inbox/{id}/reply`: answers a TASK_REQUEST with a TASK_RESULT bound to it (its
+/// `request` is the request's id), sealed to the requester.
+async fn reply(
+    AxState(ctx): AxState<Ctx>,
+    UrlPath(id): UrlPath<String>,
+    Body(req): Body<ReplyReq>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let entry = inbox_get(&ctx, &id)?;
+    if entry.kind != "TASK_REQUEST" {
+        return Err(bad(format!("message {id} is a {}, not a TASK_REQUEST", entry.kind)));
+    }
+    let body: Value = serde_json::from_str(&entry.body).unwrap_or(Value::Null);
+    let task_id = body["task_id"].as_str().unwrap_or_default().to_owned();
+    let inner = Payload::TaskResult(TaskResult {
+        ok: req.ok,
+        error: req.error,
+        outputs: req.outputs,
+        request: Some(id),
+        task_id,
+    });
+    let klp: kos_protocol::KlpId =
+        entry.sender_klp_id.parse().map_err(|_| bad("the request's sender has no KLP-ID"))?;
+    let host = kos_protocol::Host::Id(klp);
+    let address = kos_protocol::Address::Klp { host: host.clone(), path: "tasks".into() };
+    seal_and_queue(&ctx, address, host, inner).await
+}
+
+/// `GET /v1/outbox`: messages waiting for a next hop, and those given up.
+async fn outbox(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let mail = ctx.mail.clone();
+    let (pending, failed) = tokio::task::spawn_blocking(move || (mail.outbox(), mail.failed()))
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "outbox read failed".into()))?;
+    let item = |(id, e): &([u8; 32], kos_storage::mail::OutboxEntry)| {
+        json!({
+            "id": MessageId(*id).to_string(),
+            "to": e.target,
+            "relayed_for": e.from,
+            "attempts": e.attempts,
+            "next_ms": e.next_ms,
+            "queued_ms": e.queued_ms,
+            "last_error": e.last_error,
+        })
+    };
+    Ok(Json(json!({
+        "pending": pending.iter().map(item).collect::<Vec<_>>(),
+        "failed": failed.iter().map(item).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /v1/policy`: the node's policy document and the federation's, as in force.
+async fn policy_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let p = ctx.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (local, federation) = p.texts();
+    Ok(Json(json!({
+        "file": ctx.data_dir.join(crate::policy::POLICY_FILE).display().to_string(),
+        "local": local,
+        "federation": federation,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyReq {
+    /// The new `.klp-policy` document (TOML).
+    text: String,
+}
+
+/// `POST /v1/policy`: checks, writes and applies a new node policy at once (no restart).
+async fn policy_apply(AxState(ctx): AxState<Ctx>, Body(req): Body<PolicyReq>) -> ApiResult {
+    crate::policy::check(&req.text).map_err(|e| bad(e.to_string()))?;
+    let path = ctx.data_dir.join(crate::policy::POLICY_FILE);
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, &req.text).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the policy: {e}"))
+    })?;
+    ctx.policy
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .set_local(&req.text)
+        .map_err(|e| bad(e.to_string()))?;
+    let text = format!("policy applied from the API ({} bytes)", req.text.len());
+    let _ = ctx.core.try_send(ToCore::Call(Box::new(move |core| {
+        let _ = core.store.audit(now_ms(), &text);
+    })));
+    Ok(Json(json!({ "applied": path.display().to_string() })))
 }

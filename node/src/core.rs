@@ -134,6 +134,8 @@ pub enum ToNet {
     },
     /// Follow this federation: subscribe to its topic and sync with every peer.
     Follow(FederationId),
+    /// This node's directory record (a signed envelope): publish it in the DHT.
+    Record(Vec<u8>),
 }
 
 /// What became of a submitted envelope.
@@ -224,7 +226,7 @@ impl Core {
         }
     }
 
-    fn to_net(&self, m: ToNet) {
+    pub(crate) fn to_net(&self, m: ToNet) {
         // The network task always drains this queue; a closed queue means it is stopping.
         let _ = self.net.blocking_send(m);
     }
@@ -276,6 +278,20 @@ impl Core {
         let msg = self.create_quiet(payload, target)?;
         self.attest();
         Ok(msg)
+    }
+
+    /// Signs a message that is not governance state — a sealed direct message, a directory
+    /// record — with the next sequence number (persisted first); nothing is ingested or
+    /// published. `build` gets the key, the sequence number and the time.
+    pub fn sign_detached(
+        &mut self,
+        build: impl FnOnce(&kos_protocol::SecretKey, u64, u64) -> anyhow::Result<Message>,
+    ) -> anyhow::Result<Message> {
+        let now = now_ms();
+        let seq = (self.seq + 1).max(now);
+        self.store.set_meta("seq", &seq.to_be_bytes())?;
+        self.seq = seq;
+        build(&self.key, seq, now)
     }
 
     fn create_quiet(

@@ -35,6 +35,11 @@ impl<K: Eq + Hash + Copy> Buckets<K> {
         Buckets { burst: burst.max(1), per_minute: per_minute.max(1), state: HashMap::new() }
     }
 
+    /// The sustained rate, per minute.
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
     fn full(&self) -> u64 {
         u64::from(self.burst) * 60_000
     }

@@ -4,7 +4,7 @@
 //! swarm, sled store, governance engine, local control API); `kosd devnet N` runs a local
 //! federation of N nodes. See `docs/operator.md`.
 
-use kos_node::{api, core, devnet, limits, metrics, node};
+use kos_node::{api, core, devnet, limits, metrics, node, policy};
 
 use std::{
     path::{Path, PathBuf},
@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Sustained messages per author per minute over live gossip (default 2000).
     #[arg(long)]
     author_per_minute: Option<u32>,
+    /// The name this node claims in the directory (`klp://NAME/…` resolves to it).
+    #[arg(long, env = "KOS_NAME")]
+    name: Option<String>,
     /// Config file (TOML). Default `<data-dir>/kosd.toml` if it exists.
     #[arg(long, env = "KOS_CONFIG")]
     config: Option<PathBuf>,
@@ -116,6 +119,7 @@ struct FileConfig {
     max_connections: Option<u32>,
     author_burst: Option<u32>,
     author_per_minute: Option<u32>,
+    name: Option<String>,
 }
 
 fn passphrase(insecure: bool) -> anyhow::Result<Vec<u8>> {
@@ -232,7 +236,17 @@ fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
     if !api.ip().is_loopback() {
         bail!("the control API only listens on loopback addresses, not {api}");
     }
+    let name = match args.name.clone().or(file.name) {
+        Some(n) => match n.parse::<kos_protocol::Host>() {
+            Ok(kos_protocol::Host::Name(canonical)) => Some(canonical),
+            _ => bail!(
+                "invalid --name {n}: a directory name is lower-case labels of a-z, 0-9 and '-', not a KLP-ID"
+            ),
+        },
+        None => None,
+    };
     Ok(node::Settings {
+        name,
         data_dir: dir.to_path_buf(),
         listen,
         api,
@@ -293,6 +307,12 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         let store = opened.store.clone();
         let federation = opened.engine.as_ref().map(kos_engine::Engine::federation);
         let key = opened.key.clone();
+        let policy_path = settings.data_dir.join(policy::POLICY_FILE);
+        let policy_text = std::fs::read_to_string(&policy_path).unwrap_or_default();
+        let policy = std::sync::Arc::new(std::sync::Mutex::new(
+            policy::Policy::new(&policy_text, None)
+                .with_context(|| format!("{} is not a valid policy", policy_path.display()))?,
+        ));
         let the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
         let (core, core_thread) = core::spawn(the_core)?;
         let api = tokio::spawn(api::serve(
@@ -302,6 +322,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
                 view,
                 metrics: metrics.clone(),
                 store: store.clone(),
+                policy: policy.clone(),
             },
             settings.api,
             settings.data_dir.clone(),
@@ -318,6 +339,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
                 to_net,
                 commands,
                 view: view_tx,
+                policy,
             },
         ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

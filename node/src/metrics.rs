@@ -21,6 +21,21 @@ pub struct ActionLabel {
     pub action: &'static str,
 }
 
+/// What became of a direct message, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectLabel {
+    /// accepted, duplicate, malformed, not_sealed, cannot_open, policy, busy, no_route (received);
+    /// delivered, failed (sent).
+    pub outcome: &'static str,
+}
+
+/// A policy refusal, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// direct, gossip or sync.
+    pub path: &'static str,
+}
+
 /// Every metric of the node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -49,6 +64,10 @@ pub struct Metrics {
     pub sync_refused: Counter,
     /// Messages waiting for verification or the core.
     pub ingest_backlog: Gauge,
+    /// Direct messages by outcome.
+    pub direct: Family<DirectLabel, Counter>,
+    /// Messages refused by the `.klp-policy`, by ingress path.
+    pub policy_refusals: Family<PolicyLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +86,8 @@ impl Default for Metrics {
             sync_served: Counter::default(),
             sync_refused: Counter::default(),
             ingest_backlog: Gauge::default(),
+            direct: Family::default(),
+            policy_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register("gossip_messages", "Gossip messages by verdict", m.gossip.clone());
@@ -101,6 +122,12 @@ impl Default for Metrics {
             "Gossip messages waiting for verification",
             m.ingest_backlog.clone(),
         );
+        registry.register("direct_messages", "Direct messages by outcome", m.direct.clone());
+        registry.register(
+            "policy_refusals",
+            "Messages refused by the .klp-policy, by ingress path",
+            m.policy_refusals.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -109,6 +136,19 @@ impl Metrics {
     /// Counts a gossip message with its verdict.
     pub fn gossip(&self, verdict: &'static str) {
         self.gossip.get_or_create(&VerdictLabel { verdict }).inc();
+    }
+
+    /// Counts a direct message with its outcome.
+    pub fn direct(&self, outcome: &'static str) {
+        self.direct.get_or_create(&DirectLabel { outcome }).inc();
+        if outcome == "policy" {
+            self.policy_refusals.get_or_create(&PolicyLabel { path: "direct" }).inc();
+        }
+    }
+
+    /// Counts a message the policy refused on `path`.
+    pub fn policy_refusal(&self, path: &'static str) {
+        self.policy_refusals.get_or_create(&PolicyLabel { path }).inc();
     }
 
     /// The text exposition format.

@@ -15,6 +15,8 @@ use sha2::{Digest as _, Sha256};
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/kad/1.0.0");
 /// The anti-entropy sync protocol.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/sync/2.0.0");
+/// The direct-message protocol: one SEALED envelope per stream, answered with a status.
+pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/klp/1.0.0");
 /// The identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/kos/id/1.0.0";
 /// Largest gossip message: one envelope plus gossipsub's framing.
@@ -112,6 +114,158 @@ pub enum SyncResponse {
     Unknown,
 }
 
+/// The answer to a direct message: `[code, reason]` (`docs/protocol.md` §8.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// What happened.
+    pub code: DirectCode,
+    /// Why, for people (may be empty).
+    pub reason: String,
+}
+
+/// Status codes of the direct-message protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectCode {
+    /// Taken: filed in the recipient's inbox, or held by a relay that will pass it on.
+    Accepted = 0,
+    /// Already taken earlier (as good as accepted).
+    Duplicate = 1,
+    /// Not a valid envelope.
+    Malformed = 2,
+    /// Not a SEALED envelope addressed to a KLP-ID.
+    NotSealed = 3,
+    /// Addressed to this node but not sealed to its key (or altered).
+    CannotOpen = 4,
+    /// Refused by the receiver's policy (the reason names the rule).
+    Policy = 5,
+    /// Full or over quota: try again later.
+    Busy = 6,
+    /// This peer does not relay it: try another.
+    NoRoute = 7,
+}
+
+impl DirectCode {
+    fn from_u64(c: u64) -> Option<Self> {
+        use DirectCode::*;
+        Some(match c {
+            0 => Accepted,
+            1 => Duplicate,
+            2 => Malformed,
+            3 => NotSealed,
+            4 => CannotOpen,
+            5 => Policy,
+            6 => Busy,
+            7 => NoRoute,
+            _ => return None,
+        })
+    }
+
+    /// Whether the sender is done with the message (taken, or refused for good).
+    pub fn is_final(self) -> bool {
+        !matches!(self, DirectCode::Busy | DirectCode::NoRoute)
+    }
+
+    /// Whether the message was taken.
+    pub fn is_taken(self) -> bool {
+        matches!(self, DirectCode::Accepted | DirectCode::Duplicate)
+    }
+}
+
+/// Longest reason in a direct response, in bytes.
+pub const MAX_DIRECT_REASON: usize = 512;
+
+impl DirectResponse {
+    /// Encodes `[code, reason]` as deterministic CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut reason = self.reason.clone();
+        if reason.len() > MAX_DIRECT_REASON {
+            let mut cut = MAX_DIRECT_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        kos_protocol::to_cbor(&(self.code as u8, reason))
+    }
+
+    /// Decodes `[code, reason]`.
+    pub fn decode(bytes: &[u8]) -> std::io::Result<Self> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad direct response");
+        let (code, reason): (u64, String) = kos_protocol::from_cbor(bytes).map_err(|_| bad())?;
+        Ok(DirectResponse { code: DirectCode::from_u64(code).ok_or_else(bad)?, reason })
+    }
+}
+
+/// The direct-message codec: the request is the envelope's bytes, the response `[code, reason]`;
+/// each side writes its message and closes its half of the stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectCodec;
+
+async fn read_limited<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut buf = Vec::new();
+    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "message too large"));
+    }
+    Ok(buf)
+}
+
+impl request_response::Codec for DirectCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = DirectResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_limited(io, kos_protocol::MAX_ENVELOPE_LEN).await
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<DirectResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        DirectResponse::decode(&read_limited(io, MAX_DIRECT_REASON + 16).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: DirectResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        io.write_all(&res.encode()).await?;
+        io.close().await
+    }
+}
+
 /// The node's network behaviour.
 #[allow(missing_debug_implementations)] // libp2p's behaviours are not Debug
 #[derive(NetworkBehaviour)]
@@ -126,6 +280,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Anti-entropy sync.
     pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    /// Direct (sealed) messages.
+    pub direct: request_response::Behaviour<DirectCodec>,
     /// Connection limits.
     pub limits: libp2p::connection_limits::Behaviour,
     /// Peers this node refuses to talk to (operator blocks and the immune system).
@@ -171,10 +327,23 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
                 )
                 .map_err(|e| anyhow::anyhow!("gossipsub scoring: {e}"))?;
             let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            // Directory records are checked (signature, expiry, key) before they are stored.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            kad_config.set_query_timeout(Duration::from_secs(10));
+            // Directory records live an hour (each says so too, and is checked on every read).
+            kad_config.set_record_ttl(Some(Duration::from_secs(3600)));
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(KAD_PROTOCOL),
+                kad::store::MemoryStore::with_config(
+                    peer_id,
+                    kad::store::MemoryStoreConfig {
+                        max_records: 4096,
+                        max_value_bytes: kos_protocol::MAX_ENVELOPE_LEN,
+                        ..Default::default()
+                    },
+                ),
+                kad_config,
             );
             kad.set_mode(Some(kad::Mode::Server));
             let sync = request_response::cbor::Behaviour::with_codec(
@@ -183,6 +352,13 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
                     .set_response_size_maximum(4 * 1024 * 1024),
                 [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+            );
+            let direct = request_response::Behaviour::with_codec(
+                DirectCodec,
+                [(DIRECT_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(20))
+                    .with_max_concurrent_streams(64),
             );
             let limits = libp2p::connection_limits::Behaviour::new(
                 libp2p::connection_limits::ConnectionLimits::default()
@@ -199,6 +375,7 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
                 )),
                 ping: ping::Behaviour::default(),
                 sync,
+                direct,
                 limits,
                 blocked: Default::default(),
             })

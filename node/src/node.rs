@@ -30,12 +30,14 @@ use tracing::{debug, error, info, warn};
 use crate::{
     core::{CoreHandle, Inbound, Source, ToCore, ToNet},
     limits::Buckets,
+    mail::{self, MailState, Resolving},
     metrics::Metrics,
     net::{
         self, Behaviour, BehaviourEvent, FETCH_BATCH, FETCH_BYTES, INVENTORY_PAGE, SUMMARY_PAGE,
         SyncRequest, SyncResponse,
     },
     peers::{PeerAction, Reputation},
+    policy::{Decision, Policy},
 };
 
 /// The gossipsub application score of a local trust level: higher trust helps a peer stay in
@@ -100,6 +102,8 @@ pub struct Settings {
     pub max_connections: u32,
     /// Per-author quota of live gossip.
     pub quota: crate::core::Quota,
+    /// The name this node claims in the directory.
+    pub name: Option<String>,
 }
 
 /// What the API shows of the network (published by the network task).
@@ -128,7 +132,22 @@ pub enum Command {
     Block(PeerId),
     /// Accept a peer again.
     Unblock(PeerId),
+    /// Look up a directory record.
+    Resolve {
+        /// A KLP-ID or a name.
+        host: kos_protocol::Host,
+        /// The answer: the record(s), or why there is none.
+        reply: tokio::sync::oneshot::Sender<
+            Result<Vec<kos_protocol::directory::CheckedRecord>, String>,
+        >,
+    },
+    /// Something entered the outbox: try to send now.
+    Pump,
 }
+
+/// A handled direct message, ready to be answered.
+type Received =
+    (PeerId, request_response::ResponseChannel<net::DirectResponse>, net::DirectResponse);
 
 /// The grade of an envelope that failed decoding or verification: `None` for what a newer or
 /// different peer may legitimately send (ignored, never punished).
@@ -265,6 +284,18 @@ struct Net {
     served: mpsc::Sender<(PeerId, request_response::ResponseChannel<SyncResponse>, SyncResponse)>,
     /// The core's sender of [`ToNet`] (cloned into the workers).
     to_net: mpsc::Sender<ToNet>,
+    /// Direct messages at rest.
+    mail: kos_storage::mail::MailStore,
+    /// Direct messages in motion.
+    ms: MailState,
+    /// The node key (opening sealed messages; never logged).
+    key: SecretKey,
+    /// The name claimed in the directory.
+    name: Option<String>,
+    /// The `.klp-policy` in force.
+    policy: Arc<std::sync::Mutex<Policy>>,
+    /// Answers of the direct-message handlers.
+    received: mpsc::Sender<Received>,
 }
 
 /// Everything the network task needs.
@@ -286,14 +317,25 @@ pub struct NetParts {
     pub commands: mpsc::Receiver<Command>,
     /// Where the API reads the network's state.
     pub view: watch::Sender<NetView>,
+    /// The `.klp-policy` in force (shared with the API and the core).
+    pub policy: Arc<std::sync::Mutex<Policy>>,
 }
 
 /// Runs the network task until the process ends.
 pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow::Result<()> {
-    let NetParts { core, store, metrics, federation, mut from_core, to_net, mut commands, view } =
-        parts;
+    let NetParts {
+        core,
+        store,
+        metrics,
+        federation,
+        mut from_core,
+        to_net,
+        mut commands,
+        view,
+        policy,
+    } = parts;
     let mut swarm = net::build(key.to_libp2p(), settings.max_connections)?;
-    drop(key);
+    let mail = store.mail()?;
     for addr in &settings.listen {
         swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
     }
@@ -322,6 +364,7 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         }
     }
     let (served_tx, mut served_rx) = mpsc::channel(SYNC_SERVERS * 4);
+    let (received_tx, mut received_rx) = mpsc::channel(mail::MAX_RECEIVING);
     let mut n = Net {
         core,
         store,
@@ -340,12 +383,20 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         serving: Arc::new(Semaphore::new(SYNC_SERVERS)),
         served: served_tx,
         to_net,
+        mail,
+        ms: MailState::default(),
+        key,
+        name: settings.name.clone(),
+        policy,
+        received: received_tx,
     };
     n.publish_view(&swarm);
     let workers = Arc::new(Semaphore::new(
         std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
     ));
     let mut sync_timer = tokio::time::interval(settings.sync_interval);
+    let mut mail_timer = tokio::time::interval(Duration::from_secs(1));
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             event = swarm.select_next_some(), if n.backlog.len() < VERIFY_BACKLOG => {
@@ -369,6 +420,12 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
                 });
             }
             _ = sync_timer.tick() => n.periodic(&mut swarm),
+            _ = mail_timer.tick() => n.mail_tick(&mut swarm),
+            Some((peer, channel, response)) = received_rx.recv() => {
+                n.ms.receiving = n.ms.receiving.saturating_sub(1);
+                n.answer_direct(&mut swarm, peer, channel, response);
+            }
+            _ = hangup.recv() => n.reload_policy(),
         }
     }
 }
@@ -461,6 +518,7 @@ impl Net {
             }
             ToNet::Publish(bytes) => self.publish(swarm, bytes),
             ToNet::Penalise { peer, action, why } => self.penalise(swarm, peer, action, &why),
+            ToNet::Record(bytes) => self.put_record(swarm, bytes),
             ToNet::Follow(f) => {
                 self.federation = Some(f);
                 if let Err(e) = net::subscribe(swarm, &f) {
@@ -488,6 +546,8 @@ impl Net {
                 self.reputation.block(peer, "blocked by the operator");
                 self.apply_block(swarm, peer, &format!("blocked peer {peer}"));
             }
+            Command::Resolve { host, reply } => self.resolve(swarm, host, reply),
+            Command::Pump => self.pump_outbox(swarm),
             Command::Unblock(peer) => {
                 self.reputation.unblock(&peer);
                 swarm.behaviour_mut().blocked.unblock_peer(peer);
@@ -571,13 +631,32 @@ impl Net {
                 }
                 if num_established.get() == 1 {
                     self.start_sync(swarm, peer_id);
+                    if let Ok(k) = kos_protocol::PublicKey::from_peer_id(&peer_id) {
+                        self.ms.by_klp.insert(k.klp_id(), peer_id);
+                    }
+                    self.offer_record(swarm, peer_id);
+                    self.pump_outbox(swarm);
                 }
                 self.publish_view(swarm);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.walks.remove(&peer_id);
+                self.ms.by_klp.retain(|_, p| *p != peer_id);
                 self.publish_view(swarm);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(event)) => self.on_direct(swarm, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { record: Some(record), .. },
+            })) => self.on_put_record(swarm, record),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                debug!("kad inbound request: {request:?}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(result),
+                step,
+                ..
+            })) => self.on_get_record(id, result, step.last),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -991,4 +1070,439 @@ fn log_open_report(r: &kos_storage::OpenReport) {
         );
     }
     info!(messages = r.messages, journal_records = r.journal.records, "opened the data directory");
+}
+
+// Direct messages and the directory.
+impl Net {
+    /// Every second: publish this node's record when due, send what the outbox holds.
+    fn mail_tick(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = now_ms();
+        if swarm.listeners().next().is_some()
+            && now.saturating_sub(self.ms.published_ms) >= mail::RECORD_REFRESH_MS
+        {
+            self.ms.published_ms = now;
+            self.sign_record(swarm);
+        }
+        self.pump_outbox(swarm);
+    }
+
+    /// Hands this node's record to a peer that just connected (the DHT's closest peers may not
+    /// have existed when it was published).
+    fn offer_record(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let Some(bytes) = self.ms.own_record.clone() else { return };
+        let Ok(msg) = Message::decode(&bytes) else { return };
+        let Ok(rec) = kos_protocol::directory::check_record(&msg, now_ms(), None) else { return };
+        let mut keys = vec![kos_protocol::directory::id_key(&rec.klp_id)];
+        if let Some(n) = &rec.record.name {
+            keys.push(kos_protocol::directory::name_key(n));
+        }
+        for key in keys {
+            let record = kad::Record::new(key, bytes.clone());
+            swarm.behaviour_mut().kad.put_record_to(
+                record,
+                std::iter::once(peer),
+                kad::Quorum::One,
+            );
+        }
+        debug!(%peer, "directory record offered");
+    }
+
+    /// Asks the core to sign this node's directory record; it comes back as [`ToNet::Record`].
+    fn sign_record(&mut self, swarm: &Swarm<Behaviour>) {
+        let addresses: Vec<String> = swarm.listeners().map(ToString::to_string).collect();
+        let name = self.name.clone();
+        let _ = self.core.try_send(ToCore::Call(Box::new(move |core| {
+            let signed = core.sign_detached(|key, seq, now| {
+                let record = mail::own_record(
+                    key,
+                    name,
+                    addresses,
+                    now.saturating_add(mail::RECORD_LIFETIME_MS),
+                );
+                Ok(Message::sign(
+                    key,
+                    seq,
+                    now,
+                    None,
+                    kos_protocol::Payload::DirectoryRecord(record),
+                )?)
+            });
+            match signed {
+                Ok(msg) => core.to_net(ToNet::Record(msg.bytes().to_vec())),
+                Err(e) => warn!("cannot sign the directory record: {e:#}"),
+            }
+        })));
+    }
+
+    /// Publishes a directory record (this node's) under its KLP-ID and its name.
+    fn put_record(&mut self, swarm: &mut Swarm<Behaviour>, bytes: Vec<u8>) {
+        let now = now_ms();
+        let Ok(msg) = Message::decode(&bytes) else { return };
+        let Ok(rec) = kos_protocol::directory::check_record(&msg, now, None) else { return };
+        let _ = self.mail.put_record(&rec.klp_id.to_string(), rec.record.name.as_deref(), &bytes);
+        let mut keys = vec![kos_protocol::directory::id_key(&rec.klp_id)];
+        if let Some(n) = &rec.record.name {
+            keys.push(kos_protocol::directory::name_key(n));
+        }
+        for key in keys {
+            let record = kad::Record::new(key, bytes.clone());
+            if let Err(e) = swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                warn!("cannot publish the directory record: {e}");
+            }
+        }
+        self.ms.own_record = Some(bytes);
+        debug!(klp_id = %rec.klp_id, "directory record published");
+    }
+
+    /// A peer stores a record with us: kept only if it checks out for the key it is stored
+    /// under. A name already claimed by another key keeps its first claim (the conflict is
+    /// cached and shown when the name is resolved).
+    fn on_put_record(&mut self, swarm: &mut Swarm<Behaviour>, record: kad::Record) {
+        let now = now_ms();
+        let Ok(msg) = Message::decode(&record.value) else {
+            debug!("refused a directory record that is not a valid envelope");
+            return;
+        };
+        let rec = match kos_protocol::directory::check_record(&msg, now, Some(record.key.as_ref()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("refused a directory record: {e}");
+                return;
+            }
+        };
+        let _ = self.mail.put_record(
+            &rec.klp_id.to_string(),
+            rec.record.name.as_deref(),
+            &record.value,
+        );
+        let store = swarm.behaviour_mut().kad.store_mut();
+        use kad::store::RecordStore;
+        if let Some(existing) = store.get(&record.key)
+            && let Ok(old) = Message::decode(&existing.value)
+            && old.author() != msg.author()
+            && kos_protocol::directory::check_record(&old, now, None).is_ok()
+        {
+            return; // the first claim stays; both are in the cache
+        }
+        match store.put(record) {
+            Ok(()) => debug!(klp_id = %rec.klp_id, "stored a directory record"),
+            Err(e) => debug!("directory store: {e}"),
+        }
+    }
+
+    /// Starts a lookup (answered at once from the cache for a fresh KLP-ID record).
+    fn resolve(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        host: kos_protocol::Host,
+        reply: tokio::sync::oneshot::Sender<
+            Result<Vec<kos_protocol::directory::CheckedRecord>, String>,
+        >,
+    ) {
+        let now = now_ms();
+        if let kos_protocol::Host::Id(id) = &host {
+            let cached = self.mail.record(&id.to_string()).ok().flatten();
+            let found = mail::check_all(cached, now);
+            if !found.is_empty() {
+                let records: Vec<_> = found.into_iter().map(|(r, _)| r).collect();
+                let _ = reply.send(mail::answer(&host, &records));
+                return;
+            }
+        }
+        let key = match &host {
+            kos_protocol::Host::Id(id) => kos_protocol::directory::id_key(id),
+            kos_protocol::Host::Name(n) => kos_protocol::directory::name_key(n),
+        };
+        let qid = swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&key));
+        debug!(%host, "directory lookup started");
+        self.ms.resolving.insert(qid, Resolving { host, found: Vec::new(), reply });
+    }
+
+    fn on_get_record(
+        &mut self,
+        id: kad::QueryId,
+        result: Result<kad::GetRecordOk, kad::GetRecordError>,
+        last: bool,
+    ) {
+        let now = now_ms();
+        let done = {
+            let Some(r) = self.ms.resolving.get_mut(&id) else { return };
+            match result {
+                Ok(kad::GetRecordOk::FoundRecord(peer_record)) => {
+                    r.found.extend(mail::check_all([peer_record.record.value], now));
+                    last
+                }
+                Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => true,
+            }
+        };
+        if !done {
+            return;
+        }
+        let Some(r) = self.ms.resolving.remove(&id) else { return };
+        debug!(host = %r.host, found = r.found.len(), "directory lookup finished");
+        for (rec, bytes) in &r.found {
+            let _ =
+                self.mail.put_record(&rec.klp_id.to_string(), rec.record.name.as_deref(), bytes);
+        }
+        // What the cache knows too: every key that claimed the name, the id's record.
+        let cached_ids: Vec<String> = match &r.host {
+            kos_protocol::Host::Name(n) => self.mail.claimants(n),
+            kos_protocol::Host::Id(i) => vec![i.to_string()],
+        };
+        let cached = cached_ids.iter().filter_map(|i| self.mail.record(i).ok().flatten());
+        let mut records: Vec<_> = r.found.into_iter().map(|(rec, _)| rec).collect();
+        records.extend(mail::check_all(cached, now).into_iter().map(|(rec, _)| rec));
+        let _ = r.reply.send(mail::answer(&r.host, &records));
+    }
+
+    /// Sends what is due in the outbox: straight to the recipient when connected, else (while
+    /// dialing the addresses its record gives) to a connected peer that will relay it.
+    fn pump_outbox(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = now_ms();
+        let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+        for (_, p) in self.ms.in_flight.values() {
+            *per_peer.entry(*p).or_default() += 1;
+        }
+        for (id, mut entry) in self.mail.outbox() {
+            if self.ms.in_flight.len() >= mail::MAX_IN_FLIGHT {
+                return;
+            }
+            let mid = MessageId(id);
+            if entry.next_ms > now || self.ms.busy.contains(&mid) {
+                continue;
+            }
+            if now.saturating_sub(entry.queued_ms) > mail::GIVE_UP_MS {
+                let _ = self.mail.fail(&id, "not delivered within 7 days", now);
+                self.audit(format!("gave up delivering {mid} to {}", entry.target));
+                continue;
+            }
+            let Ok(target) = entry.target.parse::<kos_protocol::KlpId>() else {
+                let _ = self.mail.fail(&id, "the target is not a KLP-ID", now);
+                continue;
+            };
+            let Ok(bytes) = hex::decode(&entry.envelope) else {
+                let _ = self.mail.fail(&id, "the stored envelope is not hex", now);
+                continue;
+            };
+            let from: Option<PeerId> = entry.from.as_deref().and_then(|f| f.parse().ok());
+            let next = match self.ms.by_klp.get(&target) {
+                Some(p) => Some(*p),
+                None => {
+                    self.dial_recipient(swarm, &target, now);
+                    let mut relays: Vec<PeerId> = swarm
+                        .connected_peers()
+                        .filter(|p| Some(**p) != from && !self.reputation.is_blocked(p))
+                        .copied()
+                        .collect();
+                    relays.sort();
+                    (!relays.is_empty()).then(|| relays[entry.attempts as usize % relays.len()])
+                }
+            };
+            entry.attempts = entry.attempts.saturating_add(1);
+            entry.next_ms = now.saturating_add(mail::backoff(entry.attempts));
+            let Some(peer) = next else {
+                entry.last_error = Some(
+                    "no route: the recipient is not reachable and no peer is connected".into(),
+                );
+                let _ = self.mail.update(&id, &entry);
+                continue;
+            };
+            if per_peer.get(&peer).copied().unwrap_or(0) >= mail::MAX_IN_FLIGHT_PER_PEER {
+                continue;
+            }
+            let _ = self.mail.update(&id, &entry);
+            *per_peer.entry(peer).or_default() += 1;
+            let rid = swarm.behaviour_mut().direct.send_request(&peer, bytes);
+            debug!(id = %mid, %peer, "direct message sent");
+            self.ms.in_flight.insert(rid, (mid, peer));
+            self.ms.busy.insert(mid);
+        }
+    }
+
+    /// Dials the recipient at the addresses its cached record gives (unless blocked).
+    fn dial_recipient(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        target: &kos_protocol::KlpId,
+        now: u64,
+    ) {
+        let cached = self.mail.record(&target.to_string()).ok().flatten();
+        let Some((rec, _)) = mail::check_all(cached, now).into_iter().next() else { return };
+        let peer = rec.key.to_peer_id();
+        if self.reputation.is_blocked(&peer) || swarm.is_connected(&peer) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> =
+            rec.record.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build();
+        let _ = swarm.dial(opts);
+    }
+
+    fn on_direct(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        event: request_response::Event<Vec<u8>, net::DirectResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => self.on_direct_request(swarm, peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { request_id, response },
+                ..
+            } => {
+                let Some((mid, _)) = self.ms.in_flight.remove(&request_id) else { return };
+                self.ms.busy.remove(&mid);
+                let now = now_ms();
+                if response.code.is_taken() {
+                    let _ = self.mail.delivered(&mid.0, now);
+                    self.metrics.direct("delivered");
+                    info!(id = %mid, %peer, "direct message handed on");
+                } else if response.code.is_final() {
+                    let why =
+                        format!("refused by peer {peer}: {:?}: {}", response.code, response.reason);
+                    let _ = self.mail.fail(&mid.0, &why, now);
+                    self.metrics.direct("failed");
+                    self.audit(format!("direct message {mid} {why}"));
+                    warn!(id = %mid, "direct message {why}");
+                } else {
+                    self.note_error(
+                        &mid,
+                        format!("peer {peer}: {:?}: {}", response.code, response.reason),
+                    );
+                }
+            }
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some((mid, _)) = self.ms.in_flight.remove(&request_id) {
+                    self.ms.busy.remove(&mid);
+                    self.note_error(&mid, format!("peer {peer}: {error}"));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "direct message not received: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn note_error(&mut self, mid: &MessageId, error: String) {
+        if let Some((_, mut e)) = self.mail.outbox().into_iter().find(|(id, _)| id == &mid.0) {
+            e.last_error = Some(error);
+            let _ = self.mail.update(&mid.0, &e);
+        }
+    }
+
+    /// A peer hands us a direct message: policy and quota first, then decoding, opening and a
+    /// durable write on a blocking thread; the answer goes back when that is done.
+    fn on_direct_request(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        request: Vec<u8>,
+        channel: request_response::ResponseChannel<net::DirectResponse>,
+    ) {
+        let now = now_ms();
+        let refused = {
+            let mut policy = self.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match policy.check_peer(&peer) {
+                Decision::Deny(why) => Some((net::DirectCode::Policy, why)),
+                Decision::Allow => match policy.take_peer_quota(peer, now) {
+                    Decision::Deny(why) => Some((net::DirectCode::Busy, why)),
+                    Decision::Allow => None,
+                },
+            }
+        };
+        if let Some((code, reason)) = refused {
+            self.answer_direct(swarm, peer, channel, net::DirectResponse { code, reason });
+            return;
+        }
+        if self.ms.receiving >= mail::MAX_RECEIVING {
+            let busy = net::DirectResponse { code: net::DirectCode::Busy, reason: "busy".into() };
+            self.answer_direct(swarm, peer, channel, busy);
+            return;
+        }
+        self.ms.receiving += 1;
+        let mail = self.mail.clone();
+        let key = self.key.clone();
+        let policy = self.policy.clone();
+        let received = self.received.clone();
+        tokio::task::spawn_blocking(move || {
+            let response = {
+                let policy = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                mail::receive(&mail, &key, &policy, peer, &request, now)
+            };
+            let _ = received.blocking_send((peer, channel, response));
+        });
+    }
+
+    /// Sends the answer to a direct message; refusals are counted and audited.
+    fn answer_direct(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        channel: request_response::ResponseChannel<net::DirectResponse>,
+        response: net::DirectResponse,
+    ) {
+        use net::DirectCode::*;
+        let label = match response.code {
+            Accepted => "accepted",
+            Duplicate => "duplicate",
+            Malformed => "malformed",
+            NotSealed => "not_sealed",
+            CannotOpen => "cannot_open",
+            Policy => "policy",
+            Busy => "busy",
+            NoRoute => "no_route",
+        };
+        self.metrics.direct(label);
+        match response.code {
+            Accepted | Duplicate => debug!(%peer, "direct message taken: {}", response.reason),
+            Busy => {}
+            Malformed => {
+                self.audit(format!(
+                    "refused a direct message from peer {peer}: {}",
+                    response.reason
+                ));
+                self.penalise(
+                    swarm,
+                    peer,
+                    PeerAction::LowTolerance,
+                    "sent an invalid direct message",
+                );
+            }
+            _ => {
+                info!(%peer, "refused a direct message: {:?}: {}", response.code, response.reason);
+                self.audit(format!(
+                    "refused a direct message from peer {peer}: {label}: {}",
+                    response.reason
+                ));
+            }
+        }
+        if response.code == Accepted && response.reason == "held for relaying" {
+            self.pump_outbox(swarm);
+        }
+        let _ = swarm.behaviour_mut().direct.send_response(channel, response);
+    }
+
+    /// Reads `<data-dir>/klp-policy.toml` again (SIGHUP); a bad file changes nothing.
+    fn reload_policy(&mut self) {
+        let path = self.data_dir.join(crate::policy::POLICY_FILE);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let result =
+            self.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).set_local(&text);
+        match result {
+            Ok(()) => {
+                info!("policy reloaded from {}", path.display());
+                self.audit(format!("policy reloaded from {}", path.display()));
+            }
+            Err(e) => warn!("policy not reloaded: {e}"),
+        }
+    }
 }

@@ -173,6 +173,20 @@ fn main() {
         min_trust: TrustLevel::Trusted,
         deadline_ms: None,
     });
+    let result = Payload::TaskResult(TaskResult {
+        ok: true,
+        error: None,
+        outputs: vec!["Light spills over the hill.".into()],
+        request: Some(MessageId([0x33; 32])),
+        task_id: "xyz123".into(),
+    });
+    let record = Payload::DirectoryRecord(DirectoryRecord {
+        name: Some("alice.example".into()),
+        types: vec![257, 258, 261],
+        x25519: alice.encryption_key().0,
+        addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+        expires_ms: 1_700_003_600_000,
+    });
     let envelopes = vec![
         envelope_vector("vote", 2, 1, 1_700_000_000_000, None, vote.clone()),
         envelope_vector("charter", 1, 1, 1_700_000_000_000, None, charter),
@@ -187,6 +201,15 @@ fn main() {
             Some(&format!("klp://{}/tasks", bob.public().klp_id())),
             task.clone(),
         ),
+        envelope_vector(
+            "task_result",
+            2,
+            4,
+            1_700_000_002_500,
+            Some(&format!("klp://{}/tasks", alice.public().klp_id())),
+            result,
+        ),
+        envelope_vector("directory_record", 1, 5, 1_700_000_000_000, None, record),
     ];
 
     let to: Address = format!("agent://{}", bob.public().klp_id()).parse().expect("address");

@@ -223,6 +223,7 @@ message_types! {
     BroadcastAnnounce(BroadcastAnnounce) = 261, "BROADCAST_ANNOUNCE";
     VectorSync(VectorSync) = 262, "VECTOR_SYNC";
     Sealed(Sealed) = 513, "SEALED";
+    DirectoryRecord(DirectoryRecord) = 514, "DIRECTORY_RECORD";
 }
 
 impl Payload {

@@ -33,6 +33,7 @@
 
 pub mod address;
 mod cbor;
+pub mod directory;
 mod envelope;
 pub mod identity;
 pub mod payload;

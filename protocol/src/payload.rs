@@ -1128,6 +1128,10 @@ pub struct TaskResult {
     pub error: Option<String>,
     /// Outputs.
     pub outputs: Vec<String>,
+    /// The id of the SEALED message that carried the TASK_REQUEST answered, binding the result
+    /// to that request (absent for results sent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<MessageId>,
     /// The task.
     pub task_id: String,
 }
@@ -1182,6 +1186,33 @@ pub struct VectorSync {
     pub chunks: u32,
     /// Collection name.
     pub collection: String,
+}
+
+/// Longest lifetime of a directory record: a day.
+pub const MAX_RECORD_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+/// Most addresses in a directory record.
+pub const MAX_RECORD_ADDRESSES: usize = 16;
+/// Longest address in a directory record, in bytes.
+pub const MAX_RECORD_ADDRESS_LEN: usize = 256;
+
+/// DIRECTORY_RECORD: how to reach the author — published in the Kademlia DHT under its KLP-ID
+/// (and its name, if any), signed by the identity it describes, valid until `expires_ms`.
+/// The Ed25519 key, the KLP-ID and the peer id are the envelope author's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryRecord {
+    /// A human name (a directory name: lower-case DNS-style labels, not a KLP-ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Message type codes the identity accepts as direct messages (inside SEALED).
+    pub types: Vec<u16>,
+    /// The X25519 public key messages are sealed to.
+    #[serde(with = "crate::cbor::fixed_bytes")]
+    pub x25519: [u8; 32],
+    /// libp2p multiaddrs (text form) the identity listens on.
+    pub addresses: Vec<String>,
+    /// Expiry (ms since the epoch): after the envelope's `created_ms`, at most a day later.
+    pub expires_ms: u64,
 }
 
 /// SEALED: a direct message sealed to its target's X25519 key (see [`crate::seal`]).
@@ -1278,4 +1309,21 @@ validate_with! {
         Ok(())
     };
     Sealed => |_s| Ok(());
+    DirectoryRecord => |d| {
+        if let Some(name) = &d.name {
+            match name.parse::<crate::address::Host>() {
+                Ok(crate::address::Host::Name(n)) if n == *name => {}
+                _ => {
+                    return Err(ValidationError::OutOfRange {
+                        field: "name",
+                        reason: "not a lower-case directory name (and not a KLP-ID)",
+                    });
+                }
+            }
+        }
+        check_len("types", &d.types, 64)?;
+        check_unique("types", &d.types)?;
+        check_len("addresses", &d.addresses, MAX_RECORD_ADDRESSES)?;
+        d.addresses.iter().try_for_each(|a| check_text("addresses", a, MAX_RECORD_ADDRESS_LEN, false))
+    };
 }

@@ -419,7 +419,8 @@ fn sealing_rejections_are_typed() {
 #[test]
 fn message_type_codes_are_stable() {
     let codes: Vec<(u16, &str)> = MessageType::ALL.iter().map(|t| (t.code(), t.name())).collect();
-    assert_eq!(codes.len(), 20);
+    assert_eq!(codes.len(), 21);
+    assert!(codes.contains(&(514, "DIRECTORY_RECORD")));
     for (code, name) in codes {
         let t = MessageType::from_code(code.into()).expect("known");
         assert_eq!(t.name(), name);

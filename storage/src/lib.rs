@@ -24,6 +24,8 @@
 pub mod journal;
 mod node_store;
 
+pub mod mail;
+
 use std::{
     path::Path,
     sync::{Arc, Mutex},
@@ -312,6 +314,11 @@ impl Store {
             page.truncate(limit);
             (page, more)
         })
+    }
+
+    /// The direct-message trees (outbox, inbox, directory cache) of this store.
+    pub fn mail(&self) -> Result<mail::MailStore, StoreError> {
+        mail::MailStore::open(&self.db)
     }
 
     /// The stored envelope bytes of `id`, as stored (not verified again: for serving peers, who

@@ -984,6 +984,17 @@ def _proposal_rules(v):
     return []
 
 
+def _directory_rules(v):
+    name = v.get("name")
+    if name is None:
+        return []
+    try:
+        ok = parse_host(name) == name and not is_klp_id(name)
+    except AddressError:
+        ok = False
+    return [] if ok else ["name is not a lower-case directory name"]
+
+
 def _vector_sync_rules(v):
     out = []
     if v["dims"] >= 1 and len(v["data"]) % (4 * v["dims"]):
@@ -1051,7 +1062,7 @@ BODIES = {
     )),
     258: ("TASK_RESULT", M(
         ("ok", Bool()), ("error", Tstr(1, 2000), "opt"), ("outputs", Array(Tstr(0, 10000), 0, 256)),
-        ("task_id", Tstr(1, 200)),
+        ("request", ID, "opt"), ("task_id", Tstr(1, 200)),
     )),
     259: ("AGENT_MIGRATION", M(("name", Tstr(1, 200)), ("agent", KEY), ("snapshot", Bstr()), ("audit_root", DIGEST))),
     260: ("REPUTATION_DELTA", M(("delta", I32()), ("reason", Tstr(0, 2000)), ("subject", KEY))),
@@ -1061,6 +1072,11 @@ BODIES = {
         ("collection", Tstr(1, 200)), rule=_vector_sync_rules,
     )),
     513: ("SEALED", M(("ct", Bstr()), ("enc", Bstr(32)))),
+    514: ("DIRECTORY_RECORD", M(
+        ("name", Tstr(1, 253), "opt"), ("types", Array(UInt(16), 0, 64, distinct=lambda x: x)),
+        ("x25519", Bstr(32)), ("addresses", Array(Tstr(1, 256), 0, 16)), ("expires_ms", UInt()),
+        rule=_directory_rules,
+    )),
 }
 TYPE_CODES = {name: code for code, (name, _) in BODIES.items()}
 
@@ -1365,6 +1381,12 @@ def run(vectors_path: Path):
         "delegation": {"scope": {"kind": "configuration"}, "delegate": pk1, "federation": b"\x11" * 32},
         "task_request": {"inputs": ["Generate short poem about sunrise"], "task_id": "xyz123",
                          "min_trust": "trusted"},
+        "task_result": {"ok": True, "outputs": ["Light spills over the hill."],
+                        "request": b"\x33" * 32, "task_id": "xyz123"},
+        "directory_record": {"name": "alice.example", "types": [257, 258, 261],
+                             "x25519": x25519_from_seed(bytes(range(32)))[1],
+                             "addresses": ["/ip4/127.0.0.1/tcp/4001"],
+                             "expires_ms": 1_700_003_600_000},
     }
     for name, struct in hand.items():
         e = next(x for x in V["envelopes"] if x["name"] == name)

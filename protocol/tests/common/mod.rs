@@ -313,10 +313,27 @@ pub fn payload() -> impl Strategy<Value = Payload> {
             any::<bool>(),
             proptest::option::of(text(100)),
             proptest::collection::vec(text(100), 0..4),
+            proptest::option::of(any::<[u8; 32]>().prop_map(MessageId)),
             text(100)
         )
-            .prop_map(|(ok, error, outputs, task_id)| {
-                Payload::TaskResult(TaskResult { ok, error, outputs, task_id })
+            .prop_map(|(ok, error, outputs, request, task_id)| {
+                Payload::TaskResult(TaskResult { ok, error, outputs, request, task_id })
+            }),
+        (
+            proptest::option::of("[a-z][a-z0-9-]{0,20}[a-z0-9](\\.[a-z]{1,8}){0,2}"),
+            proptest::collection::btree_set(any::<u16>(), 0..8),
+            any::<[u8; 32]>(),
+            proptest::collection::vec("/ip4/127\\.0\\.0\\.1/tcp/[0-9]{1,5}", 0..4),
+            any::<u64>(),
+        )
+            .prop_map(|(name, types, x25519, addresses, expires_ms)| {
+                Payload::DirectoryRecord(DirectoryRecord {
+                    name,
+                    types: types.into_iter().collect(),
+                    x25519,
+                    addresses,
+                    expires_ms,
+                })
             }),
         (text(50), key(), proptest::collection::vec(any::<u8>(), 0..200), digest()).prop_map(
             |(name, agent, snapshot, audit_root)| {

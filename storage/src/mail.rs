@@ -1,0 +1,273 @@
+//! Direct messages at rest: the outbox (SEALED envelopes this node must hand on — its own, or
+//! others' it relays — until a next hop acknowledges them), the inbox (messages sealed to this
+//! node, opened), the ids already handled (relays and recipients acknowledge a repeat without
+//! taking it twice), and the directory cache (records of other identities).
+//!
+//! Every write that acknowledges something is flushed before it returns: a message is durable
+//! before the sender is told it was taken. Each tree is bounded ([`MAX_OUTBOX`], [`MAX_INBOX`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// Most envelopes waiting in the outbox (own and relayed).
+pub const MAX_OUTBOX: usize = 10_000;
+/// Most envelopes waiting in the outbox that one peer handed over for relaying.
+pub const MAX_RELAYED_PER_PEER: usize = 1_000;
+/// Most messages in the inbox.
+pub const MAX_INBOX: usize = 10_000;
+/// How long a handled id is remembered (a repeat within it is acknowledged, not taken again).
+pub const DONE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A SEALED envelope waiting for a next hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The envelope (hex), exactly as signed.
+    pub envelope: String,
+    /// The recipient's KLP-ID.
+    pub target: String,
+    /// The peer that handed it over, for relayed messages (never sent back there).
+    pub from: Option<String>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt (ms).
+    pub next_ms: u64,
+    /// When it entered the outbox (ms).
+    pub queued_ms: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// A message sealed to this node, opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// The SEALED envelope (hex), exactly as received.
+    pub envelope: String,
+    /// The sender (did:key), who signed the envelope.
+    pub sender: String,
+    /// The sender's KLP-ID.
+    pub sender_klp_id: String,
+    /// The inner message type (`TASK_REQUEST`, …).
+    pub kind: String,
+    /// The inner body as JSON.
+    pub body: String,
+    /// The envelope's target address.
+    pub target: String,
+    /// The envelope's signed time (ms).
+    pub created_ms: u64,
+    /// When it arrived (ms).
+    pub received_ms: u64,
+    /// The peer that delivered it.
+    pub from_peer: String,
+}
+
+/// The direct-message trees of a store.
+#[derive(Debug, Clone)]
+pub struct MailStore {
+    db: sled::Db,
+    outbox: sled::Tree,
+    inbox: sled::Tree,
+    done: sled::Tree,
+    failed: sled::Tree,
+    dir: sled::Tree,
+    names: sled::Tree,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|_| StoreError::CorruptMeta)
+}
+
+/// Why the outbox or inbox did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The tree is at its bound.
+    #[error("the {0} is full")]
+    Full(&'static str),
+}
+
+impl From<sled::Error> for MailError {
+    fn from(e: sled::Error) -> Self {
+        MailError::Store(StoreError::Sled(e))
+    }
+}
+
+impl MailStore {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(MailStore {
+            db: db.clone(),
+            outbox: db.open_tree("mail.outbox")?,
+            inbox: db.open_tree("mail.inbox")?,
+            done: db.open_tree("mail.done")?,
+            failed: db.open_tree("mail.failed")?,
+            dir: db.open_tree("dir.records")?,
+            names: db.open_tree("dir.names")?,
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether message `id` is waiting, in the inbox, or was handled recently.
+    pub fn knows(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.outbox.contains_key(id)?
+            || self.inbox.contains_key(id)?
+            || self.done.contains_key(id)?)
+    }
+
+    /// Puts an envelope in the outbox, durably. `false` if it was already known.
+    pub fn enqueue(&self, id: &[u8; 32], entry: &OutboxEntry) -> Result<bool, MailError> {
+        if self.knows(id)? {
+            return Ok(false);
+        }
+        if self.outbox.len() >= MAX_OUTBOX {
+            return Err(MailError::Full("outbox"));
+        }
+        if let Some(from) = &entry.from {
+            let relayed =
+                self.outbox().iter().filter(|(_, e)| e.from.as_deref() == Some(from)).count();
+            if relayed >= MAX_RELAYED_PER_PEER {
+                return Err(MailError::Full("outbox share of that peer"));
+            }
+        }
+        self.outbox.insert(id, json(entry))?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Every outbox entry (bounded by [`MAX_OUTBOX`]).
+    pub fn outbox(&self) -> Vec<([u8; 32], OutboxEntry)> {
+        self.outbox
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
+            .collect()
+    }
+
+    /// Rewrites an outbox entry (attempts, next time, last error).
+    pub fn update(&self, id: &[u8; 32], entry: &OutboxEntry) -> Result<(), StoreError> {
+        if self.outbox.contains_key(id)? {
+            self.outbox.insert(id, json(entry))?;
+        }
+        Ok(())
+    }
+
+    /// A next hop took the message: it leaves the outbox and is remembered as handled.
+    pub fn delivered(&self, id: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
+        self.done.insert(id, &now_ms.to_be_bytes())?;
+        self.outbox.remove(id)?;
+        self.flush()
+    }
+
+    /// A permanent failure: the message leaves the outbox, the reason is kept.
+    pub fn fail(&self, id: &[u8; 32], reason: &str, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(v) = self.outbox.remove(id)? {
+            let mut e: OutboxEntry = parse(&v)?;
+            e.last_error = Some(reason.to_owned());
+            e.next_ms = now_ms;
+            self.failed.insert(id, json(&e))?;
+        }
+        self.done.insert(id, &now_ms.to_be_bytes())?;
+        self.flush()
+    }
+
+    /// Messages that could not be delivered, with the reason.
+    pub fn failed(&self) -> Vec<([u8; 32], OutboxEntry)> {
+        self.failed
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
+            .collect()
+    }
+
+    /// Files an opened message in the inbox, durably. `false` if it was already known.
+    pub fn file(&self, id: &[u8; 32], entry: &InboxEntry) -> Result<bool, MailError> {
+        if self.knows(id)? {
+            return Ok(false);
+        }
+        if self.inbox.len() >= MAX_INBOX {
+            return Err(MailError::Full("inbox"));
+        }
+        self.inbox.insert(id, json(entry))?;
+        self.done.insert(id, &entry.received_ms.to_be_bytes())?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// The inbox, oldest first.
+    pub fn inbox(&self) -> Vec<([u8; 32], InboxEntry)> {
+        let mut all: Vec<([u8; 32], InboxEntry)> = self
+            .inbox
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
+            .collect();
+        all.sort_by_key(|(id, e)| (e.received_ms, *id));
+        all
+    }
+
+    /// One inbox message.
+    pub fn inbox_entry(&self, id: &[u8; 32]) -> Result<Option<InboxEntry>, StoreError> {
+        self.inbox.get(id)?.map(|v| parse(&v)).transpose()
+    }
+
+    /// Deletes an inbox message (it stays known: a repeat is not filed again). `false` if absent.
+    pub fn delete(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        let removed = self.inbox.remove(id)?.is_some();
+        self.flush()?;
+        Ok(removed)
+    }
+
+    /// Forgets handled ids older than [`DONE_TTL_MS`].
+    pub fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms.saturating_sub(DONE_TTL_MS);
+        let mut n = 0;
+        for (k, v) in self.done.iter().filter_map(|r| r.ok()) {
+            let at = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if at < cutoff {
+                self.done.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Caches a directory record (envelope bytes) of `klp_id`, under its name too.
+    pub fn put_record(
+        &self,
+        klp_id: &str,
+        name: Option<&str>,
+        envelope: &[u8],
+    ) -> Result<(), StoreError> {
+        self.dir.insert(klp_id.as_bytes(), envelope)?;
+        if let Some(n) = name {
+            self.names.insert(format!("{n}\0{klp_id}").as_bytes(), &[])?;
+        }
+        Ok(())
+    }
+
+    /// The cached record of `klp_id`.
+    pub fn record(&self, klp_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.dir.get(klp_id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// KLP-IDs whose cached records claimed `name`.
+    pub fn claimants(&self, name: &str) -> Vec<String> {
+        self.names
+            .scan_prefix(format!("{name}\0").as_bytes())
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| {
+                String::from_utf8(k.to_vec()).ok()?.split_once('\0').map(|(_, id)| id.to_owned())
+            })
+            .collect()
+    }
+}

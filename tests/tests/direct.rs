@@ -1,0 +1,125 @@
+//! Encrypted KLP messages between instances, with real `kosd` processes on loopback: a
+//! TASK_REQUEST to a *name* reaches its node through a relay when the two have no connection,
+//! the relay never holds the plaintext, only the recipient's key opens it, the TASK_RESULT comes
+//! back bound to the request, and a message in flight while the recipient is SIGKILLed arrives
+//! after it restarts.
+
+use kos_protocol::{Message, Payload, SecretKey, seal, vault::Vault};
+use kos_tests::{Node, wait_for};
+use serde_json::Value;
+
+/// The node key of a development node (its vault is under an empty passphrase).
+fn node_key(dir: &std::path::Path) -> SecretKey {
+    let vault = Vault::load(&dir.join("vault.bin"), b"").expect("vault");
+    vault.get("node").expect("node key").clone()
+}
+
+/// Every byte under `dir`, concatenated (sled files, journal, logs).
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.extend(b);
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn inbox(n: &Node) -> Vec<Value> {
+    n.try_json(&["inbox"]).and_then(|v| v["messages"].as_array().cloned()).unwrap_or_default()
+}
+
+fn send_task(a: &Node, task: &str, input: &str) -> String {
+    let payload = serde_json::json!({"inputs": [input], "task_id": task, "min_trust": "standard"})
+        .to_string();
+    let sent =
+        a.json(&["send", "klp://worker-c/tasks", "--type", "TASK_REQUEST", "--payload", &payload]);
+    assert_eq!(sent["status"], "queued", "{sent}");
+    sent["id"].as_str().expect("id").to_owned()
+}
+
+#[test]
+fn a_task_request_reaches_a_named_node_through_a_relay_and_its_result_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let mut c = Node::start_with(dir.path().join("c"), &["--name", "worker-c"]);
+    // A and C never talk directly: each blocks the other. Both know B.
+    a.json(&["block", &c.peer_id()]);
+    c.json(&["block", &a.peer_id()]);
+    a.json(&["connect", &b.bootstrap_addr()]);
+    c.json(&["connect", &b.bootstrap_addr()]);
+
+    // The name resolves through the DHT (C's record, held by B) to C's identity.
+    let c_status = c.status();
+    let record = wait_for(60, "klp://worker-c in A's directory", || {
+        a.try_json(&["resolve", "klp://worker-c/tasks"])
+    });
+    assert_eq!(record["klp_id"], c_status["klp_id"], "{record}");
+    assert_eq!(record["did"], c_status["did"], "{record}");
+    assert!(record["types"].as_array().expect("types").contains(&"TASK_REQUEST".into()));
+    let err = a.ctl(&["resolve", "klp://nobody-here/x"]).fails(1);
+    assert!(err.contains("no directory record"), "{err}");
+
+    // A sends; C receives through B.
+    let secret = "the launch code is 7-4-1-1";
+    let id = send_task(&a, "t-1", secret);
+    let got = wait_for(90, "the request in C's inbox", || {
+        inbox(&c).into_iter().find(|m| m["id"] == id.as_str())
+    });
+    assert_eq!(got["type"], "TASK_REQUEST", "{got}");
+    assert_eq!(got["body"]["inputs"][0], secret, "{got}");
+    assert_eq!(got["sender"], a.did(), "{got}");
+    let shown = c.json(&["inbox", "show", &id]);
+    assert_eq!(shown["from_peer"], b.peer_id(), "it came through B: {shown}");
+
+    // B held only ciphertext: nothing under its data directory contains the plaintext, and its
+    // inbox is empty. Only C's key opens the envelope.
+    assert!(inbox(&b).is_empty());
+    assert!(!contains(&all_bytes(&dir.path().join("b")), secret.as_bytes()), "plaintext at B");
+    assert!(!contains(&all_bytes(&dir.path().join("b.log")), secret.as_bytes()));
+    let envelope = hex::decode(shown["envelope"].as_str().expect("envelope")).expect("hex");
+    let msg = Message::decode(&envelope).expect("a valid envelope");
+    assert!(!contains(&envelope, secret.as_bytes()), "the envelope is encrypted");
+    assert!(seal::open(&msg, &node_key(&dir.path().join("b"))).is_err(), "B cannot open it");
+    assert!(seal::open(&msg, &node_key(&dir.path().join("a"))).is_err(), "nor can A");
+    match seal::open(&msg, &node_key(&dir.path().join("c"))).expect("C opens it") {
+        Payload::TaskRequest(t) => assert_eq!(t.inputs, [secret]),
+        other => panic!("not a task request: {other:?}"),
+    }
+
+    // C answers; the result comes back to A bound to the request.
+    c.json(&["reply", &id, "--output", "done: launched"]);
+    let result = wait_for(90, "the result in A's inbox", || {
+        inbox(&a).into_iter().find(|m| m["type"] == "TASK_RESULT")
+    });
+    assert_eq!(result["body"]["request"], id.as_str(), "{result}");
+    assert_eq!(result["body"]["task_id"], "t-1", "{result}");
+    assert_eq!(result["body"]["outputs"][0], "done: launched", "{result}");
+    assert_eq!(result["sender"], c.did(), "{result}");
+
+    // C is SIGKILLed; a message sent meanwhile waits at B and arrives after C restarts.
+    c.kill();
+    let late = send_task(&a, "t-2", "sent while C was down");
+    wait_for(60, "B to hold the message for C", || {
+        let out = b.try_json(&["outbox"])?;
+        out["pending"].as_array()?.iter().any(|p| p["id"] == late.as_str()).then_some(())
+    });
+    let c = Node::start_with(dir.path().join("c"), &["--name", "worker-c"]);
+    let got = wait_for(120, "the late request in C's inbox", || {
+        inbox(&c).into_iter().find(|m| m["id"] == late.as_str())
+    });
+    assert_eq!(got["body"]["task_id"], "t-2", "{got}");
+    // Delivered once, even though B and A may both have tried.
+    assert_eq!(inbox(&c).iter().filter(|m| m["id"] == late.as_str()).count(), 1);
+}
