@@ -94,6 +94,12 @@ enum PolicyCmd {
 enum AuditCmd {
     /// Re-compute the audit log's hash chain.
     Verify,
+    /// The last entries of the audit log.
+    Show {
+        /// How many (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+    },
 }
 
 /// `propose` flags, or a TOML file with the same keys.
@@ -715,6 +721,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "votes_root": r.certificate.key.votes_root.to_string(),
                 "outcome": r.certificate.key.outcome.as_str(),
             }))
+        }
+        Command::Audit(AuditCmd::Show { last }) => {
+            let v = api()?.get(&format!("/v1/audit?last={last}"))?;
+            if cli.json {
+                return show(v);
+            }
+            for e in v["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>6}  {}  {}",
+                    e["index"],
+                    e["at_ms"].as_u64().map_or("—".into(), render::date),
+                    e["event"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
         }
         Command::Audit(AuditCmd::Verify) => {
             let v = api()?.get("/v1/audit/verify")?;

@@ -260,6 +260,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/proposals/{id}/receipt", get(receipt))
         .route("/v1/delegate", post(delegate))
         .route("/v1/delegations", get(delegations))
+        .route("/v1/audit", get(audit_show))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/resolve", get(resolve))
         .route("/v1/send", post(send_direct))
@@ -537,6 +538,7 @@ async fn trust(AxState(ctx): AxState<Ctx>, Body(req): Body<TrustReq>) -> ApiResu
     ctx.call(move |core| {
         core.store.set_trust(&target, level.as_str())?;
         core.store.audit(now_ms(), &format!("local trust {target} = {level}"))?;
+        core.refresh_policy(); // the policy judges senders by it: at once
         Ok(())
     })
     .await?;
@@ -1584,6 +1586,38 @@ async fn delegate(AxState(ctx): AxState<Ctx>, Body(req): Body<DelegateReq>) -> A
         })
         .await?;
     Ok(Json(json!({ "id": id.to_string() })))
+}
+
+/// Most audit entries in one answer.
+const MAX_AUDIT_SHOWN: usize = 1000;
+
+/// `GET /v1/audit[?last=N]`: the last N entries of the audit log (default 50), oldest first.
+async fn audit_show(AxState(ctx): AxState<Ctx>, RawQuery(query): RawQuery) -> ApiResult {
+    let mut last = 50usize;
+    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("last", v)) => {
+                last = v.parse().map_err(|_| bad("last is a number"))?;
+            }
+            _ => return Err(bad("the only query parameter is last=N")),
+        }
+    }
+    let last = last.min(MAX_AUDIT_SHOWN);
+    ctx.call(move |core| match core.store.verify_audit()? {
+        Ok(entries) => {
+            let skip = entries.len().saturating_sub(last);
+            Ok(Json(json!({
+                "entries": entries.iter().skip(skip).map(|e| json!({
+                    "index": e.index, "at_ms": e.at_ms, "event": e.event,
+                })).collect::<Vec<_>>(),
+            })))
+        }
+        Err(first_bad) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the audit log is broken at entry {first_bad}: kosctl audit verify"),
+        )),
+    })
+    .await
 }
 
 async fn audit_verify(AxState(ctx): AxState<Ctx>) -> ApiResult {

@@ -166,6 +166,9 @@ pub enum IngestError {
     NotDurable(String),
 }
 
+/// Policy refusals written to the audit log per minute at most.
+pub const POLICY_AUDITS_PER_MINUTE: u32 = 60;
+
 /// The engine, the store and the node identity, owned by the core thread.
 pub struct Core {
     /// The node's identity.
@@ -183,6 +186,10 @@ pub struct Core {
     authors: Buckets<PublicKey>,
     /// When the engine next changes by the clock alone.
     wake: Option<u64>,
+    /// The `.klp-policy` in force (shared with the network task and the API), if any.
+    pub policy: Option<Arc<std::sync::Mutex<crate::policy::Policy>>>,
+    /// Policy refusals written to the audit log (a flood is counted, not written).
+    policy_audits: Buckets<()>,
 }
 
 impl std::fmt::Debug for Core {
@@ -223,6 +230,8 @@ impl Core {
             net,
             authors: Buckets::new(quota.burst, quota.per_minute),
             wake: None,
+            policy: None,
+            policy_audits: Buckets::new(POLICY_AUDITS_PER_MINUTE, POLICY_AUDITS_PER_MINUTE),
         }
     }
 
@@ -407,12 +416,81 @@ impl Core {
         attest
     }
 
+    /// The `.klp-policy` on gossip and sync: the relaying peer, the author and type, the type's
+    /// quota. A refusal is counted and audited (up to [`POLICY_AUDITS_PER_MINUTE`]); it costs
+    /// the relaying peer nothing.
+    fn policy_allows(&mut self, msg: &Message, from: &Source, now: u64) -> bool {
+        let Some(policy) = &self.policy else { return true };
+        let decision = {
+            let mut p = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let checks = [p.check_peer(&from.peer()), p.check_sender(&msg.author(), msg.kind())];
+            match checks.into_iter().find(|d| *d != crate::policy::Decision::Allow) {
+                Some(d) => d,
+                None => p.take_type_quota(msg.kind(), now),
+            }
+        };
+        let crate::policy::Decision::Deny(why) = decision else { return true };
+        let path = match from {
+            Source::Gossip { .. } => "gossip",
+            Source::Sync { .. } => "sync",
+        };
+        self.metrics.policy_refusal(path);
+        if self.policy_audits.allow((), now) {
+            let line = format!(
+                "policy refused {} {} from {} ({path}): {why}",
+                msg.kind(),
+                msg.id(),
+                from.peer()
+            );
+            let _ = self.store.audit(now, &line);
+        }
+        tracing::debug!(id = %msg.id(), "policy refused: {why}");
+        false
+    }
+
+    /// Feeds the policy what it judges senders by: each member's trust in the registry in force,
+    /// overridden by this node's local trust (`klp://`, `agent://` and `peer://` targets), and
+    /// the federation's policy document.
+    pub fn refresh_policy(&mut self) {
+        let Some(policy) = self.policy.clone() else { return };
+        let now = now_ms();
+        let mut trust = std::collections::HashMap::new();
+        let registry = self.engine.as_ref().and_then(|e| e.registry(now));
+        if let Some(reg) = &registry {
+            for m in reg.members.values() {
+                trust.insert(m.key.klp_id().to_string(), m.trust);
+            }
+        }
+        for (target, level) in self.store.trust().unwrap_or_default() {
+            let Ok(level) = level.parse::<kos_protocol::payload::TrustLevel>() else { continue };
+            let id = match target.parse::<kos_protocol::Address>() {
+                Ok(kos_protocol::Address::Klp { host: kos_protocol::Host::Id(id), .. })
+                | Ok(kos_protocol::Address::Agent(kos_protocol::Host::Id(id))) => id,
+                Ok(kos_protocol::Address::Peer(p)) => match PublicKey::from_peer_id(&p) {
+                    Ok(k) => k.klp_id(),
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            trust.insert(id.to_string(), level);
+        }
+        let mut p = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.set_trust(trust);
+        let federation = registry.as_ref().and_then(|r| r.policy.as_deref());
+        if let Err(e) = p.set_federation(federation) {
+            warn!("the federation's policy is not a valid .klp-policy, ignored: {e}");
+        }
+    }
+
     fn judge_and_apply(
         &mut self,
         msg: &Message,
         from: &Source,
         now: u64,
     ) -> Result<Step, &'static str> {
+        if !self.policy_allows(msg, from, now) {
+            return Err("policy");
+        }
         let me = self.key.public();
         let engine = self.engine.as_mut().ok_or("no_federation")?;
         // Live gossip only: sync is pulled by this node at its own pace.
@@ -606,6 +684,7 @@ impl Core {
     }
 
     fn housekeeping(&mut self) {
+        self.refresh_policy();
         let m = &self.metrics;
         m.stored_messages.set(self.store.len() as i64);
         m.pending_messages.set(self.engine.as_ref().map_or(0, Engine::pending_len) as i64);
@@ -629,6 +708,7 @@ impl Core {
         let mut last_housekeeping = now_ms();
         let mut last_commit = now_ms();
         self.wake = self.engine.as_ref().and_then(|e| e.next_wakeup(now_ms()));
+        self.refresh_policy();
         self.tick(now_ms());
         loop {
             let now = now_ms();

@@ -313,7 +313,8 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
             policy::Policy::new(&policy_text, None)
                 .with_context(|| format!("{} is not a valid policy", policy_path.display()))?,
         ));
-        let the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
+        let mut the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
+        the_core.policy = Some(policy.clone());
         let (core, core_thread) = core::spawn(the_core)?;
         let api = tokio::spawn(api::serve(
             api::ApiParts {

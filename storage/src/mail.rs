@@ -81,6 +81,14 @@ fn parse<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|_| StoreError::CorruptMeta)
 }
 
+/// Every readable entry of a tree keyed by message id.
+fn entries<T: for<'de> Deserialize<'de>>(tree: &sled::Tree) -> Vec<([u8; 32], T)> {
+    tree.iter()
+        .filter_map(|r| r.ok())
+        .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
+        .collect()
+}
+
 /// Why the outbox or inbox did not take a message.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -145,11 +153,7 @@ impl MailStore {
 
     /// Every outbox entry (bounded by [`MAX_OUTBOX`]).
     pub fn outbox(&self) -> Vec<([u8; 32], OutboxEntry)> {
-        self.outbox
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
-            .collect()
+        entries(&self.outbox)
     }
 
     /// Rewrites an outbox entry (attempts, next time, last error).
@@ -181,11 +185,7 @@ impl MailStore {
 
     /// Messages that could not be delivered, with the reason.
     pub fn failed(&self) -> Vec<([u8; 32], OutboxEntry)> {
-        self.failed
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
-            .collect()
+        entries(&self.failed)
     }
 
     /// Files an opened message in the inbox, durably. `false` if it was already known.
@@ -204,12 +204,7 @@ impl MailStore {
 
     /// The inbox, oldest first.
     pub fn inbox(&self) -> Vec<([u8; 32], InboxEntry)> {
-        let mut all: Vec<([u8; 32], InboxEntry)> = self
-            .inbox
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| Some((k.as_ref().try_into().ok()?, parse(&v).ok()?)))
-            .collect();
+        let mut all: Vec<([u8; 32], InboxEntry)> = entries(&self.inbox);
         all.sort_by_key(|(id, e)| (e.received_ms, *id));
         all
     }

@@ -203,6 +203,23 @@ impl Node {
         (run.code == Some(0)).then(|| serde_json::from_str(&run.stdout).ok()).flatten()
     }
 
+    /// The node's Prometheus metrics (raw HTTP with its token).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.dir.join("api.addr")).expect("api.addr");
+        let token = std::fs::read_to_string(self.dir.join("api.token")).expect("api.token");
+        let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
     /// `kosctl` with `args`, human output (no `--json`); asserts success, returns the text.
     pub fn human(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(bin("kosctl"));

@@ -319,7 +319,7 @@ async fn newer_messages_are_ignored_but_forgeries_block_even_a_peer_that_left_an
     pump(&mut newer, 2000).await;
     // The node read them (and ignored them).
     let unreadable = wait_for(30, "the newer peer's messages to be judged", || {
-        let m = metrics(&a);
+        let m = Node::metrics(&a);
         let n = m
             .lines()
             .find(|l| l.starts_with("kos_gossip_messages_total{verdict=\"unreadable\"}"))
@@ -392,21 +392,4 @@ async fn newer_messages_are_ignored_but_forgeries_block_even_a_peer_that_left_an
         peers["blocked"].as_array().expect("list").iter().any(|x| x == forger_id.as_str()),
         "the block was lost in a restart: {peers}"
     );
-}
-
-/// The node's Prometheus metrics (raw HTTP with its token).
-fn metrics(node: &Node) -> String {
-    use std::io::{Read, Write};
-    let addr = std::fs::read_to_string(node.dir.join("api.addr")).expect("api.addr");
-    let token = std::fs::read_to_string(node.dir.join("api.token")).expect("api.token");
-    let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        token.trim()
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
 }
