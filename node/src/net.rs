@@ -385,3 +385,23 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
         .build();
     Ok(swarm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_responses_encode_as_the_published_vectors() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/vectors/klp-v1.json")).expect("json");
+        for r in v["direct_responses"].as_array().expect("vectors") {
+            let code = DirectCode::from_u64(r["code"].as_u64().expect("code")).expect("known");
+            let resp =
+                DirectResponse { code, reason: r["reason"].as_str().expect("reason").into() };
+            let bytes = resp.encode();
+            assert_eq!(hex::encode(&bytes), r["cbor_hex"].as_str().expect("hex"));
+            assert_eq!(DirectResponse::decode(&bytes).expect("decodes"), resp);
+        }
+        assert!(DirectResponse::decode(&[0x82, 0x08, 0x60]).is_err(), "unknown code 8");
+    }
+}

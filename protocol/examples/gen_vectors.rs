@@ -290,6 +290,20 @@ fn main() {
             "choice_cbor_hex": hex::encode({ let mut b = Vec::new(); ciborium::into_writer(&Choice::No, &mut b).expect("cbor"); b }),
             "commitment": commitment.to_string(),
         }],
+        "direct_responses": [
+            { "code": 0, "reason": "filed",
+              "cbor_hex": hex::encode(kos_protocol::to_cbor(&(0u8, "filed"))) },
+            { "code": 1, "reason": "",
+              "cbor_hex": hex::encode(kos_protocol::to_cbor(&(1u8, ""))) },
+            { "code": 5, "reason": "local policy: message type TASK_REQUEST is denied",
+              "cbor_hex": hex::encode(kos_protocol::to_cbor(&(5u8, "local policy: message type TASK_REQUEST is denied"))) },
+        ],
+        "directory_keys": [{
+            "klp_id": alice.public().klp_id().to_string(),
+            "id_key_hex": hex::encode(kos_protocol::directory::id_key(&alice.public().klp_id())),
+            "name": "alice.example",
+            "name_key_hex": hex::encode(kos_protocol::directory::name_key("alice.example")),
+        }],
         "rejections": [
             { "name": "flipped signature bit", "envelope_hex": hex::encode(&flipped), "error": "BadSignature" },
             { "name": "trailing byte", "envelope_hex": hex::encode(&trailing), "error": "TrailingBytes" },

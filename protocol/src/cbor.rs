@@ -37,6 +37,38 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Encodes `value` into the deterministic CBOR of `docs/protocol.md` §1.1 whatever its Rust
+/// shape: every map's entries sorted by their encoded keys (shorter first, then bytewise), and
+/// entries whose value is `null` (an absent optional field) omitted. For structures that are
+/// hashed but do not travel (the registry, `docs/governance.md` §2), so that another
+/// implementation can compute the same bytes from the document alone.
+pub fn to_vec_deterministic<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    fn canonical(v: ciborium::Value) -> ciborium::Value {
+        use ciborium::Value;
+        match v {
+            Value::Map(entries) => {
+                let mut keyed: Vec<(Vec<u8>, Value, Value)> = entries
+                    .into_iter()
+                    .filter(|(_, val)| !val.is_null())
+                    .map(|(k, val)| {
+                        let k = canonical(k);
+                        (to_vec(&k), k, canonical(val))
+                    })
+                    .collect();
+                keyed.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
+                Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+            other => other,
+        }
+    }
+    match ciborium::Value::serialized(value) {
+        Ok(v) => to_vec(&canonical(v)),
+        // Our types hold only integers, strings, arrays and maps (see `to_vec`).
+        Err(e) => unreachable!("CBOR value conversion failed: {e}"),
+    }
+}
+
 /// Decodes exactly one CBOR item of type `T` from `bytes`, refusing trailing bytes and any
 /// encoding that is not the canonical one.
 pub fn from_slice_canonical<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {

@@ -44,7 +44,10 @@ pub mod vault;
 use sha2::{Digest as _, Sha256};
 
 pub use address::{Address, AddressError, Host};
-pub use cbor::{CborError, diagnostic, from_slice_canonical as from_cbor, to_vec as to_cbor};
+pub use cbor::{
+    CborError, diagnostic, from_slice_canonical as from_cbor, to_vec as to_cbor,
+    to_vec_deterministic as to_cbor_deterministic,
+};
 pub use envelope::{
     DecodeError, EncodeError, Header, MAX_ENVELOPE_LEN, Message, MessageType, PROTOCOL_VERSION,
     Payload, SIGNATURE_DOMAIN, message_id,

@@ -1494,6 +1494,54 @@ def run(vectors_path: Path):
     expect_error("self: header with trailing byte -> TrailingBytes",
                  cbor_encode([header_bytes(7, author2, 1, 0, None, vbody) + b"\x00", b"\x00" * 64]),
                  "TrailingBytes")
+    # --- §8.3 direct messages and §8.4 directory keys ------------------------------------------
+    for r in V["direct_responses"]:
+        check_eq(f"direct response [{r['code']}, …] (§8.3)", cbor_encode([r["code"], r["reason"]]), r["cbor_hex"])
+    for d in V["directory_keys"]:
+        check_eq("directory key by KLP-ID (§8.4)", ("/kos/dir/id/" + d["klp_id"]).encode(), d["id_key_hex"])
+        check_eq("directory key by name (§8.4)", ("/kos/dir/name/" + d["name"]).encode(), d["name_key_hex"])
+        check_eq("the KLP-ID is the author's of the directory_record vector", d["klp_id"], klp_id(pk1))
+
+    # --- governance.md §2: the registry, from the CHARTER vector --------------------------------
+    reg_path = vectors_path.parent / "registry-v1.json"
+    R = json.loads(reg_path.read_text())
+    ch = next(e for e in V["envelopes"] if e["name"] == "charter")
+    charter = cbor_decode_strict(H(ch["body_hex"]))
+
+    def registry_of(c, epoch=0, config=None, policy=None, trust_changes=None):
+        members = {}
+        for m in c["members"]:
+            m = dict(m)
+            if trust_changes and m["key"] in trust_changes:
+                m["trust"] = trust_changes[m["key"]]
+            members[m["key"]] = m
+        reg = {
+            "epoch": epoch,
+            "members": members,
+            "bodies": {b["kind"]: sorted(b["members"]) for b in c["bodies"]},
+            "role_weights": {r["role"]: r["weight"] for r in c["role_weights"]},
+            "hybrid": c["hybrid"],
+            "config": config or {},
+            "min_protocol_version": c["min_protocol_version"],
+        }
+        if policy is not None:
+            reg["policy"] = policy
+        return reg
+
+    def registry_hash(reg):
+        return hashlib.sha256(b"kos-klp-v1/registry\x00" + cbor_encode(reg)).hexdigest()
+
+    r0 = next(r for r in R["registries"] if r["name"] == "charter_0")
+    reg0 = registry_of(charter)
+    check_eq("registry of the charter vector: CBOR (governance.md §2)", cbor_encode(reg0), r0["cbor_hex"])
+    check_eq("registry of the charter vector: hash", registry_hash(reg0), r0["hash_hex"])
+    r2 = next(r for r in R["registries"] if r["name"] == "epoch_2")
+    last_key = sorted(m["key"] for m in charter["members"])[-1]
+    reg2 = registry_of(charter, 2, {"max_agents": "120", "fee": "3"},
+                       "[types]\ndeny = [\"AGENT_MIGRATION\"]\n", {last_key: "trusted"})
+    check_eq("registry epoch 2 (config, policy, a changed member): CBOR", cbor_encode(reg2), r2["cbor_hex"])
+    check_eq("registry epoch 2: hash", registry_hash(reg2), r2["hash_hex"])
+
     ok_addrs = ["klp://ni4ahvpqlgicuhdnv66jxjdssi/tasks", "agent://ni4ahvpqlgicuhdnv66jxjdssi",
                 "peer://" + peer_id(pk1), "klp://example.org", "agent://a-b.c0"]
     for a in ok_addrs:

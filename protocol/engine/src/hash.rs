@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kos_protocol::{
     PublicKey,
     payload::{DelegationScope, Digest, MessageId, Outcome, ProposalId},
-    to_cbor,
+    to_cbor_deterministic as to_cbor,
 };
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};

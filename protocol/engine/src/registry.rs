@@ -11,7 +11,6 @@ use sha2::{Digest as _, Sha256};
 use kos_protocol::{
     PublicKey,
     payload::{BodyKind, Charter, Digest, HybridWeights, Member, Role, TrustLevel, Weighting},
-    to_cbor,
 };
 
 /// Domain prefix of registry hashes.
@@ -59,12 +58,20 @@ impl Registry {
         }
     }
 
-    /// SHA-256 over the registry's deterministic CBOR encoding, with a domain prefix.
+    /// SHA-256 over the registry's deterministic CBOR encoding (`docs/governance.md` §2),
+    /// with a domain prefix.
     pub fn hash(&self) -> Digest {
         let mut h = Sha256::new();
         h.update(REGISTRY_DOMAIN);
-        h.update(to_cbor(self));
+        h.update(self.encode());
         Digest(h.finalize().into())
+    }
+
+    /// The registry's deterministic CBOR: a map, keys in the §1.1 order, an absent policy
+    /// omitted; members keyed by their key, bodies by their kind (each an ascending array of
+    /// keys), role weights by role, configuration by key.
+    pub fn encode(&self) -> Vec<u8> {
+        kos_protocol::to_cbor_deterministic(self)
     }
 
     /// The member with key `key`.
