@@ -354,6 +354,14 @@ enum Command {
     },
     /// Messages waiting for a next hop, and those given up.
     Outbox,
+    /// Publish a BROADCAST_ANNOUNCE on the federation's announcement topic (members' inboxes).
+    Announce {
+        /// The text.
+        text: String,
+        /// The topic (a short label: `maintenance`, `status`, …).
+        #[arg(long, default_value = "status")]
+        topic: String,
+    },
     /// The `.klp-policy`.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -667,6 +675,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serde_json::json!({"ok": error.is_none(), "outputs": outputs, "error": error}),
         )?),
         Command::Outbox => show(api()?.get("/v1/outbox")?),
+        Command::Announce { text, topic } => {
+            show(api()?.post("/v1/announce", serde_json::json!({"topic": topic, "text": text}))?)
+        }
         Command::Policy(PolicyCmd::Show) => show(api()?.get("/v1/policy")?),
         Command::Policy(PolicyCmd::Apply { file }) => {
             let text = std::fs::read_to_string(&file)

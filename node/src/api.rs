@@ -268,6 +268,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/inbox/{id}", get(inbox_show).delete(inbox_delete))
         .route("/v1/inbox/{id}/reply", post(reply))
         .route("/v1/outbox", get(outbox))
+        .route("/v1/announce", post(announce))
         .route("/v1/policy", get(policy_show).post(policy_apply))
         .fallback(|| async { not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -1930,6 +1931,30 @@ async fn reply(
     let host = kos_protocol::Host::Id(klp);
     let address = kos_protocol::Address::Klp { host: host.clone(), path: "tasks".into() };
     seal_and_queue(&ctx, address, host, inner).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnounceReq {
+    topic: String,
+    text: String,
+}
+
+/// `POST /v1/announce`: a signed BROADCAST_ANNOUNCE on the federation's announcement topic.
+async fn announce(AxState(ctx): AxState<Ctx>, Body(req): Body<AnnounceReq>) -> ApiResult {
+    let payload =
+        Payload::BroadcastAnnounce(BroadcastAnnounce { text: req.text, topic: req.topic });
+    let id = ctx
+        .call(move |core| {
+            engine(core)?;
+            let msg = core
+                .sign_detached(|key, seq, now| Ok(Message::sign(key, seq, now, None, payload)?))
+                .map_err(|e| bad(format!("{e:#}")))?;
+            core.to_net(crate::core::ToNet::Announce(msg.bytes().to_vec()));
+            Ok(msg.id())
+        })
+        .await?;
+    Ok(Json(json!({ "id": id.to_string(), "status": "published" })))
 }
 
 /// `GET /v1/outbox`: messages waiting for a next hop, and those given up.

@@ -136,6 +136,8 @@ pub enum ToNet {
     Follow(FederationId),
     /// This node's directory record (a signed envelope): publish it in the DHT.
     Record(Vec<u8>),
+    /// A BROADCAST_ANNOUNCE signed here: publish it on the federation's announcement topic.
+    Announce(Vec<u8>),
 }
 
 /// What became of a submitted envelope.

@@ -85,7 +85,7 @@ pub fn body_json(p: &Payload) -> serde_json::Value {
 pub fn receive(
     mail: &MailStore,
     key: &SecretKey,
-    policy: &Policy,
+    policy: &mut Policy,
     peer: PeerId,
     bytes: &[u8],
     now_ms: u64,
@@ -139,6 +139,9 @@ pub fn receive(
     let kind = inner.message_type();
     if let Decision::Deny(why) = policy.check_sender(&sender, kind) {
         return response(DirectCode::Policy, why);
+    }
+    if let Decision::Deny(why) = policy.take_type_quota(kind, now_ms) {
+        return response(DirectCode::Busy, why);
     }
     let entry = InboxEntry {
         envelope: hex::encode(bytes),

@@ -35,6 +35,11 @@ pub fn topic(federation: &MessageId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("kos/{federation}/gov"))
 }
 
+/// The gossip topic of a federation's BROADCAST_ANNOUNCE messages (system status, events).
+pub fn announce_topic(federation: &MessageId) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("kos/{federation}/announce"))
+}
+
 /// Subscribes to a federation's topic, with peer-scoring parameters that penalise invalid
 /// messages hard and do not punish the topic's low traffic.
 pub fn subscribe(
@@ -55,9 +60,13 @@ pub fn subscribe(
         ..Default::default()
     };
     let gs = &mut swarm.behaviour_mut().gossipsub;
-    gs.set_topic_params(topic.clone(), params)
+    gs.set_topic_params(topic.clone(), params.clone())
         .map_err(|e| anyhow::anyhow!("topic scoring: {e}"))?;
     gs.subscribe(&topic)?;
+    let announce = announce_topic(federation);
+    gs.set_topic_params(announce.clone(), params)
+        .map_err(|e| anyhow::anyhow!("topic scoring: {e}"))?;
+    gs.subscribe(&announce)?;
     Ok(())
 }
 

@@ -519,6 +519,15 @@ impl Net {
             ToNet::Publish(bytes) => self.publish(swarm, bytes),
             ToNet::Penalise { peer, action, why } => self.penalise(swarm, peer, action, &why),
             ToNet::Record(bytes) => self.put_record(swarm, bytes),
+            ToNet::Announce(bytes) => {
+                let Some(f) = self.federation else { return };
+                match swarm.behaviour_mut().gossipsub.publish(net::announce_topic(&f), bytes) {
+                    Ok(_)
+                    | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                    | Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(e) => warn!("announce: {e}"),
+                }
+            }
             ToNet::Follow(f) => {
                 self.federation = Some(f);
                 if let Err(e) = net::subscribe(swarm, &f) {
@@ -671,7 +680,12 @@ impl Net {
                 message_id,
                 message,
             })) => {
-                if self.flood.allow(propagation_source, now_ms()) {
+                let announcement = self
+                    .federation
+                    .is_some_and(|f| message.topic == net::announce_topic(&f).hash());
+                if announcement && self.flood.allow(propagation_source, now_ms()) {
+                    self.on_announcement(propagation_source, message_id, message.data);
+                } else if self.flood.allow(propagation_source, now_ms()) {
                     debug!(id = %hex::encode(&message_id.0), "received");
                     self.backlog.push_back(Job {
                         bytes: message.data,
@@ -1435,8 +1449,8 @@ impl Net {
         let received = self.received.clone();
         tokio::task::spawn_blocking(move || {
             let response = {
-                let policy = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                mail::receive(&mail, &key, &policy, peer, &request, now)
+                let mut policy = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                mail::receive(&mail, &key, &mut policy, peer, &request, now)
             };
             let _ = received.blocking_send((peer, channel, response));
         });
@@ -1489,6 +1503,50 @@ impl Net {
             self.pump_outbox(swarm);
         }
         let _ = swarm.behaviour_mut().direct.send_response(channel, response);
+    }
+
+    /// A BROADCAST_ANNOUNCE from the federation's announcement topic: verified, judged by the
+    /// policy and filed in the inbox on a blocking thread; the verdict goes back to gossipsub
+    /// (accepted ones are relayed; a bad signature or another type is rejected).
+    fn on_announcement(&mut self, source: PeerId, id: gossipsub::MessageId, data: Vec<u8>) {
+        let mail = self.mail.clone();
+        let policy = self.policy.clone();
+        let to_net = self.to_net.clone();
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let acceptance = match Message::decode(&data) {
+                Ok(msg) if msg.kind() == kos_protocol::MessageType::BroadcastAnnounce => {
+                    let decision = policy
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .check_sender(&msg.author(), msg.kind());
+                    if let Decision::Deny(why) = decision {
+                        metrics.policy_refusal("gossip");
+                        debug!("announcement refused: {why}");
+                        gossipsub::MessageAcceptance::Ignore
+                    } else {
+                        let entry = kos_storage::mail::InboxEntry {
+                            envelope: hex::encode(&data),
+                            sender: msg.author().to_did(),
+                            sender_klp_id: msg.author().klp_id().to_string(),
+                            kind: msg.kind().name().to_owned(),
+                            body: mail::body_json(msg.payload()).to_string(),
+                            target: String::new(),
+                            created_ms: msg.header().created_ms,
+                            received_ms: now,
+                            from_peer: source.to_string(),
+                        };
+                        match mail.file(&msg.id().0, &entry) {
+                            Ok(_) => gossipsub::MessageAcceptance::Accept,
+                            Err(_) => gossipsub::MessageAcceptance::Ignore,
+                        }
+                    }
+                }
+                Ok(_) | Err(_) => gossipsub::MessageAcceptance::Reject,
+            };
+            let _ = to_net.blocking_send(ToNet::Verdict { id, source, acceptance });
+        });
     }
 
     /// Reads `<data-dir>/klp-policy.toml` again (SIGHUP); a bad file changes nothing.

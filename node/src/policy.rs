@@ -344,3 +344,33 @@ impl Policy {
 pub fn check(text: &str) -> Result<(), PolicyError> {
     Rules::parse(text).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_policy_parses_and_applies() {
+        let text = include_str!("../../docs/klp-policy.example.toml");
+        let p = Policy::new(text, None).expect("the example is valid");
+        let someone = kos_protocol::SecretKey::from_seed(&[9; 32]).public();
+        assert_eq!(
+            p.check_sender(&someone, MessageType::AgentMigration),
+            Decision::Deny("local policy: message type AGENT_MIGRATION is denied".into())
+        );
+        assert!(matches!(p.check_sender(&someone, MessageType::TaskRequest), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn a_deny_in_the_federation_policy_wins_and_a_bad_document_changes_nothing() {
+        let mut p = Policy::new("", Some("[types]\ndeny = [\"TASK_REQUEST\"]\n")).expect("valid");
+        let someone = kos_protocol::SecretKey::from_seed(&[9; 32]).public();
+        assert_eq!(
+            p.check_sender(&someone, MessageType::TaskRequest),
+            Decision::Deny("federation policy: message type TASK_REQUEST is denied".into())
+        );
+        assert!(p.set_local("[types]\ndeny = [\"NOPE\"]").is_err());
+        assert_eq!(p.texts().0, "");
+        assert!(p.set_local("colour = 1").is_err());
+    }
+}

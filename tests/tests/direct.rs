@@ -123,3 +123,56 @@ fn a_task_request_reaches_a_named_node_through_a_relay_and_its_result_comes_back
     // Delivered once, even though B and A may both have tried.
     assert_eq!(inbox(&c).iter().filter(|m| m["id"] == late.as_str()).count(), 1);
 }
+
+#[test]
+fn a_name_claimed_by_two_keys_is_a_conflict_and_announcements_and_policy_reach_gossip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start_with(dir.path().join("b"), &["--name", "shared-name"]);
+    let d = Node::start_with(dir.path().join("d"), &["--name", "shared-name"]);
+    a.json(&["connect", &b.bootstrap_addr()]);
+    a.json(&["connect", &d.bootstrap_addr()]);
+    // Both claims reach A: the name is a conflict, listed, never silently picked.
+    let (b_id, d_id) = (b.status()["klp_id"].clone(), d.status()["klp_id"].clone());
+    let err = wait_for(60, "both claims at A", || {
+        let run = a.ctl(&["resolve", "klp://shared-name/x"]);
+        let e = run.stderr.clone();
+        (run.code == Some(1) && e.contains("conflict")).then_some(e)
+    });
+    for id in [&b_id, &d_id] {
+        assert!(err.contains(id.as_str().expect("id")), "{err}");
+    }
+    // Each is still reachable by its KLP-ID.
+    let by_id = a.json(&["resolve", &format!("klp://{}/x", b_id.as_str().expect("id"))]);
+    assert_eq!(by_id["did"], b.did());
+
+    // Announcements travel on the federation's topic into members' inboxes.
+    kos_tests::found(&a, "announcements", &[(&b, "trusted")]);
+    wait_for(60, "the announcement at B", || {
+        a.json(&["announce", "--topic", "maintenance", "down at noon for 5 minutes"]);
+        inbox(&b).into_iter().find(|m| m["type"] == "BROADCAST_ANNOUNCE")
+    });
+    let got = inbox(&b).into_iter().find(|m| m["type"] == "BROADCAST_ANNOUNCE").expect("it");
+    assert_eq!(got["body"]["text"], "down at noon for 5 minutes", "{got}");
+    assert_eq!(got["sender"], a.did(), "{got}");
+
+    // The policy applies to gossip and sync too: B denies COMMENT; A's proposal arrives, its
+    // comment does not.
+    let f = dir.path().join("p.toml");
+    std::fs::write(&f, "[types]\ndeny = [\"COMMENT\"]\n").expect("write");
+    b.json(&["policy", "apply", f.to_str().expect("path")]);
+    let p = a.propose_open("commented");
+    a.json(&["comment", &p, "a comment B does not take"]);
+    wait_for(60, "the proposal at B", || b.try_json(&["show", &p]));
+    wait_for(60, "the refusal counted at B", || {
+        let m = b.metrics();
+        m.lines()
+            .any(|l| {
+                l.starts_with("kos_policy_refusals_total{path=\"gossip\"}")
+                    || l.starts_with("kos_policy_refusals_total{path=\"sync\"}")
+            })
+            .then_some(())
+    });
+    assert_eq!(b.json(&["show", &p])["comments_total"], 0);
+    assert_eq!(a.json(&["show", &p])["comments_total"], 1);
+}
