@@ -162,6 +162,42 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
     assert_eq!(v["results"].as_array().map(Vec::len), Some(2));
     assert!(v["results"][0]["error"].as_str().is_some_and(|e| e.contains("invalid envelope")));
 
+    // Direct messages, the directory and the policy: bad input is refused by name.
+    let e = expect(api.get("/v1/resolve?address=ftp://x"), 400);
+    assert!(e.contains("invalid address"), "{e}");
+    let e = expect(api.get(&format!("/v1/resolve?address=peer://{}", a.peer_id())), 400);
+    assert!(e.contains("peer://"), "{e}");
+    expect(api.get("/v1/resolve"), 400);
+    let e = expect(api.get("/v1/resolve?address=klp://nobody-at-all/x"), 404);
+    assert!(e.contains("no directory record"), "{e}");
+    let e = expect(
+        api.post("/v1/send", &json!({"address": "klp://x/y", "type": "NOT_A_TYPE", "payload": {}})),
+        400,
+    );
+    assert!(e.contains("unknown message type"), "{e}");
+    let e = expect(
+        api.post("/v1/send", &json!({"address": "klp://x/y", "type": "VOTE", "payload": {}})),
+        400,
+    );
+    assert!(e.contains("cannot be sent as a direct message"), "{e}");
+    let e = expect(
+        api.post(
+            "/v1/send",
+            &json!({"address": "klp://x/y", "type": "TASK_REQUEST", "payload": {"task_id": 7}}),
+        ),
+        400,
+    );
+    assert!(e.contains("invalid TASK_REQUEST payload"), "{e}");
+    expect(api.get(&format!("/v1/inbox/{unknown}")), 404);
+    expect(api.raw("DELETE", &format!("/v1/inbox/{unknown}"), &[], b""), 404);
+    expect(api.post(&format!("/v1/inbox/{unknown}/reply"), &json!({})), 404);
+    expect(api.get("/v1/inbox/not-an-id"), 400);
+    let e = expect(api.post("/v1/policy", &json!({"text": "[types]\ndeny = [\"NOPE\"]"})), 400);
+    assert!(e.contains("NOPE"), "{e}");
+    assert!(!api.get("/v1/policy").1.contains("NOPE"));
+    let outbox: Value = serde_json::from_str(&api.get("/v1/outbox").1).expect("json");
+    assert_eq!(outbox["pending"], json!([]), "nothing was queued: {outbox}");
+
     // Nothing of all that changed the node.
     let after = a.status();
     assert_eq!(after["messages"], before["messages"]);
