@@ -277,6 +277,15 @@ impl Node {
         self.status()["peer_id"].as_str().expect("peer id").to_owned()
     }
 
+    /// Sends the process a signal (`HUP`, `TERM`, …).
+    pub fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let status =
+                Command::new("kill").arg(format!("-{name}")).arg(c.id().to_string()).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
+        }
+    }
+
     /// Kills the process with SIGKILL (no shutdown, no flush).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

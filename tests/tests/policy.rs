@@ -76,6 +76,16 @@ fn policy_refusals_name_their_rule_and_changes_apply_without_a_restart() {
     let why = refusal(&a, &id);
     assert!(why.contains(&format!("peer {a_peer} is on the deny list")), "{why}");
 
+    // The file edited in place and SIGHUP: the deny list is gone, A's request passes again.
+    std::fs::write(c.dir.join("klp-policy.toml"), "# nothing denied\n").expect("write");
+    c.signal("HUP");
+    wait_for(30, "the reloaded policy", || {
+        let p = c.try_json(&["policy", "show"])?;
+        p["local"].as_str()?.contains("nothing denied").then_some(())
+    });
+    let id = send(&a, &to, "t-5");
+    delivered(&c, &id);
+
     // Every refusal is in C's audit log and its metrics.
     let audit = c.json(&["audit", "show", "--last", "100"]);
     let events: Vec<&str> = audit["entries"]
@@ -84,7 +94,9 @@ fn policy_refusals_name_their_rule_and_changes_apply_without_a_restart() {
         .iter()
         .filter_map(|e| e["event"].as_str())
         .collect();
-    for want in ["is denied", "needs sender trust", "on the deny list", "policy applied"] {
+    for want in
+        ["is denied", "needs sender trust", "on the deny list", "policy applied", "policy reloaded"]
+    {
         assert!(
             events.iter().any(|e| e.contains(want)),
             "no audit entry with {want:?}: {events:?}"
@@ -99,5 +111,49 @@ fn policy_refusals_name_their_rule_and_changes_apply_without_a_restart() {
     std::fs::write(&f, "[types]\ndeny = [\"NOT_A_TYPE\"]\n").expect("write");
     let err = c.ctl(&["policy", "apply", f.to_str().expect("path")]).fails(1);
     assert!(err.contains("NOT_A_TYPE"), "{err}");
-    assert!(c.json(&["policy", "show"])["local"].as_str().expect("text").contains(&a_peer));
+    assert!(
+        c.json(&["policy", "show"])["local"].as_str().expect("text").contains("nothing denied")
+    );
+}
+
+#[test]
+fn a_federation_policy_passed_by_proposal_applies_on_every_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let c = Node::start(dir.path().join("c"));
+    kos_tests::found(&a, "policed", &[(&c, "trusted")]);
+    let doc = "[types]\ndeny = [\"TASK_REQUEST\"]\n";
+    let p = a.json(&[
+        "propose",
+        "--kind",
+        "service_policy",
+        "--title",
+        "No tasks",
+        "--description",
+        "Members take no tasks for now.",
+        "--policy",
+        doc,
+        "--voting-secs",
+        "4",
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for n in [&a, &c] {
+        wait_for(60, "voting open", || {
+            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
+        });
+        n.json(&["vote", &p, "yes"]);
+    }
+    // Executed: the registry's policy is in force on both nodes (no file, no restart).
+    for n in [&a, &c] {
+        wait_for(120, "the federation policy in force", || {
+            (n.try_json(&["policy", "show"])?["federation"] == doc).then_some(())
+        });
+    }
+    let to = format!("klp://{}/tasks", c.status()["klp_id"].as_str().expect("klp id"));
+    wait_for(60, "C's record at A", || a.try_json(&["resolve", &to]));
+    let id = send(&a, &to, "t-1");
+    let why = refusal(&a, &id);
+    assert!(why.contains("federation policy: message type TASK_REQUEST is denied"), "{why}");
 }

@@ -21,6 +21,10 @@
 //!   node's acceptance, read from the nodes' JSON debug logs (one clock: one machine). Baseline:
 //!   N minimal rust-libp2p gossipsub peers in this process with the same mesh settings and the
 //!   same connections (each dials the ones before it, at most 16), validating at once.
+//! - `direct [--votes N]`: N sealed TASK_REQUESTs sent through the API of one `kosd` to another,
+//!   once over a direct connection and once through a relay (the two block each other), timed
+//!   from the first send until the recipient's inbox holds all N. Baseline: sealing and opening
+//!   the same N messages in this process on one core.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 use std::{
@@ -76,7 +80,10 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        other => bail!("unknown benchmark {other}: ingest, catchup or syncflood"),
+        "direct" => direct(votes.unwrap_or(300)),
+        other => {
+            bail!("unknown benchmark {other}: ingest, catchup, syncflood, propagation or direct")
+        }
     }
 }
 
@@ -871,4 +878,96 @@ fn propagation_raw(n: usize, votes: usize) -> anyhow::Result<Vec<f64>> {
         anyhow::ensure!(out.len() == votes, "only {} of {votes} reached every raw peer", out.len());
         Ok(out)
     })
+}
+
+/// Sealed messages per second: A → C directly, and A → B → C with A and C blocking each other.
+fn direct(n: usize) -> anyhow::Result<()> {
+    // Baseline: seal + open on one core.
+    let a_key = SecretKey::from_seed(&[1; 32]);
+    let c_key = SecretKey::from_seed(&[3; 32]);
+    let to: kos_protocol::Address =
+        format!("klp://{}/tasks", c_key.public().klp_id()).parse().expect("address");
+    let inner = Payload::TaskRequest(kos_protocol::payload::TaskRequest {
+        inputs: vec!["x".repeat(200)],
+        task_id: "bench".into(),
+        min_trust: TrustLevel::Sandbox,
+        deadline_ms: None,
+    });
+    let t = Instant::now();
+    for i in 0..n {
+        let m = kos_protocol::seal::seal(
+            &a_key,
+            &c_key.encryption_key(),
+            i as u64 + 1,
+            1,
+            to.clone(),
+            &inner,
+        )?;
+        kos_protocol::seal::open(&m, &c_key)?;
+    }
+    let baseline = per_sec(n, t.elapsed());
+    println!("direct: baseline seal + open in process: {baseline:.0} messages/s");
+    for relayed in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let a = Kosd::start(&dir.path().join("a"))?;
+        let b = Kosd::start(&dir.path().join("b"))?;
+        let c = Kosd::start(&dir.path().join("c"))?;
+        let addr = |k: &Kosd| -> anyhow::Result<String> {
+            let s = k.call("GET", "/v1/status", None)?;
+            Ok(format!(
+                "{}/p2p/{}",
+                s["listen"][0].as_str().unwrap_or(""),
+                s["peer_id"].as_str().unwrap_or("")
+            ))
+        };
+        let peer = |k: &Kosd| -> anyhow::Result<String> {
+            Ok(k.call("GET", "/v1/status", None)?["peer_id"].as_str().unwrap_or("").to_owned())
+        };
+        if relayed {
+            a.call("POST", "/v1/block", Some(json!({"peer": peer(&c)?})))?;
+            c.call("POST", "/v1/block", Some(json!({"peer": peer(&a)?})))?;
+            a.call("POST", "/v1/connect", Some(json!({"addr": addr(&b)?})))?;
+            c.call("POST", "/v1/connect", Some(json!({"addr": addr(&b)?})))?;
+        } else {
+            a.call("POST", "/v1/connect", Some(json!({"addr": addr(&c)?})))?;
+        }
+        let c_id = c.call("GET", "/v1/status", None)?["klp_id"].as_str().unwrap_or("").to_owned();
+        let address = format!("klp://{c_id}/tasks");
+        let until = Instant::now() + Duration::from_secs(120);
+        while a.call("GET", &format!("/v1/resolve?address={address}"), None).is_err() {
+            if Instant::now() > until {
+                bail!("C's record never reached A");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let start = Instant::now();
+        for i in 0..n {
+            a.call(
+                "POST",
+                "/v1/send",
+                Some(json!({"address": address, "type": "TASK_REQUEST",
+                    "payload": {"inputs": ["x".repeat(200)], "task_id": format!("t{i}"), "min_trust": "sandbox"}})),
+            )?;
+        }
+        let queued = start.elapsed();
+        let until = Instant::now() + Duration::from_secs(600);
+        loop {
+            let got = c.call("GET", "/v1/inbox", None)?["messages"].as_array().map_or(0, Vec::len);
+            if got >= n {
+                break;
+            }
+            if Instant::now() > until {
+                bail!("only {got} of {n} arrived");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rate = per_sec(n, start.elapsed());
+        println!(
+            "direct: {} {n} messages: {rate:.0} messages/s end to end ({:.0}/s queued by the API), {:.3}x the in-process baseline",
+            if relayed { "relayed through B," } else { "direct connection," },
+            per_sec(n, queued),
+            rate / baseline
+        );
+    }
+    Ok(())
 }
