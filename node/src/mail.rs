@@ -37,6 +37,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 8;
 /// Direct messages received and being handled at once at most (more are answered `Busy`).
 pub const MAX_RECEIVING: usize = 32;
+/// How often handled ids older than a week and expired directory records are dropped.
+pub const PRUNE_EVERY_MS: u64 = 10 * 60 * 1000;
 /// Longest wait between two attempts of one message.
 pub const MAX_BACKOFF_MS: u64 = 60_000;
 /// How long a message may wait in an outbox before it is given up.
@@ -211,6 +213,8 @@ pub struct MailState {
     pub published_ms: u64,
     /// This node's current record (envelope bytes), handed to each peer that connects.
     pub own_record: Option<Vec<u8>>,
+    /// When handled ids and expired records were last pruned.
+    pub pruned_ms: u64,
 }
 
 /// The checked records among `envelopes` (bytes) for `host`, at `now_ms`; bad ones are skipped.

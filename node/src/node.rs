@@ -1091,6 +1091,15 @@ impl Net {
     /// Every second: publish this node's record when due, send what the outbox holds.
     fn mail_tick(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = now_ms();
+        if now.saturating_sub(self.ms.pruned_ms) >= mail::PRUNE_EVERY_MS {
+            self.ms.pruned_ms = now;
+            let mail = self.mail.clone();
+            tokio::task::spawn_blocking(move || {
+                let ids = mail.prune(now).unwrap_or(0);
+                let records = mail.prune_records(now).unwrap_or(0);
+                debug!(ids, records, "pruned handled ids and expired directory records");
+            });
+        }
         if swarm.listeners().next().is_some()
             && now.saturating_sub(self.ms.published_ms) >= mail::RECORD_REFRESH_MS
         {
@@ -1153,7 +1162,13 @@ impl Net {
         let now = now_ms();
         let Ok(msg) = Message::decode(&bytes) else { return };
         let Ok(rec) = kos_protocol::directory::check_record(&msg, now, None) else { return };
-        let _ = self.mail.put_record(&rec.klp_id.to_string(), rec.record.name.as_deref(), &bytes);
+        let _ = self.mail.put_record(
+            &rec.klp_id.to_string(),
+            rec.record.name.as_deref(),
+            rec.record.expires_ms,
+            &bytes,
+            now,
+        );
         let mut keys = vec![kos_protocol::directory::id_key(&rec.klp_id)];
         if let Some(n) = &rec.record.name {
             keys.push(kos_protocol::directory::name_key(n));
@@ -1188,7 +1203,9 @@ impl Net {
         let _ = self.mail.put_record(
             &rec.klp_id.to_string(),
             rec.record.name.as_deref(),
+            rec.record.expires_ms,
             &record.value,
+            now,
         );
         let store = swarm.behaviour_mut().kad.store_mut();
         use kad::store::RecordStore;
@@ -1256,8 +1273,13 @@ impl Net {
         let Some(r) = self.ms.resolving.remove(&id) else { return };
         debug!(host = %r.host, found = r.found.len(), "directory lookup finished");
         for (rec, bytes) in &r.found {
-            let _ =
-                self.mail.put_record(&rec.klp_id.to_string(), rec.record.name.as_deref(), bytes);
+            let _ = self.mail.put_record(
+                &rec.klp_id.to_string(),
+                rec.record.name.as_deref(),
+                rec.record.expires_ms,
+                bytes,
+                now,
+            );
         }
         // What the cache knows too: every key that claimed the name, the id's record.
         let cached_ids: Vec<String> = match &r.host {

@@ -16,6 +16,8 @@ pub const MAX_OUTBOX: usize = 10_000;
 pub const MAX_RELAYED_PER_PEER: usize = 1_000;
 /// Most messages in the inbox.
 pub const MAX_INBOX: usize = 10_000;
+/// Most directory records cached (expired ones are dropped first when it is reached).
+pub const MAX_CACHED_RECORDS: usize = 10_000;
 /// How long a handled id is remembered (a repeat within it is acknowledged, not taken again).
 pub const DONE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -235,23 +237,57 @@ impl MailStore {
         Ok(n)
     }
 
-    /// Caches a directory record (envelope bytes) of `klp_id`, under its name too.
+    /// Caches a directory record (envelope bytes) of `klp_id`, valid until `expires_ms`, under
+    /// its name too. At [`MAX_CACHED_RECORDS`], expired records are dropped first; if none
+    /// expired, a new identity's record is not cached (`false`).
     pub fn put_record(
         &self,
         klp_id: &str,
         name: Option<&str>,
+        expires_ms: u64,
         envelope: &[u8],
-    ) -> Result<(), StoreError> {
-        self.dir.insert(klp_id.as_bytes(), envelope)?;
-        if let Some(n) = name {
-            self.names.insert(format!("{n}\0{klp_id}").as_bytes(), &[])?;
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if !self.dir.contains_key(klp_id.as_bytes())? && self.dir.len() >= MAX_CACHED_RECORDS {
+            self.prune_records(now_ms)?;
+            if self.dir.len() >= MAX_CACHED_RECORDS {
+                return Ok(false);
+            }
         }
-        Ok(())
+        let mut value = expires_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(envelope);
+        self.dir.insert(klp_id.as_bytes(), value)?;
+        if let Some(n) = name {
+            self.names.insert(format!("{n}\0{klp_id}").as_bytes(), &expires_ms.to_be_bytes())?;
+        }
+        Ok(true)
     }
 
-    /// The cached record of `klp_id`.
+    /// Drops cached records (and name claims) that expired before `now_ms`.
+    pub fn prune_records(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let expired = |v: &[u8]| {
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .is_none_or(|b| u64::from_be_bytes(b) <= now_ms)
+        };
+        let mut n = 0;
+        for (k, v) in self.dir.iter().filter_map(|r| r.ok()) {
+            if expired(&v) {
+                self.dir.remove(k)?;
+                n += 1;
+            }
+        }
+        for (k, v) in self.names.iter().filter_map(|r| r.ok()) {
+            if expired(&v) {
+                self.names.remove(k)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The cached record (envelope bytes) of `klp_id`.
     pub fn record(&self, klp_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.dir.get(klp_id.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self.dir.get(klp_id.as_bytes())?.and_then(|v| v.get(8..).map(<[u8]>::to_vec)))
     }
 
     /// KLP-IDs whose cached records claimed `name`.
@@ -264,5 +300,75 @@ impl MailStore {
                 String::from_utf8(k.to_vec()).ok()?.split_once('\0').map(|(_, id)| id.to_owned())
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(from: Option<&str>) -> OutboxEntry {
+        OutboxEntry {
+            envelope: "00".into(),
+            target: "t".into(),
+            from: from.map(str::to_owned),
+            attempts: 0,
+            next_ms: 0,
+            queued_ms: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn every_message_is_taken_once_and_kept_until_handed_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::Store::open(&dir.path().join("s")).expect("store");
+        let mail = store.mail().expect("mail");
+        assert!(mail.enqueue(&[1; 32], &entry(None)).expect("enqueue"));
+        assert!(
+            !mail.enqueue(&[1; 32], &entry(Some("p"))).expect("again"),
+            "a repeat is not taken"
+        );
+        assert_eq!(mail.outbox().len(), 1);
+        mail.delivered(&[1; 32], 1_000).expect("delivered");
+        assert!(mail.outbox().is_empty());
+        assert!(mail.knows(&[1; 32]).expect("knows"), "handled ids are remembered");
+        assert!(!mail.enqueue(&[1; 32], &entry(None)).expect("after delivery"));
+        mail.enqueue(&[2; 32], &entry(None)).expect("enqueue");
+        mail.fail(&[2; 32], "refused", 2_000).expect("fail");
+        assert_eq!(mail.failed()[0].1.last_error.as_deref(), Some("refused"));
+        // Handled ids are forgotten after their time; expired records are dropped.
+        assert_eq!(mail.prune(1_000 + DONE_TTL_MS + 1).expect("prune"), 1);
+        assert!(!mail.knows(&[1; 32]).expect("knows"));
+        assert!(mail.put_record("id1", Some("n"), 5_000, b"env", 0).expect("cache"));
+        assert_eq!(mail.record("id1").expect("record").as_deref(), Some(&b"env"[..]));
+        assert_eq!(mail.claimants("n"), ["id1"]);
+        assert_eq!(mail.prune_records(5_000).expect("prune"), 1);
+        assert_eq!(mail.record("id1").expect("record"), None);
+        assert!(mail.claimants("n").is_empty());
+    }
+
+    #[test]
+    fn the_inbox_files_once_and_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::Store::open(&dir.path().join("s")).expect("store");
+        let mail = store.mail().expect("mail");
+        let e = InboxEntry {
+            envelope: "00".into(),
+            sender: "did".into(),
+            sender_klp_id: "k".into(),
+            kind: "TASK_REQUEST".into(),
+            body: "{}".into(),
+            target: String::new(),
+            created_ms: 1,
+            received_ms: 2,
+            from_peer: "p".into(),
+        };
+        assert!(mail.file(&[3; 32], &e).expect("file"));
+        assert!(!mail.file(&[3; 32], &e).expect("again"));
+        assert_eq!(mail.inbox_entry(&[3; 32]).expect("entry"), Some(e));
+        assert!(mail.delete(&[3; 32]).expect("delete"));
+        assert!(mail.inbox().is_empty());
+        assert!(!mail.delete(&[3; 32]).expect("absent"));
     }
 }
