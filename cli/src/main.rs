@@ -354,6 +354,23 @@ enum Command {
     },
     /// Messages waiting for a next hop, and those given up.
     Outbox,
+    /// Export this node (identity sealed under its passphrase, local trust, policy, peers,
+    /// directory name, federation) to a file, signed by the identity.
+    Export {
+        /// The file to write (YAML, in its JSON form).
+        #[arg(long, default_value = "kind-export.yaml")]
+        out: PathBuf,
+    },
+    /// Restore an exported node into a fresh data directory (before its first start). Needs the
+    /// exporting node's passphrase (`KOS_PASSPHRASE`), or `--insecure-plain-key` for a
+    /// development node.
+    Import {
+        /// The export file.
+        file: PathBuf,
+        /// The exported vault is under an empty passphrase (development nodes).
+        #[arg(long)]
+        insecure_plain_key: bool,
+    },
     /// Publish a BROADCAST_ANNOUNCE on the federation's announcement topic (members' inboxes).
     Announce {
         /// The text.
@@ -675,6 +692,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serde_json::json!({"ok": error.is_none(), "outputs": outputs, "error": error}),
         )?),
         Command::Outbox => show(api()?.get("/v1/outbox")?),
+        Command::Export { out } => {
+            let v = api()?.get("/v1/export")?;
+            let text = serde_json::to_string_pretty(&v)?;
+            write_private(&out, text.as_bytes())?;
+            show(serde_json::json!({"exported": out.display().to_string()}))
+        }
+        Command::Import { file, insecure_plain_key } => {
+            let report = import(&cli.data_dir, &file, insecure_plain_key)?;
+            show(report)
+        }
         Command::Announce { text, topic } => {
             show(api()?.post("/v1/announce", serde_json::json!({"topic": topic, "text": text}))?)
         }
@@ -814,6 +841,90 @@ fn print_envelope(bytes: &[u8], json: bool) -> anyhow::Result<()> {
         println!("signature:  valid");
     }
     Ok(())
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    std::io::Write::write_all(&mut f, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Checks an export file (the vault opens with the passphrase, the signature is the identity's)
+/// and writes it into `dir`, which must not hold an identity yet: the vault, the policy, the
+/// name in `kosd.toml`, and `import.json` (trust, peers, federation) for the first start.
+fn import(
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    insecure: bool,
+) -> anyhow::Result<serde_json::Value> {
+    if dir.join("vault.bin").exists() {
+        bail!("{} already holds an identity: import into a fresh data directory", dir.display());
+    }
+    let v: serde_json::Value = read_json(file)?;
+    let (Some(body), Some(sig)) = (v["export"].as_str(), v["signature"].as_str()) else {
+        bail!("{} is not a kOS export file", file.display());
+    };
+    let inner: serde_json::Value = serde_json::from_str(body)
+        .with_context(|| format!("{} is not a kOS export file", file.display()))?;
+    if inner["kind"] != "kos-export/1" {
+        bail!("{} is not a kOS export file (kind {})", file.display(), inner["kind"]);
+    }
+    let vault_bytes = hex::decode(inner["vault"].as_str().unwrap_or(""))
+        .map_err(|_| anyhow::anyhow!("{} was altered: its vault is not hex", file.display()))?;
+    let passphrase = if insecure {
+        Vec::new()
+    } else {
+        std::env::var("KOS_PASSPHRASE").map(String::into_bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "KOS_PASSPHRASE is not set: the exported identity is sealed under its passphrase"
+            )
+        })?
+    };
+    let vault = kos_protocol::vault::Vault::open(&vault_bytes, &passphrase)
+        .context("cannot open the exported identity")?;
+    let key = vault.get("node").context("the export holds no node key")?;
+    let sig: [u8; 64] = hex::decode(sig).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
+        anyhow::anyhow!("{} was altered: its signature is malformed", file.display())
+    })?;
+    let mut statement = b"kos-export/1\0".to_vec();
+    statement.extend_from_slice(body.as_bytes());
+    if !key.public().verify(&statement, &sig)
+        || inner["did"].as_str() != Some(key.public().to_did().as_str())
+    {
+        bail!("{} was altered: its signature does not verify", file.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let policy = inner["policy"].as_str().unwrap_or("");
+    if !policy.is_empty() {
+        std::fs::write(dir.join("klp-policy.toml"), policy)?;
+    }
+    if let Some(name) = inner["name"].as_str()
+        && !dir.join("kosd.toml").exists()
+    {
+        std::fs::write(
+            dir.join("kosd.toml"),
+            format!("name = {}\n", serde_json::Value::from(name)),
+        )?;
+    }
+    let pending = serde_json::json!({
+        "trust": inner["trust"], "peers": inner["peers"], "federation": inner["federation"],
+    });
+    std::fs::write(dir.join("import.json"), pending.to_string())?;
+    // The vault last: its presence marks the directory as holding an identity.
+    write_private(&dir.join("vault.bin"), &vault_bytes)?;
+    Ok(serde_json::json!({
+        "imported": key.public().to_did(),
+        "data_dir": dir.display().to_string(),
+        "federation": inner["federation"],
+        "next": "start the node: kosd --data-dir DIR run (stop the old one first: one identity, one node)",
+    }))
 }
 
 /// Prints `v` as JSON, or as `render` lays it out for people.

@@ -202,6 +202,8 @@ struct Ctx {
     policy: Arc<std::sync::Mutex<crate::policy::Policy>>,
     /// The data directory (the policy file).
     data_dir: std::path::PathBuf,
+    /// The name this node claims in the directory.
+    name: Option<String>,
 }
 
 impl Ctx {
@@ -229,6 +231,8 @@ pub struct ApiParts {
     pub store: Store,
     /// The `.klp-policy` in force.
     pub policy: Arc<std::sync::Mutex<crate::policy::Policy>>,
+    /// The name this node claims in the directory.
+    pub name: Option<String>,
 }
 
 /// The API's routes.
@@ -269,6 +273,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/inbox/{id}/reply", post(reply))
         .route("/v1/outbox", get(outbox))
         .route("/v1/announce", post(announce))
+        .route("/v1/export", get(export))
         .route("/v1/policy", get(policy_show).post(policy_apply))
         .fallback(|| async { not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -298,9 +303,9 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     write_private(&data_dir.join("api.addr"), bound.to_string().as_bytes())?;
     tracing::info!(%bound, "control API listening");
-    let ApiParts { core, net, view, metrics, store, policy } = parts;
+    let ApiParts { core, net, view, metrics, store, policy, name } = parts;
     let mail = store.mail()?;
-    let app = router(Ctx { core, net, view, metrics, store, token, mail, policy, data_dir });
+    let app = router(Ctx { core, net, view, metrics, store, token, mail, policy, data_dir, name });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -462,6 +467,7 @@ async fn peers(AxState(ctx): AxState<Ctx>) -> ApiResult {
         "blocked": view.blocked.iter().map(|(p, _, _)| p.to_string()).collect::<Vec<_>>(),
         "blocks": view.blocked.iter().map(|(p, until, why)| json!({"peer_id": p.to_string(), "until_ms": until, "reason": why})).collect::<Vec<_>>(),
         "known": known.into_iter().map(|(p, a)| json!({"peer_id": p, "addrs": a})).collect::<Vec<_>>(),
+        "trust": ctx.store.trust()?.into_iter().map(|(t, l)| json!({"target": t, "level": l})).collect::<Vec<_>>(),
     })))
 }
 
@@ -2016,4 +2022,35 @@ async fn policy_apply(AxState(ctx): AxState<Ctx>, Body(req): Body<PolicyReq>) ->
         let _ = core.store.audit(now_ms(), &text);
     })));
     Ok(Json(json!({ "applied": path.display().to_string() })))
+}
+
+/// `GET /v1/export`: everything a fresh node needs to continue as this one — the identity as
+/// sealed in the vault (under the node's passphrase), local trust, the node's policy, known
+/// peers, the directory name and the federation followed — signed by the identity
+/// (`docs/operator.md`, "Moving a node"). `kosctl export` writes it; `kosctl import` checks it.
+async fn export(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let vault = std::fs::read(ctx.data_dir.join("vault.bin")).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the vault: {e}"))
+    })?;
+    let policy =
+        ctx.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).texts().0.to_owned();
+    let name = ctx.name.clone();
+    ctx.call(move |core| {
+        let body = json!({
+            "kind": crate::EXPORT_KIND,
+            "did": core.key.public().to_did(),
+            "vault": hex::encode(&vault),
+            "trust": core.store.trust()?,
+            "policy": policy,
+            "peers": core.store.peers()?,
+            "name": name,
+            "federation": core.engine.as_ref().map(|e| e.federation().to_string()),
+            "exported_ms": now_ms(),
+        })
+        .to_string();
+        let signature = core.key.sign(&crate::export_statement(body.as_bytes()));
+        core.store.audit(now_ms(), "identity exported")?;
+        Ok(Json(json!({ "export": body, "signature": hex::encode(signature) })))
+    })
+    .await
 }

@@ -293,7 +293,8 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
     };
     let flags = node::OpenFlags {
         new_identity: args.new_identity,
-        fresh_store: args.fresh_store,
+        // A directory filled by `kosctl import` starts with an empty store (peers send the rest).
+        fresh_store: args.fresh_store || dir.join(IMPORT_FILE).exists(),
         repair: false,
         existing_identity,
     };
@@ -316,6 +317,11 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         let mut the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
         the_core.policy = Some(policy.clone());
         let (core, core_thread) = core::spawn(the_core)?;
+        // On the core thread, which may block on the network queue (this task may not).
+        let import_dir = settings.data_dir.clone();
+        core.call(move |c| apply_import(&import_dir, c))
+            .await
+            .map_err(|e| anyhow::anyhow!("core: {e}"))??;
         let api = tokio::spawn(api::serve(
             api::ApiParts {
                 core: core.clone(),
@@ -324,6 +330,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 store: store.clone(),
                 policy: policy.clone(),
+                name: settings.name.clone(),
             },
             settings.api,
             settings.data_dir.clone(),
@@ -357,6 +364,48 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         result
     })
 }
+
+/// Applies what `kosctl import` left for the first start (`<data-dir>/import.json`): local
+/// trust, known peers, the federation to follow. The file is renamed once applied.
+fn apply_import(dir: &Path, core: &mut core::Core) -> anyhow::Result<()> {
+    let path = dir.join(IMPORT_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    for pair in v["trust"].as_array().into_iter().flatten() {
+        if let (Some(t), Some(l)) = (pair[0].as_str(), pair[1].as_str()) {
+            core.store.set_trust(t, l)?;
+        }
+    }
+    for pair in v["peers"].as_array().into_iter().flatten() {
+        if let Some(p) = pair[0].as_str() {
+            let addrs: Vec<String> = pair[1]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            core.store.put_peer(p, &addrs)?;
+        }
+    }
+    if let Some(f) = v["federation"].as_str()
+        && core.engine.is_none()
+    {
+        let fed = f
+            .parse()
+            .map_err(|_| anyhow::anyhow!("invalid federation id in {}", path.display()))?;
+        core.follow(fed)?;
+    }
+    core.store
+        .audit(node::now_ms(), "applied an imported identity's trust, peers and federation")?;
+    core.store.flush()?;
+    std::fs::rename(&path, dir.join("import.applied.json"))?;
+    tracing::info!("applied {}", path.display());
+    Ok(())
+}
+
+/// The file `kosctl import` leaves for the node's first start.
+const IMPORT_FILE: &str = "import.json";
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
