@@ -371,6 +371,18 @@ enum Command {
         #[arg(long)]
         insecure_plain_key: bool,
     },
+    /// Publish an advisory reputation change about a member (REPUTATION_DELTA): receivers weigh
+    /// it by their trust in this node, cap it per sender, and never change trust by it.
+    Reputation {
+        /// The subject's did:key.
+        subject: String,
+        /// The change in thousandths (−1000 … 1000).
+        #[arg(allow_hyphen_values = true)]
+        delta: i32,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Publish a BROADCAST_ANNOUNCE on the federation's announcement topic (members' inboxes).
     Announce {
         /// The text.
@@ -692,6 +704,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serde_json::json!({"ok": error.is_none(), "outputs": outputs, "error": error}),
         )?),
         Command::Outbox => show(api()?.get("/v1/outbox")?),
+        Command::Reputation { subject, delta, reason } => show(api()?.post(
+            "/v1/reputation",
+            serde_json::json!({"subject": subject, "delta": delta, "reason": reason}),
+        )?),
         Command::Export { out } => {
             let v = api()?.get("/v1/export")?;
             let text = serde_json::to_string_pretty(&v)?;

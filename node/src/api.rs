@@ -274,6 +274,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/outbox", get(outbox))
         .route("/v1/announce", post(announce))
         .route("/v1/export", get(export))
+        .route("/v1/reputation", post(reputation))
         .route("/v1/policy", get(policy_show).post(policy_apply))
         .fallback(|| async { not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -468,6 +469,7 @@ async fn peers(AxState(ctx): AxState<Ctx>) -> ApiResult {
         "blocks": view.blocked.iter().map(|(p, until, why)| json!({"peer_id": p.to_string(), "until_ms": until, "reason": why})).collect::<Vec<_>>(),
         "known": known.into_iter().map(|(p, a)| json!({"peer_id": p, "addrs": a})).collect::<Vec<_>>(),
         "trust": ctx.store.trust()?.into_iter().map(|(t, l)| json!({"target": t, "level": l})).collect::<Vec<_>>(),
+        "reputation": crate::mail::reputation_json(&ctx.mail.reputation()),
     })))
 }
 
@@ -1953,6 +1955,42 @@ async fn announce(AxState(ctx): AxState<Ctx>, Body(req): Body<AnnounceReq>) -> A
     let id = ctx
         .call(move |core| {
             engine(core)?;
+            let msg = core
+                .sign_detached(|key, seq, now| Ok(Message::sign(key, seq, now, None, payload)?))
+                .map_err(|e| bad(format!("{e:#}")))?;
+            core.to_net(crate::core::ToNet::Announce(msg.bytes().to_vec()));
+            Ok(msg.id())
+        })
+        .await?;
+    Ok(Json(json!({ "id": id.to_string(), "status": "published" })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReputationReq {
+    /// did:key of the subject.
+    subject: String,
+    /// The change in thousandths (−1000 … 1000).
+    delta: i32,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /v1/reputation`: a signed, advisory REPUTATION_DELTA on the announcement topic.
+async fn reputation(AxState(ctx): AxState<Ctx>, Body(req): Body<ReputationReq>) -> ApiResult {
+    let subject = parse_key(&req.subject)?;
+    if req.delta.unsigned_abs() > crate::mail::MAX_REPUTATION_DELTA.unsigned_abs() || req.delta == 0
+    {
+        return Err(bad("delta is a change in thousandths, from -1000 to 1000, not 0"));
+    }
+    let payload =
+        Payload::ReputationDelta(ReputationDelta { delta: req.delta, reason: req.reason, subject });
+    let id = ctx
+        .call(move |core| {
+            engine(core)?;
+            if subject == core.key.public() {
+                return Err(bad("a node does not rate itself"));
+            }
             let msg = core
                 .sign_detached(|key, seq, now| Ok(Message::sign(key, seq, now, None, payload)?))
                 .map_err(|e| bad(format!("{e:#}")))?;

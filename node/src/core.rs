@@ -192,6 +192,8 @@ pub struct Core {
     pub policy: Option<Arc<std::sync::Mutex<crate::policy::Policy>>>,
     /// Policy refusals written to the audit log (a flood is counted, not written).
     policy_audits: Buckets<()>,
+    /// The registry chain's last version when the policy's trust was last refreshed.
+    policy_head: Option<kos_protocol::payload::Digest>,
 }
 
 impl std::fmt::Debug for Core {
@@ -234,6 +236,7 @@ impl Core {
             wake: None,
             policy: None,
             policy_audits: Buckets::new(POLICY_AUDITS_PER_MINUTE, POLICY_AUDITS_PER_MINUTE),
+            policy_head: None,
         }
     }
 
@@ -666,6 +669,13 @@ impl Core {
         let mut attest = false;
         for item in batch {
             attest |= self.ingest(item, now);
+        }
+        // The registry moved (the charter arrived, an execution): the policy judges senders by
+        // its trust levels at once, not at the next housekeeping.
+        let head = self.engine.as_ref().and_then(|e| e.registry_chain().last().map(|(_, h)| *h));
+        if head != self.policy_head {
+            self.policy_head = head;
+            self.refresh_policy();
         }
         if attest {
             self.attest();

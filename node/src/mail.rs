@@ -164,6 +164,89 @@ pub fn receive(
     }
 }
 
+/// Most reputation change (absolute, in thousandths) one sender may make per day, over all
+/// subjects; beyond it its REPUTATION_DELTAs are ignored.
+pub const REPUTATION_CAP_PER_DAY: u64 = 1000;
+/// Largest single change, in thousandths.
+pub const MAX_REPUTATION_DELTA: i32 = 1000;
+
+/// A REPUTATION_DELTA from the announcement topic: advisory, never binding. Weighted by the
+/// sender's trust here (no trust: weight 0, still listed), capped per sender per day; a sender
+/// rating itself is refused. Returns the gossip verdict.
+pub fn receive_reputation(
+    mail: &MailStore,
+    policy: &Policy,
+    msg: &Message,
+    now_ms: u64,
+    metrics: &crate::metrics::Metrics,
+) -> libp2p::gossipsub::MessageAcceptance {
+    use libp2p::gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+    let Payload::ReputationDelta(d) = msg.payload() else { return Reject };
+    let sender = msg.author();
+    if d.subject == sender || d.delta.unsigned_abs() > MAX_REPUTATION_DELTA.unsigned_abs() {
+        return Reject;
+    }
+    if let Decision::Deny(why) = policy.check_sender(&sender, msg.kind()) {
+        metrics.policy_refusal("gossip");
+        tracing::debug!("reputation change refused: {why}");
+        return Ignore;
+    }
+    let sender_id = sender.klp_id().to_string();
+    let day = now_ms.saturating_sub(24 * 3600 * 1000);
+    let spent: u64 = mail
+        .reputation()
+        .iter()
+        .filter(|e| e.sender_klp_id == sender_id && e.created_ms >= day)
+        .map(|e| u64::from(e.delta.unsigned_abs()))
+        .sum();
+    if spent + u64::from(d.delta.unsigned_abs()) > REPUTATION_CAP_PER_DAY {
+        tracing::debug!(%sender_id, "reputation change over the sender's daily cap");
+        return Ignore;
+    }
+    let entry = kos_storage::mail::ReputationEntry {
+        subject: d.subject.klp_id().to_string(),
+        subject_did: d.subject.to_did(),
+        sender: sender.to_did(),
+        sender_klp_id: sender_id,
+        delta: d.delta,
+        weight: policy.trust_of(&sender).map_or(0, kos_protocol::payload::TrustLevel::milli_weight),
+        reason: d.reason.clone(),
+        created_ms: msg.header().created_ms,
+    };
+    match mail.add_reputation(&msg.id().0, &entry) {
+        Ok(_) => Accept,
+        Err(_) => Ignore,
+    }
+}
+
+/// The advisory reputation of every subject: the sum of each change times its sender's weight
+/// (thousandths), with its sources.
+pub fn reputation_json(entries: &[kos_storage::mail::ReputationEntry]) -> serde_json::Value {
+    let mut by: std::collections::BTreeMap<&str, Vec<&kos_storage::mail::ReputationEntry>> =
+        std::collections::BTreeMap::new();
+    for e in entries {
+        by.entry(e.subject_did.as_str()).or_default().push(e);
+    }
+    serde_json::Value::Array(
+        by.into_iter()
+            .map(|(subject, list)| {
+                let score: i64 = list
+                    .iter()
+                    .map(|e| i64::from(e.delta) * i64::try_from(e.weight).unwrap_or(0) / 1000)
+                    .sum();
+                serde_json::json!({
+                    "subject": subject,
+                    "advisory_score": score,
+                    "sources": list.iter().map(|e| serde_json::json!({
+                        "sender": e.sender, "delta": e.delta, "weight": e.weight,
+                        "reason": e.reason, "created_ms": e.created_ms,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// The directory record body this node publishes.
 pub fn own_record(
     key: &SecretKey,

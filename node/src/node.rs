@@ -1538,6 +1538,10 @@ impl Net {
         tokio::task::spawn_blocking(move || {
             let now = now_ms();
             let acceptance = match Message::decode(&data) {
+                Ok(msg) if msg.kind() == kos_protocol::MessageType::ReputationDelta => {
+                    let policy = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    mail::receive_reputation(&mail, &policy, &msg, now, &metrics)
+                }
                 Ok(msg) if msg.kind() == kos_protocol::MessageType::BroadcastAnnounce => {
                     let decision = policy
                         .lock()

@@ -40,6 +40,27 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
 }
 
+/// One advisory reputation change received (REPUTATION_DELTA), with the weight it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReputationEntry {
+    /// The subject's KLP-ID.
+    pub subject: String,
+    /// The subject (did:key).
+    pub subject_did: String,
+    /// The sender (did:key).
+    pub sender: String,
+    /// The sender's KLP-ID.
+    pub sender_klp_id: String,
+    /// The change, in thousandths.
+    pub delta: i32,
+    /// The sender's trust weight here when it arrived, in thousandths (0 for no trust).
+    pub weight: u64,
+    /// Why.
+    pub reason: String,
+    /// Signed time.
+    pub created_ms: u64,
+}
+
 /// A message sealed to this node, opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxEntry {
@@ -73,7 +94,11 @@ pub struct MailStore {
     failed: sled::Tree,
     dir: sled::Tree,
     names: sled::Tree,
+    reputation: sled::Tree,
 }
+
+/// Most reputation changes kept (the oldest are dropped beyond it).
+pub const MAX_REPUTATION_ENTRIES: usize = 10_000;
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
@@ -118,6 +143,7 @@ impl MailStore {
             failed: db.open_tree("mail.failed")?,
             dir: db.open_tree("dir.records")?,
             names: db.open_tree("dir.names")?,
+            reputation: db.open_tree("rep.deltas")?,
         })
     }
 
@@ -235,6 +261,28 @@ impl MailStore {
             }
         }
         Ok(n)
+    }
+
+    /// Records a reputation change under `id` (its message id); `false` if it was known.
+    pub fn add_reputation(&self, id: &[u8; 32], e: &ReputationEntry) -> Result<bool, StoreError> {
+        let mut key = e.created_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(id);
+        if self.reputation.contains_key(&key)? {
+            return Ok(false);
+        }
+        while self.reputation.len() >= MAX_REPUTATION_ENTRIES {
+            match self.reputation.pop_min()? {
+                Some(_) => {}
+                None => break,
+            }
+        }
+        self.reputation.insert(key, json(e))?;
+        Ok(true)
+    }
+
+    /// Every reputation change kept, oldest first.
+    pub fn reputation(&self) -> Vec<ReputationEntry> {
+        self.reputation.iter().filter_map(|r| r.ok()).filter_map(|(_, v)| parse(&v).ok()).collect()
     }
 
     /// Caches a directory record (envelope bytes) of `klp_id`, valid until `expires_ms`, under
