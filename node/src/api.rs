@@ -1780,9 +1780,10 @@ fn inner_payload(kind: &str, body: Value) -> Result<Payload, ApiError> {
         kos_protocol::MessageType::BroadcastAnnounce => {
             Payload::BroadcastAnnounce(serde_json::from_value(body).map_err(bad_body)?)
         }
+        kos_protocol::MessageType::AgentMigration => Payload::AgentMigration(agent_bundle(&body)?),
         other => {
             return Err(bad(format!(
-                "{other} cannot be sent as a direct message here (TASK_REQUEST, TASK_RESULT, BROADCAST_ANNOUNCE)"
+                "{other} cannot be sent as a direct message here (TASK_REQUEST, TASK_RESULT, AGENT_MIGRATION, BROADCAST_ANNOUNCE)"
             )));
         }
     };
@@ -1790,6 +1791,40 @@ fn inner_payload(kind: &str, body: Value) -> Result<Payload, ApiError> {
     Message::sign(&kos_protocol::SecretKey::from_seed(&[1; 32]), 1, 1, None, p.clone())
         .map_err(|e| bad(format!("invalid {kind}: {e}")))?;
     Ok(p)
+}
+
+/// An AGENT_MIGRATION from JSON: `{name, agent (did:key), config, audit: [{at_ms, event}]}` —
+/// the snapshot and the audit root are computed — or, already built,
+/// `{name, agent, snapshot (hex), audit_root (hex)}`.
+fn agent_bundle(body: &Value) -> Result<AgentMigration, ApiError> {
+    let name = body["name"].as_str().ok_or_else(|| bad("AGENT_MIGRATION needs a name"))?.to_owned();
+    let agent = parse_key(
+        body["agent"].as_str().ok_or_else(|| bad("AGENT_MIGRATION needs an agent (did:key)"))?,
+    )?;
+    if let (Some(snapshot), Some(root)) = (body["snapshot"].as_str(), body["audit_root"].as_str()) {
+        return Ok(AgentMigration {
+            name,
+            agent,
+            snapshot: serde_bytes::ByteBuf::from(
+                hex::decode(snapshot).map_err(|_| bad("snapshot is hex"))?,
+            ),
+            audit_root: root.parse().map_err(|_| bad("audit_root is 32 bytes of hex"))?,
+        });
+    }
+    let audit: Vec<kos_protocol::agent::AuditRecord> =
+        serde_json::from_value(body["audit"].clone())
+            .map_err(|e| bad(format!("audit is a list of {{at_ms, event}}: {e}")))?;
+    let audit_root = kos_protocol::agent::audit_root(&audit);
+    let snapshot = kos_protocol::agent::AgentSnapshot {
+        audit,
+        config: body["config"].as_str().unwrap_or("").to_owned(),
+    };
+    Ok(AgentMigration {
+        name,
+        agent,
+        snapshot: serde_bytes::ByteBuf::from(kos_protocol::agent::encode_snapshot(&snapshot)),
+        audit_root,
+    })
 }
 
 /// Seals `inner` to the identity `host` resolves to and puts it in the outbox (durably).

@@ -25,8 +25,12 @@ use crate::{
 };
 
 /// Message types this node accepts sealed to it (announced in its directory record).
-pub const ACCEPTED_TYPES: &[MessageType] =
-    &[MessageType::TaskRequest, MessageType::TaskResult, MessageType::BroadcastAnnounce];
+pub const ACCEPTED_TYPES: &[MessageType] = &[
+    MessageType::TaskRequest,
+    MessageType::TaskResult,
+    MessageType::AgentMigration,
+    MessageType::BroadcastAnnounce,
+];
 /// Lifetime of this node's directory record.
 pub const RECORD_LIFETIME_MS: u64 = 3600 * 1000;
 /// How often the record is published again (well within its lifetime).
@@ -76,6 +80,15 @@ pub fn body_json(p: &Payload) -> serde_json::Value {
             "request": t.request.map(|r| r.to_string()),
         }),
         Payload::BroadcastAnnounce(b) => serde_json::json!({ "topic": b.topic, "text": b.text }),
+        Payload::AgentMigration(m) => match kos_protocol::agent::verify_migration(m) {
+            Ok(s) => serde_json::json!({
+                "name": m.name, "agent": m.agent.to_did(), "audit_root": m.audit_root.to_string(),
+                "config": s.config,
+                "audit": s.audit.iter().map(|r| serde_json::json!({"at_ms": r.at_ms, "event": r.event})).collect::<Vec<_>>(),
+                "verified": true,
+            }),
+            Err(e) => serde_json::json!({ "name": m.name, "error": e.to_string() }),
+        },
         other => {
             serde_json::json!({ "diagnostic": kos_protocol::diagnostic(&other.encode()).ok() })
         }
@@ -144,6 +157,11 @@ pub fn receive(
     }
     if let Decision::Deny(why) = policy.take_type_quota(kind, now_ms) {
         return response(DirectCode::Busy, why);
+    }
+    if let Payload::AgentMigration(m) = &inner
+        && let Err(e) = kos_protocol::agent::verify_migration(m)
+    {
+        return response(DirectCode::Invalid, e.to_string());
     }
     let entry = InboxEntry {
         envelope: hex::encode(bytes),

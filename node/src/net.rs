@@ -151,6 +151,9 @@ pub enum DirectCode {
     Busy = 6,
     /// This peer does not relay it: try another.
     NoRoute = 7,
+    /// Opened, but the inner message fails its type's checks (an agent migration whose audit
+    /// trail does not match its root).
+    Invalid = 8,
 }
 
 impl DirectCode {
@@ -165,6 +168,7 @@ impl DirectCode {
             5 => Policy,
             6 => Busy,
             7 => NoRoute,
+            8 => Invalid,
             _ => return None,
         })
     }
@@ -411,6 +415,6 @@ mod tests {
             assert_eq!(hex::encode(&bytes), r["cbor_hex"].as_str().expect("hex"));
             assert_eq!(DirectResponse::decode(&bytes).expect("decodes"), resp);
         }
-        assert!(DirectResponse::decode(&[0x82, 0x08, 0x60]).is_err(), "unknown code 8");
+        assert!(DirectResponse::decode(&[0x82, 0x09, 0x60]).is_err(), "unknown code 9");
     }
 }

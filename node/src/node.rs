@@ -1496,6 +1496,7 @@ impl Net {
             Policy => "policy",
             Busy => "busy",
             NoRoute => "no_route",
+            Invalid => "invalid",
         };
         self.metrics.direct(label);
         match response.code {

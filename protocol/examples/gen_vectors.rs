@@ -298,6 +298,21 @@ fn main() {
             { "code": 5, "reason": "local policy: message type TASK_REQUEST is denied",
               "cbor_hex": hex::encode(kos_protocol::to_cbor(&(5u8, "local policy: message type TASK_REQUEST is denied"))) },
         ],
+        "agent_bundles": [{
+            "audit": [{"at_ms": 1000, "event": "created"}, {"at_ms": 2000, "event": "answered 12 tasks"}],
+            "config": "model = \"small\"",
+            "snapshot_hex": hex::encode(kos_protocol::agent::encode_snapshot(&kos_protocol::agent::AgentSnapshot {
+                audit: vec![
+                    kos_protocol::agent::AuditRecord { at_ms: 1000, event: "created".into() },
+                    kos_protocol::agent::AuditRecord { at_ms: 2000, event: "answered 12 tasks".into() },
+                ],
+                config: "model = \"small\"".into(),
+            })),
+            "audit_root": kos_protocol::agent::audit_root(&[
+                kos_protocol::agent::AuditRecord { at_ms: 1000, event: "created".into() },
+                kos_protocol::agent::AuditRecord { at_ms: 2000, event: "answered 12 tasks".into() },
+            ]).to_string(),
+        }],
         "directory_keys": [{
             "klp_id": alice.public().klp_id().to_string(),
             "id_key_hex": hex::encode(kos_protocol::directory::id_key(&alice.public().klp_id())),

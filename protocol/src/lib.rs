@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod agent;
 mod cbor;
 pub mod directory;
 mod envelope;

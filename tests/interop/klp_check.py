@@ -1502,6 +1502,16 @@ def run(vectors_path: Path):
         check_eq("directory key by name (§8.4)", ("/kos/dir/name/" + d["name"]).encode(), d["name_key_hex"])
         check_eq("the KLP-ID is the author's of the directory_record vector", d["klp_id"], klp_id(pk1))
 
+    # --- §4.17 agent bundles ----------------------------------------------------------------------
+    for ab in V["agent_bundles"]:
+        check_eq("agent bundle snapshot (§4.17)", cbor_encode({"audit": ab["audit"], "config": ab["config"]}),
+                 ab["snapshot_hex"])
+        h = b"\x00" * 32
+        for r in ab["audit"]:
+            h = hashlib.sha256(b"kos-klp-v1/agent-audit\x00" + h + r["at_ms"].to_bytes(8, "big")
+                               + r["event"].encode()).digest()
+        check_eq("agent audit root (§4.17)", h, ab["audit_root"])
+
     # --- governance.md §2: the registry, from the CHARTER vector --------------------------------
     reg_path = vectors_path.parent / "registry-v1.json"
     R = json.loads(reg_path.read_text())

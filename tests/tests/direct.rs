@@ -176,3 +176,57 @@ fn a_name_claimed_by_two_keys_is_a_conflict_and_announcements_and_policy_reach_g
     assert_eq!(b.json(&["show", &p])["comments_total"], 0);
     assert_eq!(a.json(&["show", &p])["comments_total"], 1);
 }
+
+#[test]
+fn an_agent_migration_with_an_altered_audit_trail_is_refused() {
+    use kos_protocol::agent::{AgentSnapshot, AuditRecord, audit_root, encode_snapshot};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let c = Node::start(dir.path().join("c"));
+    a.json(&["connect", &c.bootstrap_addr()]);
+    let to = format!("klp://{}/agents", c.status()["klp_id"].as_str().expect("klp id"));
+    wait_for(60, "C's record at A", || a.try_json(&["resolve", &to]));
+    let agent = SecretKey::from_seed(&[42; 32]).public().to_did();
+    let trail = serde_json::json!([
+        {"at_ms": 1000, "event": "created"},
+        {"at_ms": 2000, "event": "answered 12 tasks"},
+    ]);
+    // A bundle whose trail matches its root (computed by the node): accepted and verified.
+    let good = serde_json::json!({"name": "summariser", "agent": agent, "config": "model = \"small\"", "audit": trail});
+    let id =
+        a.json(&["send", &to, "--type", "AGENT_MIGRATION", "--payload", &good.to_string()])["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+    let got = wait_for(60, "the migration in C's inbox", || {
+        inbox(&c).into_iter().find(|m| m["id"] == id.as_str())
+    });
+    assert_eq!(got["body"]["verified"], true, "{got}");
+    assert_eq!(got["body"]["audit"][1]["event"], "answered 12 tasks", "{got}");
+
+    // The same agent with one audit entry rewritten after the root was taken: refused.
+    let honest = vec![
+        AuditRecord { at_ms: 1000, event: "created".into() },
+        AuditRecord { at_ms: 2000, event: "answered 12 tasks".into() },
+    ];
+    let mut altered = honest.clone();
+    altered[1].event = "answered 0 tasks".into();
+    let snapshot =
+        encode_snapshot(&AgentSnapshot { audit: altered, config: "model = \"small\"".into() });
+    let bad = serde_json::json!({
+        "name": "summariser", "agent": agent,
+        "snapshot": hex::encode(snapshot), "audit_root": audit_root(&honest).to_string(),
+    });
+    let id =
+        a.json(&["send", &to, "--type", "AGENT_MIGRATION", "--payload", &bad.to_string()])["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+    let why = wait_for(60, "the refusal", || {
+        let out = a.try_json(&["outbox"])?;
+        let f = out["failed"].as_array()?.iter().find(|f| f["id"] == id.as_str())?.clone();
+        f["last_error"].as_str().map(str::to_owned)
+    });
+    assert!(why.contains("audit trail does not match its root"), "{why}");
+    assert!(inbox(&c).iter().all(|m| m["id"] != id.as_str()), "the altered bundle was not kept");
+}
