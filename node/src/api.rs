@@ -1854,7 +1854,6 @@ async fn seal_and_queue(
         .await?;
     let id = msg.id();
     let entry = kos_storage::mail::OutboxEntry {
-        envelope: hex::encode(msg.bytes()),
         target: to.to_string(),
         from: None,
         attempts: 0,
@@ -1863,7 +1862,8 @@ async fn seal_and_queue(
         last_error: None,
     };
     let mail = ctx.mail.clone();
-    tokio::task::spawn_blocking(move || mail.enqueue(&id.0, &entry))
+    let bytes = msg.bytes().to_vec();
+    tokio::task::spawn_blocking(move || mail.enqueue(&id.0, &entry, &bytes))
         .await
         .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "outbox write failed".into()))?
         .map_err(|e| match e {

@@ -132,7 +132,6 @@ pub fn receive(
             return response(DirectCode::NoRoute, why);
         }
         let entry = OutboxEntry {
-            envelope: hex::encode(bytes),
             target: to.to_string(),
             from: Some(peer.to_string()),
             attempts: 0,
@@ -140,7 +139,7 @@ pub fn receive(
             queued_ms: now_ms,
             last_error: None,
         };
-        return match mail.enqueue(&id.0, &entry) {
+        return match mail.enqueue(&id.0, &entry, bytes) {
             Ok(true) => response(DirectCode::Accepted, "held for relaying"),
             Ok(false) => response(DirectCode::Duplicate, ""),
             Err(MailError::Full(what)) => response(DirectCode::Busy, format!("the {what} is full")),

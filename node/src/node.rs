@@ -1317,8 +1317,8 @@ impl Net {
                 let _ = self.mail.fail(&id, "the target is not a KLP-ID", now);
                 continue;
             };
-            let Ok(bytes) = hex::decode(&entry.envelope) else {
-                let _ = self.mail.fail(&id, "the stored envelope is not hex", now);
+            let Ok(Some(bytes)) = self.mail.envelope(&id) else {
+                let _ = self.mail.fail(&id, "the stored envelope is missing", now);
                 continue;
             };
             let from: Option<PeerId> = entry.from.as_deref().and_then(|f| f.parse().ok());

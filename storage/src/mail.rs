@@ -21,11 +21,10 @@ pub const MAX_CACHED_RECORDS: usize = 10_000;
 /// How long a handled id is remembered (a repeat within it is acknowledged, not taken again).
 pub const DONE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// A SEALED envelope waiting for a next hop.
+/// A SEALED envelope waiting for a next hop: its delivery state (the envelope's bytes are kept
+/// apart, read only when it is sent: [`MailStore::envelope`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
-    /// The envelope (hex), exactly as signed.
-    pub envelope: String,
     /// The recipient's KLP-ID.
     pub target: String,
     /// The peer that handed it over, for relayed messages (never sent back there).
@@ -89,6 +88,8 @@ pub struct InboxEntry {
 pub struct MailStore {
     db: sled::Db,
     outbox: sled::Tree,
+    /// The outbox's envelopes, by id (bytes as signed).
+    envelopes: sled::Tree,
     inbox: sled::Tree,
     done: sled::Tree,
     failed: sled::Tree,
@@ -138,6 +139,7 @@ impl MailStore {
         Ok(MailStore {
             db: db.clone(),
             outbox: db.open_tree("mail.outbox")?,
+            envelopes: db.open_tree("mail.envelopes")?,
             inbox: db.open_tree("mail.inbox")?,
             done: db.open_tree("mail.done")?,
             failed: db.open_tree("mail.failed")?,
@@ -160,7 +162,12 @@ impl MailStore {
     }
 
     /// Puts an envelope in the outbox, durably. `false` if it was already known.
-    pub fn enqueue(&self, id: &[u8; 32], entry: &OutboxEntry) -> Result<bool, MailError> {
+    pub fn enqueue(
+        &self,
+        id: &[u8; 32],
+        entry: &OutboxEntry,
+        envelope: &[u8],
+    ) -> Result<bool, MailError> {
         if self.knows(id)? {
             return Ok(false);
         }
@@ -174,9 +181,15 @@ impl MailStore {
                 return Err(MailError::Full("outbox share of that peer"));
             }
         }
+        self.envelopes.insert(id, envelope)?;
         self.outbox.insert(id, json(entry))?;
         self.flush()?;
         Ok(true)
+    }
+
+    /// The envelope of an outbox entry.
+    pub fn envelope(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.envelopes.get(id)?.map(|v| v.to_vec()))
     }
 
     /// Every outbox entry (bounded by [`MAX_OUTBOX`]).
@@ -196,6 +209,7 @@ impl MailStore {
     pub fn delivered(&self, id: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
         self.done.insert(id, &now_ms.to_be_bytes())?;
         self.outbox.remove(id)?;
+        self.envelopes.remove(id)?;
         self.flush()
     }
 
@@ -207,6 +221,7 @@ impl MailStore {
             e.next_ms = now_ms;
             self.failed.insert(id, json(&e))?;
         }
+        self.envelopes.remove(id)?;
         self.done.insert(id, &now_ms.to_be_bytes())?;
         self.flush()
     }
@@ -357,7 +372,6 @@ mod tests {
 
     fn entry(from: Option<&str>) -> OutboxEntry {
         OutboxEntry {
-            envelope: "00".into(),
             target: "t".into(),
             from: from.map(str::to_owned),
             attempts: 0,
@@ -372,17 +386,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::Store::open(&dir.path().join("s")).expect("store");
         let mail = store.mail().expect("mail");
-        assert!(mail.enqueue(&[1; 32], &entry(None)).expect("enqueue"));
+        assert!(mail.enqueue(&[1; 32], &entry(None), b"e1").expect("enqueue"));
+        assert_eq!(mail.envelope(&[1; 32]).expect("envelope").as_deref(), Some(&b"e1"[..]));
         assert!(
-            !mail.enqueue(&[1; 32], &entry(Some("p"))).expect("again"),
+            !mail.enqueue(&[1; 32], &entry(Some("p")), b"e1").expect("again"),
             "a repeat is not taken"
         );
         assert_eq!(mail.outbox().len(), 1);
         mail.delivered(&[1; 32], 1_000).expect("delivered");
         assert!(mail.outbox().is_empty());
+        assert_eq!(mail.envelope(&[1; 32]).expect("envelope"), None, "dropped once handed on");
         assert!(mail.knows(&[1; 32]).expect("knows"), "handled ids are remembered");
-        assert!(!mail.enqueue(&[1; 32], &entry(None)).expect("after delivery"));
-        mail.enqueue(&[2; 32], &entry(None)).expect("enqueue");
+        assert!(!mail.enqueue(&[1; 32], &entry(None), b"e1").expect("after delivery"));
+        mail.enqueue(&[2; 32], &entry(None), b"e2").expect("enqueue");
         mail.fail(&[2; 32], "refused", 2_000).expect("fail");
         assert_eq!(mail.failed()[0].1.last_error.as_deref(), Some("refused"));
         // Handled ids are forgotten after their time; expired records are dropped.
