@@ -1836,6 +1836,9 @@ async fn seal_and_queue(
 ) -> ApiResult {
     let record = lookup(ctx, host).await?;
     let to = record.klp_id;
+    if record.key == ctx.call(|core| Ok(core.key.public())).await? {
+        return Err(bad("the address names this node: a node does not send to itself"));
+    }
     // The envelope names the recipient by KLP-ID (relays route by it), keeping the path.
     let target = match address {
         kos_protocol::Address::Klp { path, .. } => {

@@ -188,6 +188,15 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
         400,
     );
     assert!(e.contains("invalid TASK_REQUEST payload"), "{e}");
+    let me = format!("klp://{}/x", a.status()["klp_id"].as_str().expect("klp id"));
+    let e = expect(
+        api.post(
+            "/v1/send",
+            &json!({"address": me, "type": "BROADCAST_ANNOUNCE", "payload": {"topic": "t", "text": "x"}}),
+        ),
+        400,
+    );
+    assert!(e.contains("does not send to itself"), "{e}");
     expect(api.get(&format!("/v1/inbox/{unknown}")), 404);
     expect(api.raw("DELETE", &format!("/v1/inbox/{unknown}"), &[], b""), 404);
     expect(api.post(&format!("/v1/inbox/{unknown}/reply"), &json!({})), 404);
