@@ -230,3 +230,36 @@ fn an_agent_migration_with_an_altered_audit_trail_is_refused() {
     assert!(why.contains("audit trail does not match its root"), "{why}");
     assert!(inbox(&c).iter().all(|m| m["id"] != id.as_str()), "the altered bundle was not kept");
 }
+
+#[test]
+fn a_queued_message_survives_a_sigkill_of_its_sender() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = Node::start(dir.path().join("a"));
+    let mut c = Node::start(dir.path().join("c"));
+    a.json(&["connect", &c.bootstrap_addr()]);
+    let to = format!("klp://{}/tasks", c.status()["klp_id"].as_str().expect("klp id"));
+    wait_for(60, "C's record at A", || a.try_json(&["resolve", &to]));
+    // C is down: the message waits in A's outbox; then A is SIGKILLed too.
+    c.kill();
+    let payload = serde_json::json!({"inputs": ["x"], "task_id": "t-9", "min_trust": "standard"});
+    let id =
+        a.json(&["send", &to, "--type", "TASK_REQUEST", "--payload", &payload.to_string()])["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+    let pending = a.json(&["outbox"]);
+    assert!(pending["pending"].as_array().expect("pending").iter().any(|p| p["id"] == id.as_str()));
+    a.kill();
+    // Both come back (on new ports: C dials A, as a bootstrap list would): the message A
+    // queued before its kill is delivered, once.
+    let c = Node::start(dir.path().join("c"));
+    let a = Node::start(dir.path().join("a"));
+    c.json(&["connect", &a.bootstrap_addr()]);
+    let got = wait_for(120, "the message at C", || {
+        inbox(&c).into_iter().find(|m| m["id"] == id.as_str())
+    });
+    assert_eq!(got["body"]["task_id"], "t-9", "{got}");
+    wait_for(60, "A's outbox empty", || {
+        (a.try_json(&["outbox"])?["pending"].as_array()?.is_empty()).then_some(())
+    });
+}
