@@ -431,7 +431,13 @@ impl Core {
             let checks = [p.check_peer(&from.peer()), p.check_sender(&msg.author(), msg.kind())];
             match checks.into_iter().find(|d| *d != crate::policy::Decision::Allow) {
                 Some(d) => d,
-                None => p.take_type_quota(msg.kind(), now),
+                // Live gossip counts against the relaying peer's quota (sync is pulled by this
+                // node at its own pace); then the type's quota.
+                None => match (from, p.take_type_quota(msg.kind(), now)) {
+                    (_, d @ crate::policy::Decision::Deny(_)) => d,
+                    (Source::Gossip { source, .. }, _) => p.take_peer_quota(*source, now),
+                    (Source::Sync { .. }, d) => d,
+                },
             }
         };
         let crate::policy::Decision::Deny(why) = decision else { return true };

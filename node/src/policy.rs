@@ -362,6 +362,24 @@ mod tests {
     }
 
     #[test]
+    fn quotas_per_peer_and_per_type_refuse_beyond_their_rate() {
+        let text =
+            "[quotas]\nper_peer_per_minute = 2\n[quotas.per_type_per_minute]\nTASK_REQUEST = 1\n";
+        let mut p = Policy::new(text, None).expect("valid");
+        let (one, two) = (PeerId::random(), PeerId::random());
+        assert_eq!(p.take_peer_quota(one, 0), Decision::Allow);
+        assert_eq!(p.take_peer_quota(one, 0), Decision::Allow);
+        assert!(
+            matches!(p.take_peer_quota(one, 0), Decision::Deny(w) if w.contains("over its messages per minute"))
+        );
+        assert_eq!(p.take_peer_quota(two, 0), Decision::Allow, "each peer has its own");
+        assert_eq!(p.take_peer_quota(one, 30_000), Decision::Allow, "refilled at 2 a minute");
+        assert_eq!(p.take_type_quota(MessageType::TaskRequest, 0), Decision::Allow);
+        assert!(matches!(p.take_type_quota(MessageType::TaskRequest, 0), Decision::Deny(_)));
+        assert_eq!(p.take_type_quota(MessageType::TaskResult, 0), Decision::Allow, "no quota");
+    }
+
+    #[test]
     fn a_deny_in_the_federation_policy_wins_and_a_bad_document_changes_nothing() {
         let mut p = Policy::new("", Some("[types]\ndeny = [\"TASK_REQUEST\"]\n")).expect("valid");
         let someone = kos_protocol::SecretKey::from_seed(&[9; 32]).public();
