@@ -889,7 +889,7 @@ fn import(
     };
     let inner: serde_json::Value = serde_json::from_str(body)
         .with_context(|| format!("{} is not a kOS export file", file.display()))?;
-    if inner["kind"] != "kos-export/1" {
+    if inner["kind"] != kos_protocol::EXPORT_KIND {
         bail!("{} is not a kOS export file (kind {})", file.display(), inner["kind"]);
     }
     let vault_bytes = hex::decode(inner["vault"].as_str().unwrap_or(""))
@@ -909,8 +909,7 @@ fn import(
     let sig: [u8; 64] = hex::decode(sig).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
         anyhow::anyhow!("{} was altered: its signature is malformed", file.display())
     })?;
-    let mut statement = b"kos-export/1\0".to_vec();
-    statement.extend_from_slice(body.as_bytes());
+    let statement = kos_protocol::export_statement(body.as_bytes());
     if !key.public().verify(&statement, &sig)
         || inner["did"].as_str() != Some(key.public().to_did().as_str())
     {

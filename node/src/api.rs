@@ -1541,16 +1541,22 @@ async fn revise(
     .await
 }
 
-/// The did:key in the query's only parameter `name` (`?name=did:key:…`), if given.
-fn query_key(query: Option<&str>, name: &str) -> Result<Option<PublicKey>, ApiError> {
-    let mut key = None;
+/// The value of the query's only parameter `name` (`?name=…`), if given; any other parameter
+/// is refused, naming the one accepted (`what` describes its value).
+fn query_param(query: Option<&str>, name: &str, what: &str) -> Result<Option<String>, ApiError> {
+    let mut value = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some((n, v)) if n == name => key = Some(parse_key(v)?),
-            _ => return Err(bad(format!("the only query parameter is {name}=DID"))),
+            Some((n, v)) if n == name => value = Some(v.to_owned()),
+            _ => return Err(bad(format!("the only query parameter is {name}={what}"))),
         }
     }
-    Ok(key)
+    Ok(value)
+}
+
+/// The did:key in the query's only parameter `name` (`?name=did:key:…`), if given.
+fn query_key(query: Option<&str>, name: &str) -> Result<Option<PublicKey>, ApiError> {
+    query_param(query, name, "DID")?.map(|v| parse_key(&v)).transpose()
 }
 
 /// `GET /v1/delegations[?member=DID]`: whom the member (default: this node) delegates to, and
@@ -1602,16 +1608,11 @@ const MAX_AUDIT_SHOWN: usize = 1000;
 
 /// `GET /v1/audit[?last=N]`: the last N entries of the audit log (default 50), oldest first.
 async fn audit_show(AxState(ctx): AxState<Ctx>, RawQuery(query): RawQuery) -> ApiResult {
-    let mut last = 50usize;
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("last", v)) => {
-                last = v.parse().map_err(|_| bad("last is a number"))?;
-            }
-            _ => return Err(bad("the only query parameter is last=N")),
-        }
+    let last = match query_param(query.as_deref(), "last", "N")? {
+        Some(v) => v.parse::<usize>().map_err(|_| bad("last is a number"))?,
+        None => 50,
     }
-    let last = last.min(MAX_AUDIT_SHOWN);
+    .min(MAX_AUDIT_SHOWN);
     ctx.call(move |core| match core.store.verify_audit()? {
         Ok(entries) => {
             let skip = entries.len().saturating_sub(last);
@@ -1741,14 +1742,8 @@ async fn lookup(
 
 /// `GET /v1/resolve?address=klp://…`: the directory record an address resolves to.
 async fn resolve(AxState(ctx): AxState<Ctx>, RawQuery(query): RawQuery) -> ApiResult {
-    let mut address = None;
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("address", v)) => address = Some(v.to_owned()),
-            _ => return Err(bad("the only query parameter is address=klp://…")),
-        }
-    }
-    let address = address.ok_or_else(|| bad("give address=klp://NAME-OR-KLP-ID/…"))?;
+    let address = query_param(query.as_deref(), "address", "klp://…")?
+        .ok_or_else(|| bad("give address=klp://NAME-OR-KLP-ID/…"))?;
     let (_, host) = address_host(&address)?;
     Ok(Json(record_json(&lookup(&ctx, host).await?)))
 }
@@ -2113,7 +2108,7 @@ async fn export(AxState(ctx): AxState<Ctx>) -> ApiResult {
     let name = ctx.name.clone();
     ctx.call(move |core| {
         let body = json!({
-            "kind": crate::EXPORT_KIND,
+            "kind": kos_protocol::EXPORT_KIND,
             "did": core.key.public().to_did(),
             "vault": hex::encode(&vault),
             "trust": core.store.trust()?,
@@ -2124,7 +2119,7 @@ async fn export(AxState(ctx): AxState<Ctx>) -> ApiResult {
             "exported_ms": now_ms(),
         })
         .to_string();
-        let signature = core.key.sign(&crate::export_statement(body.as_bytes()));
+        let signature = core.key.sign(&kos_protocol::export_statement(body.as_bytes()));
         core.store.audit(now_ms(), "identity exported")?;
         Ok(Json(json!({ "export": body, "signature": hex::encode(signature) })))
     })

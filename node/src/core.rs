@@ -678,7 +678,7 @@ impl Core {
         }
         // The registry moved (the charter arrived, an execution): the policy judges senders by
         // its trust levels at once, not at the next housekeeping.
-        let head = self.engine.as_ref().and_then(|e| e.registry_chain().last().map(|(_, h)| *h));
+        let head = self.engine.as_ref().and_then(Engine::registry_head);
         if head != self.policy_head {
             self.policy_head = head;
             self.refresh_policy();

@@ -13,15 +13,3 @@ pub mod node;
 pub mod peers;
 pub mod policy;
 pub mod views;
-
-/// The kind of an export file's body.
-pub const EXPORT_KIND: &str = "kos-export/1";
-/// Domain prefix of the statement an export's signature covers.
-pub const EXPORT_DOMAIN: &[u8] = b"kos-export/1\0";
-
-/// What an export's signature covers: [`EXPORT_DOMAIN`] followed by the body's exact bytes.
-pub fn export_statement(body: &[u8]) -> Vec<u8> {
-    let mut m = EXPORT_DOMAIN.to_vec();
-    m.extend_from_slice(body);
-    m
-}

@@ -118,10 +118,8 @@ pub fn receive(
         Ok(false) => {}
         Err(e) => return response(DirectCode::Busy, format!("store: {e}")),
     }
+    // (The peer's lists and quota were checked by the network task before this.)
     let sender = msg.author();
-    if let Decision::Deny(why) = policy.check_peer(&peer) {
-        return response(DirectCode::Policy, why);
-    }
     if let Decision::Deny(why) = policy.check_sender(&sender, MessageType::Sealed) {
         return response(DirectCode::Policy, why);
     }

@@ -1115,11 +1115,7 @@ impl Net {
         let Some(bytes) = self.ms.own_record.clone() else { return };
         let Ok(msg) = Message::decode(&bytes) else { return };
         let Ok(rec) = kos_protocol::directory::check_record(&msg, now_ms(), None) else { return };
-        let mut keys = vec![kos_protocol::directory::id_key(&rec.klp_id)];
-        if let Some(n) = &rec.record.name {
-            keys.push(kos_protocol::directory::name_key(n));
-        }
-        for key in keys {
+        for key in kos_protocol::directory::record_keys(&rec) {
             let record = kad::Record::new(key, bytes.clone());
             swarm.behaviour_mut().kad.put_record_to(
                 record,
@@ -1169,11 +1165,7 @@ impl Net {
             &bytes,
             now,
         );
-        let mut keys = vec![kos_protocol::directory::id_key(&rec.klp_id)];
-        if let Some(n) = &rec.record.name {
-            keys.push(kos_protocol::directory::name_key(n));
-        }
-        for key in keys {
+        for key in kos_protocol::directory::record_keys(&rec) {
             let record = kad::Record::new(key, bytes.clone());
             if let Err(e) = swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
                 warn!("cannot publish the directory record: {e}");
@@ -1429,7 +1421,7 @@ impl Net {
     }
 
     fn note_error(&mut self, mid: &MessageId, error: String) {
-        if let Some((_, mut e)) = self.mail.outbox().into_iter().find(|(id, _)| id == &mid.0) {
+        if let Ok(Some(mut e)) = self.mail.outbox_entry(&mid.0) {
             e.last_error = Some(error);
             let _ = self.mail.update(&mid.0, &e);
         }

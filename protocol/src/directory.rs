@@ -28,6 +28,13 @@ pub fn name_key(name: &str) -> Vec<u8> {
     format!("{NAME_KEY_PREFIX}{name}").into_bytes()
 }
 
+/// The DHT keys a record is published under: its KLP-ID's, and its name's if it has one.
+pub fn record_keys(r: &CheckedRecord) -> Vec<Vec<u8>> {
+    let mut keys = vec![id_key(&r.klp_id)];
+    keys.extend(r.record.name.as_deref().map(name_key));
+    keys
+}
+
 /// Why a directory record is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {

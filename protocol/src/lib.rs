@@ -82,6 +82,18 @@ pub fn vote_commitment(
     Digest(h.finalize().into())
 }
 
+/// The kind of a node export file's body (`kosctl export`).
+pub const EXPORT_KIND: &str = "kos-export/1";
+/// Domain prefix of the statement an export's signature covers.
+pub const EXPORT_DOMAIN: &[u8] = b"kos-export/1\0";
+
+/// What a node export's signature covers: [`EXPORT_DOMAIN`] followed by the body's exact bytes.
+pub fn export_statement(body: &[u8]) -> Vec<u8> {
+    let mut m = EXPORT_DOMAIN.to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
 /// The statement a new key signs in a KEY_ROTATION: `ROTATION_DOMAIN ‖ old key ‖ new key`.
 pub fn rotation_statement(old: &PublicKey, new: &PublicKey) -> Vec<u8> {
     let mut m = Vec::with_capacity(ROTATION_DOMAIN.len() + 64);

@@ -197,6 +197,11 @@ impl MailStore {
         entries(&self.outbox)
     }
 
+    /// One outbox entry.
+    pub fn outbox_entry(&self, id: &[u8; 32]) -> Result<Option<OutboxEntry>, StoreError> {
+        self.outbox.get(id)?.map(|v| parse(&v)).transpose()
+    }
+
     /// Rewrites an outbox entry (attempts, next time, last error).
     pub fn update(&self, id: &[u8; 32], entry: &OutboxEntry) -> Result<(), StoreError> {
         if self.outbox.contains_key(id)? {

@@ -107,6 +107,9 @@ fn a_task_request_reaches_a_named_node_through_a_relay_and_its_result_comes_back
     assert_eq!(result["body"]["task_id"], "t-1", "{result}");
     assert_eq!(result["body"]["outputs"][0], "done: launched", "{result}");
     assert_eq!(result["sender"], c.did(), "{result}");
+    // C deletes the request it answered: gone from its inbox, and a repeat is not filed again.
+    c.json(&["inbox", "delete", &id]);
+    assert!(inbox(&c).iter().all(|m| m["id"] != id.as_str()));
 
     // C is SIGKILLed; a message sent meanwhile waits at B and arrives after C restarts.
     c.kill();

@@ -107,6 +107,11 @@ impl Engine {
         self.versions.get(hash).and_then(|&i| self.chain.get(i)).map(|v| &*v.registry)
     }
 
+    /// The content hash of the chain's last version (in force now or later). O(1).
+    pub fn registry_head(&self) -> Option<Digest> {
+        self.chain.last().map(|v| v.hash)
+    }
+
     /// Every registry version of the chain: (start time, content hash).
     pub fn registry_chain(&self) -> Vec<(u64, Digest)> {
         self.chain.iter().map(|v| (v.start_ms, v.hash)).collect()
