@@ -27,7 +27,8 @@ impl Engine {
                     history.iter().rev().find(|(_, (created, _))| *created < end)
             {
                 match delegate {
-                    Some(d) => return Some(*d),
+                    // A delegate named by any of its keys is the member.
+                    Some(d) => return Some(self.keys.identity(d)),
                     // Revoked for this scope: fall back to a broader one.
                     None => continue,
                 }
@@ -192,6 +193,9 @@ impl Engine {
     /// attestation differs from its current tally. Only proposals without a certificate are
     /// looked at.
     pub fn attestations_due(&self, me: &PublicKey, now_ms: u64) -> Vec<TallyAttestation> {
+        // `me` signs at `now_ms`: a retired key attests nothing; a rotated-to one for its member.
+        let Ok(signer) = self.signer(me, now_ms) else { return Vec::new() };
+        let me = &signer.member;
         let grace = self.grace();
         self.unsettled
             .iter()

@@ -97,7 +97,7 @@ impl Attestations {
             }
         }
         let attesters = self.by_key.entry(key).or_default();
-        let id = order.1;
+        let id = order.2;
         match attesters.get_mut(&who) {
             Some(slot) => *slot = (*slot).min((created, id)),
             None => {

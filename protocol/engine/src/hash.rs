@@ -161,11 +161,19 @@ impl Engine {
                 .delegations
                 .iter()
                 .filter_map(|((who, scope), h)| {
-                    h.keys().next_back().map(|(_, id)| (who, scope, id))
+                    h.keys().next_back().map(|(_, _, id)| (who, scope, id))
                 })
                 .collect();
             sha(&[&to_cbor(&effective)])
         })
+    }
+
+    /// The key lifecycle records (none until a key rotates or is revoked).
+    fn keys_digest(&self) -> Option<Digest> {
+        if self.keys.records.is_empty() {
+            return None;
+        }
+        Some(*self.keys_digest.get_or_init(|| sha(&[&to_cbor(&self.keys.records)])))
     }
 
     /// A hash of the derived governance state at `now_ms`: the registry chain and executions,
@@ -203,12 +211,14 @@ impl Engine {
                 sum.add(&term(pid, d, status));
             }
         }
+        let keys = self.keys_digest();
         sha(&[
             STATE_DOMAIN,
             &self.federation.0,
             &self.chain_digest().0,
             &self.delegations_digest().0,
             &sum.bytes(),
+            keys.as_ref().map_or(&[][..], |d| &d.0[..]),
         ])
     }
 }

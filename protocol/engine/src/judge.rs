@@ -119,6 +119,11 @@ impl Engine {
             self.init_chain(Registry::from_charter(c));
             return Ok(vec![Dependency::Charter]);
         }
+        match msg.payload() {
+            Payload::KeyRotation(r) => return self.judge_rotation(id, author, created, r),
+            Payload::Revocation(r) => return self.judge_revocation(id, author, created, r),
+            _ => {}
+        }
         // The membership gate: nothing from a key that is a member of no known registry version
         // is kept, held or judged further.
         let Some(federation) = federation_of(msg.payload()) else {
@@ -130,9 +135,11 @@ impl Engine {
         if self.charter.is_none() {
             return Err(Refusal::Pending(Dependency::Charter));
         }
-        if !self.known_members.contains(&author) {
-            return Err(Refusal::UnknownAuthor);
-        }
+        // From here on `author` is the member's identity: the signing key resolved at the
+        // message's signed time (a rotated key's messages are kept under the member).
+        let signer = self.signer(&author, created)?;
+        let author = signer.member;
+        let order = |seq: u64| (signer.generation, seq, id);
         match msg.payload() {
             Payload::Proposal(p) => self.judge_proposal(id, author, created, p),
             Payload::Revision(r) => {
@@ -251,7 +258,7 @@ impl Engine {
                     return Ok(vec![]);
                 }
                 let p = self.proposal_mut(&v.proposal)?;
-                p.votes.entry(author).or_default().insert((msg.header().seq, id), rec);
+                p.votes.entry(author).or_default().insert(order(msg.header().seq), rec);
                 self.ballot_recorded(&v.proposal, &author, v.revision);
                 Ok(vec![])
             }
@@ -265,12 +272,17 @@ impl Engine {
                 if p.options(v.revision).is_none() {
                     return Err(Refusal::Pending(Dependency::Revision(v.proposal, v.revision)));
                 }
-                let rec = CommitRec { id, revision: v.revision, commitment: v.commitment };
+                let rec = CommitRec {
+                    id,
+                    key: msg.author(),
+                    revision: v.revision,
+                    commitment: v.commitment,
+                };
                 if self.dry_run {
                     return Ok(vec![]);
                 }
                 let p = self.proposal_mut(&v.proposal)?;
-                p.commits.entry(author).or_default().insert((msg.header().seq, id), rec);
+                p.commits.entry(author).or_default().insert(order(msg.header().seq), rec);
                 self.ballot_recorded(&v.proposal, &author, v.revision);
                 Ok(vec![Dependency::Commit(v.proposal, author.to_bytes())])
             }
@@ -285,24 +297,30 @@ impl Engine {
                     return Err(Refusal::MissingReason);
                 }
                 check_ballot(p, v.revision, &v.choice)?;
-                let commitment = vote_commitment(
-                    &v.federation,
-                    &v.proposal,
-                    &author,
-                    v.revision,
-                    &v.salt,
-                    &v.choice,
-                );
                 let Some(commits) = p.commits.get(&author) else {
                     return Err(Refusal::Pending(Dependency::Commit(
                         v.proposal,
                         author.to_bytes(),
                     )));
                 };
-                if !commits.values().any(|c| c.commitment == commitment && c.revision == v.revision)
-                {
+                // The commitment binds the key that signed the commit: after a rotation the
+                // member reveals under its new key what it committed under the old one.
+                let opens = |c: &CommitRec| {
+                    c.revision == v.revision
+                        && c.commitment
+                            == vote_commitment(
+                                &v.federation,
+                                &v.proposal,
+                                &c.key,
+                                v.revision,
+                                &v.salt,
+                                &v.choice,
+                            )
+                };
+                let Some(commitment) = commits.values().find(|c| opens(c)).map(|c| c.commitment)
+                else {
                     return Err(Refusal::CommitmentMismatch);
-                }
+                };
                 if p.reveals.contains_key(&(author, commitment)) {
                     return Err(Refusal::DoubleReveal);
                 }
@@ -343,7 +361,7 @@ impl Engine {
                     (p.eligible, Arc::clone(&p.registry), p.config.weighting);
                 let changed = p.attestations.insert(
                     author,
-                    (msg.header().seq, id),
+                    order(msg.header().seq),
                     created,
                     key,
                     weight,
@@ -359,7 +377,7 @@ impl Engine {
                 Ok(vec![])
             }
             Payload::Delegation(d) => {
-                if d.delegate == Some(author) {
+                if d.delegate.is_some_and(|d| self.keys.identity(&d) == author) {
                     return Err(Refusal::SelfReference);
                 }
                 if self.dry_run {
@@ -368,7 +386,7 @@ impl Engine {
                 self.delegations
                     .entry((author, d.scope))
                     .or_default()
-                    .insert((msg.header().seq, id), (created, d.delegate));
+                    .insert(order(msg.header().seq), (created, d.delegate));
                 self.delegations_digest.take();
                 // Counts for proposals whose voting ends after it was signed.
                 let affected: Vec<ProposalId> = self
@@ -498,7 +516,7 @@ impl Engine {
     }
 
     /// After a ballot or delegation change on `pid`: the tally and the early close may move.
-    fn after_ballot(&mut self, pid: &ProposalId) {
+    pub(crate) fn after_ballot(&mut self, pid: &ProposalId) {
         let Some(p) = self.proposals.get(pid) else { return };
         if p.config.early_close {
             if let Some(t) = self.early_close_at(p) {

@@ -35,6 +35,7 @@ mod chain;
 mod finality;
 mod hash;
 mod judge;
+mod keys;
 mod registry;
 mod tally;
 mod view;
@@ -54,6 +55,7 @@ pub use certificate::{
 pub use chain::{Execution, Inverse};
 pub use finality::{Certificate, Final, FinalKey};
 pub use hash::STATE_DOMAIN;
+pub use keys::{End as KeyEnd, KeyRecord, Keys, Retirement, Signer};
 pub use registry::{REGISTRY_DOMAIN, Registry};
 pub use tally::{Count, ProofStep, merkle_proof, merkle_root, verify_merkle_proof};
 pub use view::{CommentView, DelegationEdge, Delegator, ProposalRecord, RevisionView};
@@ -108,6 +110,10 @@ pub enum Effect {
     Attest(TallyAttestation),
     /// Call [`Engine::tick`] (or `handle` again) at this time: a status changes then.
     WakeAt(u64),
+    /// A key rotation or revocation invalidated messages applied before it arrived: rebuild
+    /// the engine from the stored messages ([`Engine::replay`] on a new engine), which judges
+    /// each message by the keys valid at its signed time.
+    Rebuild,
 }
 
 /// The engine's answer to one message: a gossip verdict and effects for the shell.
@@ -246,6 +252,31 @@ pub enum Refusal {
     /// A reply to a comment on another proposal.
     #[error("parent comment belongs to another proposal")]
     ParentMismatch,
+    /// A KEY_ROTATION whose proof is not the new key's signature over the rotation statement.
+    #[error("key rotation proof is not the new key's signature")]
+    BadRotationProof,
+    /// A KEY_ROTATION to a key that is already a member's key or was rotated to before.
+    #[error("the new key is already in use")]
+    KeyInUse,
+    /// Signed by a key at or after its rotation or revocation (signed time).
+    #[error("signing key was retired at {since_ms} (signed at {created_ms})")]
+    RetiredKey {
+        /// Signed time of the message.
+        created_ms: u64,
+        /// Signed time of the rotation or revocation that retired the key.
+        since_ms: u64,
+    },
+    /// Signed by a rotated-to key before its rotation (signed time).
+    #[error("signing key is valid from {from_ms} (signed at {created_ms})")]
+    KeyNotYetValid {
+        /// Signed time of the message.
+        created_ms: u64,
+        /// Signed time of the rotation that introduced the key.
+        from_ms: u64,
+    },
+    /// A REVOCATION of a key that is neither the author's nor an earlier key of its member.
+    #[error("a key may revoke only itself or an earlier key of its member")]
+    NotKeyHolder,
     /// The proposal relaxes a voting setting the charter does not let its type override.
     #[error(
         "a {kind} proposal may not relax its {field} (the charter's default for the type is stricter; only the settings it lists as overrides may change freely)"
@@ -270,7 +301,11 @@ impl Refusal {
             | Refusal::ClockSkew { .. }
             | Refusal::WrongFederation
             | Refusal::ConflictingRevision(_)
-            | Refusal::DoubleReveal => Verdict::Ignore,
+            | Refusal::DoubleReveal
+            // A relay cannot know every rotation: a retired key's message is dropped, not
+            // held against the peer.
+            | Refusal::RetiredKey { .. }
+            | Refusal::KeyNotYetValid { .. } => Verdict::Ignore,
             _ => Verdict::Reject,
         }
     }
@@ -446,8 +481,10 @@ pub fn default_config(kind: ProposalType) -> VotingConfig {
     }
 }
 
-/// Key ordering "latest wins": higher sequence number, then higher message id.
-pub(crate) type Order = (u64, MessageId);
+/// Key ordering "latest wins": higher key generation (a member's messages under a rotated-to
+/// key come after those under the keys before it), then higher sequence number, then higher
+/// message id.
+pub(crate) type Order = (u32, u64, MessageId);
 
 /// Every delegation message of one delegator and scope: signed time and delegate, by order.
 type DelegationHistory = BTreeMap<Order, (u64, Option<PublicKey>)>;
@@ -500,6 +537,8 @@ struct VoteRec {
 #[derive(Clone, Debug)]
 struct CommitRec {
     id: MessageId,
+    /// The key that signed the commit (the commitment binds it).
+    key: PublicKey,
     revision: u32,
     commitment: Digest,
 }
@@ -808,6 +847,14 @@ pub struct Engine {
     released: Vec<Dependency>,
     /// While set, `judge` decides without recording ([`Engine::check`]).
     dry_run: bool,
+    /// Key rotations and revocations.
+    keys: keys::Keys,
+    keys_digest: std::cell::OnceCell<Digest>,
+    /// The latest signed time of an applied message, per signing key: a rotation or revocation
+    /// at or before it invalidates messages already applied.
+    last_signed: BTreeMap<PublicKey, u64>,
+    /// Set when a rotation or revocation arrived after messages it invalidates.
+    rebuild: bool,
 }
 
 impl Engine {
@@ -836,6 +883,10 @@ impl Engine {
             pending: HoldPool::default(),
             released: Vec::new(),
             dry_run: false,
+            keys: keys::Keys::default(),
+            keys_digest: std::cell::OnceCell::new(),
+            last_signed: BTreeMap::new(),
+            rebuild: false,
         }
     }
 
@@ -929,6 +980,9 @@ impl Engine {
         if let Some(t) = self.next_wakeup(now_ms) {
             effects.push(Effect::WakeAt(t));
         }
+        if self.rebuild {
+            effects.push(Effect::Rebuild);
+        }
         Step { verdict, refusal, effects }
     }
 
@@ -938,8 +992,12 @@ impl Engine {
     /// admitted by an execution later in the batch) are retried until nothing more applies.
     /// Clock-skew rules do not apply (origin [`Origin::Sync`]).
     pub fn replay(&mut self, mut msgs: Vec<Message>, now_ms: u64) -> ReplayReport {
+        // Within one signed time, rotations and revocations first: they decide which keys
+        // may sign at that time.
         msgs.sort_by_key(|m| {
-            (m.payload().message_type() != MessageType::Charter, m.header().created_ms, m.id())
+            let t = m.payload().message_type();
+            let key_msg = matches!(t, MessageType::KeyRotation | MessageType::Revocation);
+            (t != MessageType::Charter, m.header().created_ms, !key_msg, m.id())
         });
         let mut report = ReplayReport::default();
         loop {
@@ -965,6 +1023,8 @@ impl Engine {
             msgs = retry;
         }
         report.held = self.pending.len();
+        // In signed-time order a rotation precedes every message it invalidates.
+        self.rebuild = false;
         report
     }
 
@@ -1015,6 +1075,9 @@ impl Engine {
                     Some(p) => p.applied.insert(id),
                     None => self.applied.insert(id),
                 };
+                let created = msg.header().created_ms;
+                let last = self.last_signed.entry(msg.author()).or_insert(created);
+                *last = (*last).max(created);
                 Ok(deps)
             }
             Err(Refusal::Pending(dep)) => {
@@ -1058,6 +1121,23 @@ impl Engine {
     /// Notes that proposal `pid`'s term in the state hash must be recomputed.
     fn mark(&mut self, pid: ProposalId) {
         self.hash_state.get_mut().dirty.insert(pid);
+    }
+
+    /// Whether a key rotation or revocation arrived after messages it invalidates: the state is
+    /// then a function of the arrival order until the engine is rebuilt from the stored messages
+    /// by [`Engine::replay`] on a new engine (which applies them in signed-time order).
+    pub fn needs_rebuild(&self) -> bool {
+        self.rebuild
+    }
+
+    /// The key lifecycle records.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The member identity `key` belongs to (itself unless it was rotated to).
+    pub fn identity(&self, key: &PublicKey) -> PublicKey {
+        self.keys.identity(key)
     }
 
     /// Number of messages held for missing dependencies.

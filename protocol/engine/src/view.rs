@@ -148,7 +148,7 @@ impl Engine {
         self.delegations
             .iter()
             .filter_map(|((who, scope), h)| {
-                let ((_, id), (created_ms, delegate)) = h.iter().next_back()?;
+                let ((_, _, id), (created_ms, delegate)) = h.iter().next_back()?;
                 Some(DelegationEdge {
                     delegator: *who,
                     delegate: (*delegate)?,
