@@ -281,7 +281,7 @@ fn permutations(n: usize, f: &mut dyn FnMut(&[usize])) {
         }
         for i in 0..k {
             go(k - 1, a, f);
-            let j = if k % 2 == 0 { i } else { 0 };
+            let j = if k.is_multiple_of(2) { i } else { 0 };
             a.swap(j, k - 1);
         }
     }
