@@ -80,6 +80,25 @@ enum InboxCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum IdCmd {
+    /// The node's did, member identity, key generation, peer id and KLP-ID (the default).
+    Show,
+    /// Replace the node key: a KEY_ROTATION signed by the old key and proved by a new one
+    /// (sealed in the vault first). Weight, roles, delegations and pending ballots follow.
+    Rotate,
+    /// Revoke the node key (it signs nothing that counts from now on), or a key it rotated
+    /// away from.
+    Revoke {
+        /// The key to revoke (did:key); default: the node key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Why (kept in the signed message).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum PolicyCmd {
     /// The `.klp-policy` in force: this node's and the federation's.
     Show,
@@ -202,8 +221,11 @@ struct ProposeArgs {
 enum Command {
     /// The node's status.
     Status,
-    /// The node's identity.
-    Id,
+    /// The node's identity; `rotate` and `revoke` change its key.
+    Id {
+        #[command(subcommand)]
+        command: Option<IdCmd>,
+    },
     /// Connected and known peers.
     Peers,
     /// Dial a peer: a multiaddr or `peer://ID`.
@@ -557,12 +579,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Id => {
-            let s = api()?.get("/v1/status")?;
-            show(
-                serde_json::json!({"did": s["did"], "peer_id": s["peer_id"], "klp_id": s["klp_id"]}),
-            )
-        }
+        Command::Id { command } => match command.unwrap_or(IdCmd::Show) {
+            IdCmd::Show => {
+                let s = api()?.get("/v1/status")?;
+                show(serde_json::json!({
+                    "did": s["did"],
+                    "member": s["member"],
+                    "key_generation": s["key_generation"],
+                    "key_retired": s["key_retired"],
+                    "peer_id": s["peer_id"],
+                    "klp_id": s["klp_id"],
+                }))
+            }
+            IdCmd::Rotate => show(api()?.post("/v1/id/rotate", serde_json::json!({}))?),
+            IdCmd::Revoke { key, reason } => show(
+                api()?.post("/v1/id/revoke", serde_json::json!({"key": key, "reason": reason}))?,
+            ),
+        },
         Command::Peers => show(api()?.get("/v1/peers")?),
         Command::Connect { addr } => {
             show(api()?.post("/v1/connect", serde_json::json!({"addr": addr}))?)

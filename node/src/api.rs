@@ -275,6 +275,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/announce", post(announce))
         .route("/v1/export", get(export))
         .route("/v1/reputation", post(reputation))
+        .route("/v1/id/rotate", post(id_rotate))
+        .route("/v1/id/revoke", post(id_revoke))
         .route("/v1/policy", get(policy_show).post(policy_apply))
         .fallback(|| async { not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -435,8 +437,18 @@ async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
             let now = now_ms();
             let pk = core.key.public();
             let e = core.engine.as_ref();
+            let (member, generation) = e
+                .and_then(|e| e.check_signer(&pk, now).ok())
+                .map_or((pk, 0), |s| (s.member, s.generation));
+            let retired = e
+                .and_then(|e| e.keys().get(&pk))
+                .and_then(|r| r.end)
+                .map(|end| json!({"at_ms": end.at_ms, "by": end.by.to_string(), "how": end.how}));
             Ok(json!({
                 "did": pk.to_did(),
+                "member": member.to_did(),
+                "key_generation": generation,
+                "key_retired": retired,
                 "peer_id": pk.to_peer_id().to_string(),
                 "klp_id": pk.klp_id().to_string(),
                 "federation": e.map(|e| e.federation().to_string()),
@@ -449,6 +461,9 @@ async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
         })
         .await?;
     v["peers"] = json!(view.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+    if let Some(local) = view.local {
+        v["peer_id"] = json!(local.to_string());
+    }
     v["listen"] = json!(view.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>());
     v["sync"] = json!({"peers": view.syncing.0, "requests_in_flight": view.syncing.1});
     Ok(Json(v))
@@ -812,6 +827,10 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
             "name": charter.map(|c| c.name.clone()),
             "members": reg.as_ref().map(|r| r.members.values().map(|m| json!({
                 "did": did(&m.key),
+                // The member's key in use now (its did stays its identity), after rotations.
+                "key": did(&engine.keys().current(&m.key).0),
+                "key_generation": engine.keys().chain(&m.key).len().saturating_sub(1),
+                "revoked": engine.keys().current(&m.key).1,
                 "trust": m.trust.as_str(),
                 "roles": m.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
                 "stake": m.stake,
@@ -2032,6 +2051,60 @@ async fn reputation(AxState(ctx): AxState<Ctx>, Body(req): Body<ReputationReq>) 
         })
         .await?;
     Ok(Json(json!({ "id": id.to_string(), "status": "published" })))
+}
+
+/// `POST /v1/id/rotate`: a new node key (KEY_ROTATION signed by the old key, proved by the new);
+/// the vault holds the new key before anything is signed.
+async fn id_rotate(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let (msg, new) = ctx
+        .call(|core| {
+            engine(core)?;
+            let old = core.key.public();
+            core.rotate_key().map(|(m, n)| (m, (old, n))).map_err(|e| bad(format!("{e:#}")))
+        })
+        .await?;
+    let (old, new) = new;
+    Ok(Json(json!({
+        "id": msg.id().to_string(),
+        "old_did": old.to_did(),
+        "did": new.to_did(),
+        "klp_id": new.klp_id().to_string(),
+        "at_ms": msg.header().created_ms,
+        "note": "the peer id moves to the new key when kosd restarts",
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeReq {
+    /// The key to revoke (default: the node key itself).
+    #[serde(default)]
+    key: Option<String>,
+    reason: String,
+}
+
+/// `POST /v1/id/revoke`: a REVOCATION of the node key (from then on it signs nothing that
+/// counts), or of a key the node rotated away from.
+async fn id_revoke(AxState(ctx): AxState<Ctx>, Body(req): Body<RevokeReq>) -> ApiResult {
+    let key = req.key.as_deref().map(parse_key).transpose()?;
+    if req.reason.chars().count() > kos_protocol::payload::MAX_REASON_CHARS {
+        return Err(bad("reason: at most 2000 characters"));
+    }
+    let msg = ctx
+        .call(move |core| {
+            engine(core)?;
+            let key = key.unwrap_or_else(|| core.key.public());
+            let payload =
+                Payload::Revocation(kos_protocol::payload::Revocation { key, reason: req.reason });
+            core.create(payload, None).map_err(|e| bad(format!("{e:#}")))
+        })
+        .await?;
+    let Payload::Revocation(r) = msg.payload() else { return Err(bad("not a revocation")) };
+    Ok(Json(json!({
+        "id": msg.id().to_string(),
+        "revoked": r.key.to_did(),
+        "at_ms": msg.header().created_ms,
+    })))
 }
 
 /// `GET /v1/outbox`: messages waiting for a next hop, and those given up.

@@ -138,6 +138,9 @@ pub enum ToNet {
     Record(Vec<u8>),
     /// A BROADCAST_ANNOUNCE signed here: publish it on the federation's announcement topic.
     Announce(Vec<u8>),
+    /// The node key rotated: sign directory records and open direct messages with this key
+    /// (the previous ones still open what was sealed to them).
+    Rekey(SecretKey),
 }
 
 /// What became of a submitted envelope.
@@ -193,7 +196,79 @@ pub struct Core {
     /// Policy refusals written to the audit log (a flood is counted, not written).
     policy_audits: Buckets<()>,
     /// The registry chain's last version when the policy's trust was last refreshed.
-    policy_head: Option<kos_protocol::payload::Digest>,
+    /// (and the number of key records, which grows with each rotation or revocation).
+    policy_head: Option<(Option<kos_protocol::payload::Digest>, usize)>,
+    /// Where the node's identity is sealed (rewritten by a key rotation).
+    pub vault: Option<VaultFile>,
+}
+
+/// The vault file and how to seal it again.
+#[derive(Clone)]
+pub struct VaultFile {
+    /// `vault.bin`.
+    pub path: std::path::PathBuf,
+    /// The passphrase it is sealed under (empty: a development vault).
+    pub passphrase: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for VaultFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Vault entry of a key rotation in progress: the new key, written before the rotation is
+/// signed, promoted to the node key once the rotation is stored.
+pub const NEXT_KEY: &str = "node-next";
+/// Vault entries of the keys the node rotated away from (`node-previous-<n>`): direct messages
+/// still sealed to an old address can be opened.
+pub const PREVIOUS_KEY_PREFIX: &str = "node-previous-";
+
+impl VaultFile {
+    fn params(&self) -> kos_protocol::vault::KdfParams {
+        if self.passphrase.is_empty() {
+            kos_protocol::vault::KdfParams::INSECURE_FAST
+        } else {
+            kos_protocol::vault::KdfParams::STANDARD
+        }
+    }
+
+    /// Makes `new` the node key, keeps `old` as the newest previous key, forgets [`NEXT_KEY`].
+    pub fn promote(&self, old: &SecretKey, new: &SecretKey) -> anyhow::Result<()> {
+        self.edit(|v| {
+            let n = (0..usize::MAX)
+                .find(|i| v.get(&format!("{PREVIOUS_KEY_PREFIX}{i}")).is_none())
+                .unwrap_or(0);
+            v.insert(format!("{PREVIOUS_KEY_PREFIX}{n}"), old.clone());
+            v.insert(crate::NODE_KEY, new.clone());
+            v.remove(NEXT_KEY);
+        })?;
+        Ok(())
+    }
+
+    /// The keys the node rotated away from, newest first.
+    pub fn previous_keys(vault: &kos_protocol::vault::Vault) -> Vec<SecretKey> {
+        let mut keys: Vec<(usize, SecretKey)> = vault
+            .names()
+            .filter_map(|n| n.strip_prefix(PREVIOUS_KEY_PREFIX)?.parse::<usize>().ok())
+            .filter_map(|i| Some((i, vault.get(&format!("{PREVIOUS_KEY_PREFIX}{i}"))?.clone())))
+            .collect();
+        keys.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Loads, edits and seals the vault again (atomically).
+    pub fn edit(
+        &self,
+        f: impl FnOnce(&mut kos_protocol::vault::Vault),
+    ) -> anyhow::Result<kos_protocol::vault::Vault> {
+        let mut v = kos_protocol::vault::Vault::load(&self.path, &self.passphrase)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        f(&mut v);
+        v.save(&self.path, &self.passphrase, self.params())
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(v)
+    }
 }
 
 impl std::fmt::Debug for Core {
@@ -237,6 +312,7 @@ impl Core {
             policy: None,
             policy_audits: Buckets::new(POLICY_AUDITS_PER_MINUTE, POLICY_AUDITS_PER_MINUTE),
             policy_head: None,
+            vault: None,
         }
     }
 
@@ -366,11 +442,89 @@ impl Core {
                 _ => {}
             }
         }
+        if step.effects.contains(&Effect::Rebuild) {
+            self.rebuild(now);
+        }
         // A message of our own coming back (after a rebuild from peers): never sign below it.
         if msg.author() == me {
             self.seq = self.seq.max(msg.header().seq);
         }
         step
+    }
+
+    /// Rebuilds the engine from the stored messages: a key rotation or revocation arrived after
+    /// messages it invalidates, and replay judges every message by the keys valid at its signed
+    /// time. Held messages are dropped (peers offer them again). O(history), and rare: a
+    /// rotation delivered after a message its old key signed later than it.
+    fn rebuild(&mut self, now: u64) {
+        let Some(federation) = self.engine.as_ref().map(Engine::federation) else { return };
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let msgs = match self.store.messages_parallel(threads) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("rebuild after a key change: cannot read the store: {e}");
+                return;
+            }
+        };
+        let n = msgs.len();
+        let mut engine = Engine::new(federation);
+        let report = engine.replay(msgs, now);
+        info!(
+            messages = n,
+            applied = report.applied,
+            "rebuilt the state after a key rotation or revocation invalidated messages"
+        );
+        for (reason, count) in &report.refused {
+            warn!(reason, count, "stored messages refused by the rebuild");
+        }
+        self.wake = engine.next_wakeup(now);
+        self.engine = Some(engine);
+        self.metrics.rebuilds.inc();
+        let _ = self
+            .store
+            .audit(now, "rebuilt state: a key rotation or revocation invalidated messages");
+    }
+
+    /// `kosctl id rotate`: a new node key. The new key is sealed in the vault first (as
+    /// [`NEXT_KEY`]), then the KEY_ROTATION (signed by the old key, proved by the new) is stored
+    /// durably and published, then the vault makes the new key the node key. From then on every
+    /// message is signed by the new key; the network task opens direct messages sealed to either.
+    pub fn rotate_key(&mut self) -> anyhow::Result<(Message, PublicKey)> {
+        let vault = self.vault.clone().context("this node's vault is not writable here")?;
+        let engine = self.engine.as_ref().context("this node follows no federation")?;
+        let old = self.key.public();
+        if let Err(r) = engine.check_signer(&old, now_ms()) {
+            bail!("refused: {r}");
+        }
+        let new = SecretKey::generate();
+        vault.edit(|v| v.insert(NEXT_KEY, new.clone()))?;
+        let proof = new.sign(&kos_protocol::rotation_statement(&old, &new.public()));
+        let rotation = kos_protocol::payload::KeyRotation { proof, new_key: new.public() };
+        let msg = match self.create_quiet(Payload::KeyRotation(rotation), None) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = vault.edit(|v| {
+                    v.remove(NEXT_KEY);
+                });
+                return Err(e);
+            }
+        };
+        self.promote(new.clone())?;
+        let now = now_ms();
+        self.store.audit(
+            now,
+            &format!("rotated the node key {} -> {}", old.to_did(), new.public().to_did()),
+        )?;
+        self.to_net(ToNet::Rekey(new.clone()));
+        Ok((msg, new.public()))
+    }
+
+    /// Makes `new` the node key in the vault (the old one kept as a previous key) and here.
+    fn promote(&mut self, new: SecretKey) -> anyhow::Result<()> {
+        let vault = self.vault.as_ref().context("this node's vault is not writable here")?;
+        vault.promote(&self.key, &new)?;
+        self.key = new;
+        Ok(())
     }
 
     /// Ingests one verified message from the network and reports its verdict. Returns whether
@@ -467,9 +621,21 @@ impl Core {
         let now = now_ms();
         let mut trust = std::collections::HashMap::new();
         let registry = self.engine.as_ref().and_then(|e| e.registry(now));
+        let mut retired = std::collections::HashMap::new();
         if let Some(reg) = &registry {
             for m in reg.members.values() {
                 trust.insert(m.key.klp_id().to_string(), m.trust);
+            }
+        }
+        // A member's rotated-to keys carry its trust; retired keys send nothing after their end.
+        if let Some(engine) = &self.engine {
+            for (key, rec) in engine.keys().iter() {
+                if let Some(m) = registry.as_ref().and_then(|r| r.member(&rec.member)) {
+                    trust.entry(key.klp_id().to_string()).or_insert(m.trust);
+                }
+                if let Some(end) = rec.end {
+                    retired.insert(key.klp_id().to_string(), end.at_ms);
+                }
             }
         }
         for (target, level) in self.store.trust().unwrap_or_default() {
@@ -487,6 +653,7 @@ impl Core {
         }
         let mut p = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         p.set_trust(trust);
+        p.set_retired(retired);
         let federation = registry.as_ref().and_then(|r| r.policy.as_deref());
         if let Err(e) = p.set_federation(federation) {
             warn!("the federation's policy is not a valid .klp-policy, ignored: {e}");
@@ -678,7 +845,7 @@ impl Core {
         }
         // The registry moved (the charter arrived, an execution): the policy judges senders by
         // its trust levels at once, not at the next housekeeping.
-        let head = self.engine.as_ref().and_then(Engine::registry_head);
+        let head = self.engine.as_ref().map(|e| (e.registry_head(), e.keys().iter().count()));
         if head != self.policy_head {
             self.policy_head = head;
             self.refresh_policy();

@@ -13,3 +13,6 @@ pub mod node;
 pub mod peers;
 pub mod policy;
 pub mod views;
+
+/// Name of the node's own key in the vault.
+pub const NODE_KEY: &str = "node";

@@ -99,7 +99,7 @@ pub fn body_json(p: &Payload) -> serde_json::Value {
 /// Returns the answer for the peer and, for the audit log and metrics, what happened.
 pub fn receive(
     mail: &MailStore,
-    key: &SecretKey,
+    keys: &[SecretKey],
     policy: &mut Policy,
     peer: PeerId,
     bytes: &[u8],
@@ -123,8 +123,17 @@ pub fn receive(
     if let Decision::Deny(why) = policy.check_sender(&sender, MessageType::Sealed) {
         return response(DirectCode::Policy, why);
     }
-    let me = key.public().klp_id();
-    if to != me {
+    // A key rotated away or revoked sends nothing signed from then on (relayed or not).
+    if let Some(since) = policy.retired_since(&sender)
+        && msg.header().created_ms >= since
+    {
+        return response(
+            DirectCode::Invalid,
+            format!("the sender's key was retired at {since} (rotated or revoked)"),
+        );
+    }
+    // The node key, or a key it rotated away from (messages sealed to its old address).
+    let Some(key) = keys.iter().find(|k| k.public().klp_id() == to) else {
         // Custody for relaying: ciphertext only.
         if let Decision::Deny(why) = policy.check_relay(&sender) {
             return response(DirectCode::NoRoute, why);
@@ -143,7 +152,7 @@ pub fn receive(
             Err(MailError::Full(what)) => response(DirectCode::Busy, format!("the {what} is full")),
             Err(e) => response(DirectCode::Busy, format!("store: {e}")),
         };
-    }
+    };
     let inner = match seal::open(&msg, key) {
         Ok(p) => p,
         Err(e) => return response(DirectCode::CannotOpen, e.to_string()),

@@ -18,8 +18,7 @@ use kos_protocol::{
     vault::{KdfParams, Vault},
 };
 
-/// Name of the node's own key in the vault.
-const NODE_KEY: &str = "node";
+use kos_node::NODE_KEY;
 
 #[derive(Parser, Debug)]
 #[command(name = "kosd", version, about = "kOS federated governance node")]
@@ -139,15 +138,62 @@ fn vault_path(dir: &Path) -> PathBuf {
 }
 
 /// Opens the vault: with `KOS_PASSPHRASE` if set, else as a development (empty-passphrase) vault.
-fn load_identity(dir: &Path) -> anyhow::Result<SecretKey> {
+fn load_vault(dir: &Path) -> anyhow::Result<Vault> {
     let path = vault_path(dir);
     if !path.exists() {
         bail!("no node identity in {}: run `kosd init` first", dir.display());
     }
     let pass = std::env::var("KOS_PASSPHRASE").unwrap_or_default();
-    let vault = Vault::load(&path, pass.as_bytes())
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    vault.get(NODE_KEY).cloned().with_context(|| format!("{} holds no node key", path.display()))
+    Vault::load(&path, pass.as_bytes()).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The node key from the vault.
+fn load_identity(dir: &Path) -> anyhow::Result<SecretKey> {
+    let vault = load_vault(dir)?;
+    vault.get(NODE_KEY).cloned().with_context(|| format!("{} holds no node key", dir.display()))
+}
+
+/// The did:keys of the keys the node rotated away from (a store they own is the node's).
+fn previous_dids(dir: &Path) -> anyhow::Result<Vec<String>> {
+    if !vault_path(dir).exists() {
+        return Ok(Vec::new());
+    }
+    let vault = load_vault(dir)?;
+    Ok(core::VaultFile::previous_keys(&vault).iter().map(|k| k.public().to_did()).collect())
+}
+
+/// A key rotation cut short by a crash: the new key waits in the vault as `node-next`. If the
+/// rotation was stored, the new key becomes the node key; if not, it is forgotten. Returns the
+/// keys the node rotated away from, newest first.
+fn finish_rotation(
+    vault: &core::VaultFile,
+    opened: &mut node::Opened,
+) -> anyhow::Result<Vec<SecretKey>> {
+    let v = Vault::load(&vault.path, &vault.passphrase)
+        .with_context(|| format!("cannot open {}", vault.path.display()))?;
+    if let Some(next) = v.get(core::NEXT_KEY).cloned() {
+        let me = opened.key.public();
+        let rotated = opened
+            .engine
+            .as_ref()
+            .and_then(|e| e.keys().get(&me))
+            .and_then(|r| r.end)
+            .is_some_and(|end| end.how == kos_engine::Retirement::Rotated(next.public()));
+        if rotated {
+            vault.promote(&opened.key, &next)?;
+            tracing::warn!(did = %next.public().to_did(), "finished a key rotation interrupted by a stop");
+            opened.key = next;
+        } else {
+            vault.edit(|v| {
+                v.remove(core::NEXT_KEY);
+            })?;
+            tracing::warn!(
+                "a key rotation interrupted before it was signed: the node keeps its key"
+            );
+        }
+    }
+    let v = Vault::load(&vault.path, &vault.passphrase)?;
+    Ok(core::VaultFile::previous_keys(&v))
 }
 
 fn init(dir: &Path, insecure_plain_key: bool) -> anyhow::Result<SecretKey> {
@@ -180,7 +226,12 @@ fn has_data(dir: &Path) -> bool {
 fn repair(dir: &Path) -> anyhow::Result<()> {
     let key = load_identity(dir)?;
     println!("repairing {}: rebuilding from the journal and the store", dir.display());
-    let flags = node::OpenFlags { repair: true, existing_identity: true, ..Default::default() };
+    let flags = node::OpenFlags {
+        repair: true,
+        existing_identity: true,
+        previous_keys: previous_dids(dir)?,
+        ..Default::default()
+    };
     let (opened, r) = node::open_state(key, dir, flags)?;
     println!(
         "journal: {} records, {} bytes of torn tail cut, {} unreadable records skipped",
@@ -297,8 +348,16 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         fresh_store: args.fresh_store || dir.join(IMPORT_FILE).exists(),
         repair: false,
         existing_identity,
+        previous_keys: previous_dids(dir)?,
     };
-    let (opened, _) = node::open_state(key, dir, flags)?;
+    let (mut opened, _) = node::open_state(key, dir, flags)?;
+    let vault_file = core::VaultFile {
+        path: vault_path(dir),
+        passphrase: zeroize::Zeroizing::new(
+            std::env::var("KOS_PASSPHRASE").unwrap_or_default().into_bytes(),
+        ),
+    };
+    let previous_keys = finish_rotation(&vault_file, &mut opened)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let metrics = std::sync::Arc::new(metrics::Metrics::default());
@@ -316,6 +375,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         ));
         let mut the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
         the_core.policy = Some(policy.clone());
+        the_core.vault = Some(vault_file);
         let (core, core_thread) = core::spawn(the_core)?;
         // On the core thread, which may block on the network queue (this task may not).
         let import_dir = settings.data_dir.clone();
@@ -348,6 +408,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
                 commands,
                 view: view_tx,
                 policy,
+                previous_keys,
             },
         ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

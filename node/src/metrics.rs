@@ -46,6 +46,8 @@ pub struct Metrics {
     pub sync_messages: Counter,
     /// Messages created on this node.
     pub local_messages: Counter,
+    /// Rebuilds of the state after a key rotation or revocation invalidated applied messages.
+    pub rebuilds: Counter,
     /// Peers blocked by the immune system or the operator.
     pub blocks: Counter,
     /// Connected peers.
@@ -77,6 +79,7 @@ impl Default for Metrics {
             gossip: Family::default(),
             sync_messages: Counter::default(),
             local_messages: Counter::default(),
+            rebuilds: Counter::default(),
             blocks: Counter::default(),
             connected_peers: Gauge::default(),
             stored_messages: Gauge::default(),
@@ -96,6 +99,11 @@ impl Default for Metrics {
             "local_messages",
             "Messages created on this node",
             m.local_messages.clone(),
+        );
+        registry.register(
+            "state_rebuilds",
+            "State rebuilds after a key rotation or revocation invalidated applied messages",
+            m.rebuilds.clone(),
         );
         registry.register("peer_blocks", "Peers blocked", m.blocks.clone());
         registry.register("connected_peers", "Connected peers", m.connected_peers.clone());

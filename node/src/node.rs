@@ -119,6 +119,8 @@ pub struct NetView {
     pub blocked: Vec<(PeerId, Option<u64>, String)>,
     /// Peers with a sync walk in progress, and sync requests in flight.
     pub syncing: (usize, usize),
+    /// The transport's peer id (the node key at start: it moves to a rotated key on restart).
+    pub local: Option<PeerId>,
 }
 
 /// Commands from the API to the network task.
@@ -288,8 +290,9 @@ struct Net {
     mail: kos_storage::mail::MailStore,
     /// Direct messages in motion.
     ms: MailState,
-    /// The node key (opening sealed messages; never logged).
-    key: SecretKey,
+    /// The node key, then the keys it rotated away from (opening sealed messages; never
+    /// logged).
+    keys: Vec<SecretKey>,
     /// The name claimed in the directory.
     name: Option<String>,
     /// The `.klp-policy` in force.
@@ -319,7 +322,12 @@ pub struct NetParts {
     pub view: watch::Sender<NetView>,
     /// The `.klp-policy` in force (shared with the API and the core).
     pub policy: Arc<std::sync::Mutex<Policy>>,
+    /// Keys the node rotated away from (direct messages still sealed to them are opened).
+    pub previous_keys: Vec<SecretKey>,
 }
+
+/// Keys rotated away from that the network task still opens direct messages with.
+pub const MAX_PREVIOUS_KEYS: usize = 8;
 
 /// Runs the network task until the process ends.
 pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow::Result<()> {
@@ -333,6 +341,7 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         mut commands,
         view,
         policy,
+        previous_keys,
     } = parts;
     let mut swarm = net::build(key.to_libp2p(), settings.max_connections)?;
     let mail = store.mail()?;
@@ -385,7 +394,7 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         to_net,
         mail,
         ms: MailState::default(),
-        key,
+        keys: std::iter::once(key).chain(previous_keys).collect(),
         name: settings.name.clone(),
         policy,
         received: received_tx,
@@ -450,6 +459,7 @@ impl Net {
             scores,
             blocked,
             syncing: (self.walks.len(), in_flight),
+            local: Some(*swarm.local_peer_id()),
         });
     }
 
@@ -519,6 +529,13 @@ impl Net {
             ToNet::Publish(bytes) => self.publish(swarm, bytes),
             ToNet::Penalise { peer, action, why } => self.penalise(swarm, peer, action, &why),
             ToNet::Record(bytes) => self.put_record(swarm, bytes),
+            ToNet::Rekey(key) => {
+                // Bounded: a node rotates rarely; keep the last few old keys.
+                self.keys.insert(0, key);
+                self.keys.truncate(MAX_PREVIOUS_KEYS + 1);
+                // The directory record under the new key, now.
+                self.sign_record(swarm);
+            }
             ToNet::Announce(bytes) => {
                 let Some(f) = self.federation else { return };
                 match swarm.behaviour_mut().gossipsub.publish(net::announce_topic(&f), bytes) {
@@ -957,7 +974,7 @@ impl Net {
 }
 
 /// How to open the data directory (see `kos_storage::OpenOptions`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OpenFlags {
     /// Keep a store that belongs to another identity.
     pub new_identity: bool,
@@ -967,6 +984,8 @@ pub struct OpenFlags {
     pub repair: bool,
     /// The identity came from an existing vault.
     pub existing_identity: bool,
+    /// Keys the node rotated away from (did:key): a store recorded under one is the node's.
+    pub previous_keys: Vec<String>,
 }
 
 /// What opening the data directory gives the core.
@@ -995,6 +1014,7 @@ pub fn open_state(
         fresh_store: flags.fresh_store,
         repair: flags.repair,
         existing_identity: flags.existing_identity,
+        previous_keys: flags.previous_keys,
     };
     let (store, report) = Store::open_node(data_dir, &opts)
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
@@ -1458,13 +1478,13 @@ impl Net {
         }
         self.ms.receiving += 1;
         let mail = self.mail.clone();
-        let key = self.key.clone();
+        let keys = self.keys.clone();
         let policy = self.policy.clone();
         let received = self.received.clone();
         tokio::task::spawn_blocking(move || {
             let response = {
                 let mut policy = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                mail::receive(&mail, &key, &mut policy, peer, &request, now)
+                mail::receive(&mail, &keys, &mut policy, peer, &request, now)
             };
             let _ = received.blocking_send((peer, channel, response));
         });

@@ -187,6 +187,8 @@ pub struct Policy {
     federation_text: Option<String>,
     /// Sender trust: local trust (`klp://…`, `agent://…` targets) over registry trust, by KLP-ID.
     trust: HashMap<String, TrustLevel>,
+    /// Keys rotated away or revoked, by KLP-ID: the signed time from which they are retired.
+    retired: HashMap<String, u64>,
     peer_quota: Option<Buckets<PeerId>>,
     type_quota: HashMap<MessageType, Buckets<()>>,
 }
@@ -227,6 +229,16 @@ impl Policy {
     /// Sets the trust senders are judged by (KLP-ID text → level).
     pub fn set_trust(&mut self, trust: HashMap<String, TrustLevel>) {
         self.trust = trust;
+    }
+
+    /// Replaces the retired keys (KLP-ID → signed time of the rotation or revocation).
+    pub fn set_retired(&mut self, retired: HashMap<String, u64>) {
+        self.retired = retired;
+    }
+
+    /// The signed time from which `sender`'s key is retired, if it is.
+    pub fn retired_since(&self, sender: &PublicKey) -> Option<u64> {
+        self.retired.get(&sender.klp_id().to_string()).copied()
     }
 
     fn reset_quotas(&mut self) {

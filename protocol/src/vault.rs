@@ -122,6 +122,11 @@ impl Vault {
         self.keys.insert(name.into(), key);
     }
 
+    /// Removes the key called `name`.
+    pub fn remove(&mut self, name: &str) -> Option<SecretKey> {
+        self.keys.remove(name)
+    }
+
     /// The key called `name`.
     pub fn get(&self, name: &str) -> Option<&SecretKey> {
         self.keys.get(name)

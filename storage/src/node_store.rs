@@ -118,6 +118,9 @@ pub struct OpenOptions {
     /// The identity was loaded from an existing vault (not created now): a missing store next
     /// to it is an error unless [`OpenOptions::fresh_store`].
     pub existing_identity: bool,
+    /// Keys the identity rotated away from (did:key): a store recorded under one of them is
+    /// this node's (the manifest moves to the current key).
+    pub previous_keys: Vec<String>,
 }
 
 /// What opening a data directory found and did. Every field a human should know about is
@@ -187,6 +190,7 @@ impl Store {
         if let Some(m) = &manifest
             && !m.node_key.is_empty()
             && m.node_key != opts.node_key
+            && !opts.previous_keys.contains(&m.node_key)
             && !opts.new_identity
         {
             return Err(StoreError::IdentityMismatch {

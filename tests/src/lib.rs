@@ -325,6 +325,15 @@ pub fn found(founder: &Node, name: &str, members: &[(&Node, &str)]) -> String {
     fed
 }
 
+/// Waits until proposal `p` has status `status` (`voting`, `executed`, …) on every one of `nodes`.
+pub fn wait_status(nodes: &[&Node], p: &str, status: &str) {
+    for n in nodes {
+        wait_for(60, &format!("status {status}"), || {
+            (n.try_json(&["show", p])?["status"] == status).then_some(())
+        });
+    }
+}
+
 /// Has each of `nodes` join federation `fed` through `founder`, and waits until it holds the
 /// charter.
 pub fn join(founder: &Node, fed: &str, nodes: &[&Node]) {

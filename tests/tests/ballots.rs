@@ -1,7 +1,7 @@
 //! Ballots over options from `kosctl`: an approval ballot and a ranked ballot, voted by three
 //! nodes and decided as the rules say; options without a rule for them are refused by name.
 
-use kos_tests::{Node, found, wait_for};
+use kos_tests::{Node, found, wait_for, wait_status};
 
 /// Proposes a resource allocation with `options` under `rule`; returns its id.
 fn propose(n: &Node, title: &str, rule: &str, options: &[&str]) -> String {
@@ -100,11 +100,7 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         .as_str()
         .expect("id")
         .to_owned();
-    for n in [&a, &b] {
-        wait_for(60, "voting open", || {
-            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
-        });
-    }
+    wait_status(&[&a, &b], &p, "voting");
     assert_eq!(a.json(&["vote", &p, "yes"])["committed"], true);
     let commit = b.json(&["vote", &p, "no"]);
     assert_eq!(commit["committed"], true);
@@ -233,11 +229,7 @@ fn a_delegation_chain_carries_its_weight_into_the_tally() {
         .as_str()
         .expect("id")
         .to_owned();
-    for n in [&a, &b, &c] {
-        wait_for(60, "voting open", || {
-            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
-        });
-    }
+    wait_status(&[&a, &b, &c], &p, "voting");
     a.json(&["vote", &p, "no"]);
     for n in [&a, &b, &c] {
         let t = wait_for(90, "a final result", || {

@@ -1,7 +1,7 @@
 //! A federation founded from the example charter file: members with roles, stake and trust, the
 //! Security Board, voting defaults per proposal type — as every node sees them.
 
-use kos_tests::{Node, join, wait_for};
+use kos_tests::{Node, join, wait_for, wait_status};
 use serde_json::json;
 
 #[test]
@@ -162,10 +162,8 @@ fn a_security_board_member_quarantines_a_member_in_an_emergency() {
         .as_str()
         .expect("id")
         .to_owned();
+    wait_status(&[&a, &b], &p, "voting");
     for n in [&a, &b] {
-        wait_for(60, "voting open", || {
-            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
-        });
         n.json(&["vote", &p, "yes"]);
     }
     for n in [&a, &b, &c] {

@@ -134,6 +134,11 @@ impl Keys {
         Ok(Signer { member: r.member, generation: r.generation })
     }
 
+    /// Every record, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&PublicKey, &KeyRecord)> {
+        self.records.iter()
+    }
+
     /// Whether `key` is known here at all (identity keys that rotated, and keys rotated to).
     pub fn contains(&self, key: &PublicKey) -> bool {
         self.records.contains_key(key)

@@ -1130,6 +1130,11 @@ impl Engine {
         self.rebuild
     }
 
+    /// Whether `key` may sign a governance message at `at_ms` (a member's valid key), and whose.
+    pub fn check_signer(&self, key: &PublicKey, at_ms: u64) -> Result<Signer, Refusal> {
+        self.signer(key, at_ms)
+    }
+
     /// The key lifecycle records.
     pub fn keys(&self) -> &Keys {
         &self.keys
