@@ -1,4 +1,4 @@
-//! Key lifecycle: KEY_ROTATION and REVOCATION (`docs/governance.md` §8).
+//! Key lifecycle: KEY_ROTATION and REVOCATION (`docs/governance.md` §9).
 //!
 //! A member's *identity* is the key it holds in the registry (its first key). A KEY_ROTATION
 //! signed by one of the member's keys at signed time `t` retires that key from `t` on and makes

@@ -1,4 +1,4 @@
-//! Key lifecycle: KEY_ROTATION and REVOCATION (`docs/governance.md` §8). A member's weight,
+//! Key lifecycle: KEY_ROTATION and REVOCATION (`docs/governance.md` §9). A member's weight,
 //! ballots and delegations follow it to its new key; a retired key's later messages are
 //! refused; every delivery order gives one state.
 
