@@ -80,6 +80,27 @@ enum InboxCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum VectorCmd {
+    /// Transfers sent and received, with progress (the default).
+    List,
+    /// Send a file of little-endian f32 vectors: the recipient pulls it in verified chunks and
+    /// resumes after any break.
+    Send {
+        /// The file (on this machine; kosd reads it).
+        file: PathBuf,
+        /// The recipient: `klp://NAME`, `klp://KLP-ID`, `agent://…`.
+        #[arg(long)]
+        to: String,
+        /// Collection name.
+        #[arg(long)]
+        collection: String,
+        /// Dimensions per vector.
+        #[arg(long)]
+        dims: u16,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum IdCmd {
     /// The node's did, member identity, key generation, peer id and KLP-ID (the default).
     Show,
@@ -357,6 +378,11 @@ enum Command {
         /// The body as JSON, or a file holding it.
         #[arg(long)]
         payload: String,
+    },
+    /// Chunked vector transfers to and from other nodes (VECTOR_SYNC).
+    Vector {
+        #[command(subcommand)]
+        command: Option<VectorCmd>,
     },
     /// Messages sealed to this node.
     Inbox {
@@ -727,6 +753,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::json!({"address": address, "type": kind, "payload": body}),
             )?)
         }
+        Command::Vector { command } => match command.unwrap_or(VectorCmd::List) {
+            VectorCmd::List => show(api()?.get("/v1/vectors")?),
+            VectorCmd::Send { file, to, collection, dims } => {
+                let path = std::fs::canonicalize(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                show(api()?.post(
+                    "/v1/vectors/send",
+                    serde_json::json!({"path": path, "to": to, "collection": collection, "dims": dims}),
+                )?)
+            }
+        },
         Command::Inbox { command } => match command.unwrap_or(InboxCmd::List) {
             InboxCmd::List => human(api()?.get("/v1/inbox")?, cli.json, render::inbox),
             InboxCmd::Show { id } => show(api()?.get(&format!("/v1/inbox/{id}"))?),

@@ -276,6 +276,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/export", get(export))
         .route("/v1/reputation", post(reputation))
         .route("/v1/id/rotate", post(id_rotate))
+        .route("/v1/vectors", get(vectors_list))
+        .route("/v1/vectors/send", post(vectors_send))
         .route("/v1/id/revoke", post(id_revoke))
         .route("/v1/policy", get(policy_show).post(policy_apply))
         .fallback(|| async { not_found("no such API route") })
@@ -2051,6 +2053,87 @@ async fn reputation(AxState(ctx): AxState<Ctx>, Body(req): Body<ReputationReq>) 
         })
         .await?;
     Ok(Json(json!({ "id": id.to_string(), "status": "published" })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VectorSendReq {
+    /// A file on this node's machine: little-endian f32 values, `dims` per vector.
+    path: String,
+    /// The recipient's address (`klp://…`, `agent://…`).
+    to: String,
+    collection: String,
+    dims: u16,
+}
+
+/// `POST /v1/vectors/send`: copies the file into the data directory as a transfer (its id is
+/// SHA-256 of the data) and sends the recipient its chunk 0 as a sealed direct message; the
+/// recipient pulls the rest over `/kos/vector/1.0.0`, resuming after any break.
+async fn vectors_send(AxState(ctx): AxState<Ctx>, Body(req): Body<VectorSendReq>) -> ApiResult {
+    let (address, host) = address_host(&req.to)?;
+    if req.collection.is_empty() || req.collection.chars().count() > 200 {
+        return Err(bad("collection: 1 to 200 characters"));
+    }
+    let record = lookup(&ctx, host.clone()).await?;
+    let path = std::path::PathBuf::from(&req.path);
+    let meta = crate::vectors::Outgoing {
+        transfer: String::new(),
+        recipient: record.key.to_did(),
+        to: record.klp_id.to_string(),
+        x25519: hex::encode(record.record.x25519),
+        collection: req.collection,
+        dims: req.dims,
+        chunks: 0,
+        size: 0,
+        created_ms: now_ms(),
+    };
+    let vectors = crate::vectors::Vectors::new(&ctx.data_dir);
+    let (meta, chunk0) = tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?
+            .len();
+        if size > crate::vectors::MAX_TRANSFER_BYTES {
+            return Err(bad(format!("{} is larger than 1 GiB", path.display())));
+        }
+        let data = std::fs::read(&path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let (meta, _) = vectors.start_outgoing(&data, meta).map_err(|e| bad(e.to_string()))?;
+        let chunk0 = vectors.chunk_payload(&meta, 0).map_err(|e| bad(e.to_string()))?;
+        Ok((meta, chunk0))
+    })
+    .await
+    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "vector send failed".into()))??;
+    let Json(queued) = seal_and_queue(&ctx, address, host, Payload::VectorSync(chunk0)).await?;
+    Ok(Json(json!({
+        "transfer": meta.transfer,
+        "to": meta.to,
+        "chunks": meta.chunks,
+        "size": meta.size,
+        "offer": queued["id"],
+        "status": "offered",
+    })))
+}
+
+/// `GET /v1/vectors`: transfers sent and received, with progress.
+async fn vectors_list(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let vectors = crate::vectors::Vectors::new(&ctx.data_dir);
+    let (outgoing, incoming) = tokio::task::spawn_blocking(move || {
+        let incoming: Vec<Value> = vectors
+            .incoming()
+            .into_iter()
+            .map(|m| {
+                let held =
+                    if m.state == "complete" { m.chunks as usize } else { vectors.held(&m).len() };
+                let mut v = json!(m);
+                v["held"] = json!(held);
+                v
+            })
+            .collect();
+        (vectors.outgoing_all(), incoming)
+    })
+    .await
+    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "vector list failed".into()))?;
+    Ok(Json(json!({ "outgoing": outgoing, "incoming": incoming })))
 }
 
 /// `POST /v1/id/rotate`: a new node key (KEY_ROTATION signed by the old key, proved by the new);

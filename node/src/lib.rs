@@ -12,6 +12,7 @@ pub mod net;
 pub mod node;
 pub mod peers;
 pub mod policy;
+pub mod vectors;
 pub mod views;
 
 /// Name of the node's own key in the vault.

@@ -99,6 +99,7 @@ pub fn body_json(p: &Payload) -> serde_json::Value {
 /// Returns the answer for the peer and, for the audit log and metrics, what happened.
 pub fn receive(
     mail: &MailStore,
+    vectors: &crate::vectors::Vectors,
     keys: &[SecretKey],
     policy: &mut Policy,
     peer: PeerId,
@@ -163,6 +164,17 @@ pub fn receive(
     }
     if let Decision::Deny(why) = policy.take_type_quota(kind, now_ms) {
         return response(DirectCode::Busy, why);
+    }
+    // A vector transfer's offer (its chunk 0): recorded, the rest pulled from the sender.
+    if let Payload::VectorSync(v) = &inner {
+        if v.transfer.is_none() || v.chunk != 0 {
+            return response(DirectCode::Invalid, "a pushed VECTOR_SYNC is a transfer's chunk 0");
+        }
+        return match vectors.accept_offer(bytes, &sender, v, now_ms) {
+            Ok(true) => response(DirectCode::Accepted, "transfer offered: pulling the chunks"),
+            Ok(false) => response(DirectCode::Duplicate, "transfer known"),
+            Err(e) => response(DirectCode::Invalid, e.to_string()),
+        };
     }
     if let Payload::AgentMigration(m) = &inner
         && let Err(e) = kos_protocol::agent::verify_migration(m)

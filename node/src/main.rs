@@ -87,6 +87,9 @@ pub struct RunArgs {
     /// The name this node claims in the directory (`klp://NAME/…` resolves to it).
     #[arg(long, env = "KOS_NAME")]
     name: Option<String>,
+    /// Most KiB per second this node pulls of incoming vector transfers (default: no cap).
+    #[arg(long)]
+    vector_kib_per_sec: Option<u64>,
     /// Config file (TOML). Default `<data-dir>/kosd.toml` if it exists.
     #[arg(long, env = "KOS_CONFIG")]
     config: Option<PathBuf>,
@@ -119,6 +122,7 @@ struct FileConfig {
     author_burst: Option<u32>,
     author_per_minute: Option<u32>,
     name: Option<String>,
+    vector_kib_per_sec: Option<u64>,
 }
 
 fn passphrase(insecure: bool) -> anyhow::Result<Vec<u8>> {
@@ -314,6 +318,10 @@ fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
                 .unwrap_or(limits::AUTHOR_PER_MINUTE)
                 .max(1),
         },
+        vector_bytes_per_sec: args
+            .vector_kib_per_sec
+            .or(file.vector_kib_per_sec)
+            .map(|k| k.max(1).saturating_mul(1024)),
     })
 }
 

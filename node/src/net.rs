@@ -17,6 +17,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/kad/1.0.0");
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/sync/2.0.0");
 /// The direct-message protocol: one SEALED envelope per stream, answered with a status.
 pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/klp/1.0.0");
+/// Chunked vector transfers (pulled by the recipient).
+pub const VECTOR_PROTOCOL: StreamProtocol = StreamProtocol::new("/kos/vector/1.0.0");
 /// The identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/kos/id/1.0.0";
 /// Largest gossip message: one envelope plus gossipsub's framing.
@@ -209,10 +211,75 @@ impl DirectResponse {
     }
 }
 
-/// The direct-message codec: the request is the envelope's bytes, the response `[code, reason]`;
-/// each side writes its message and closes its half of the stream.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DirectCodec;
+/// A chunk response of `/kos/vector/1.0.0`: one code byte, then the sealed chunk (code 0) or a
+/// UTF-8 reason (`docs/protocol.md` §8.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorResponse {
+    /// 0 ok, 1 unknown transfer, 2 not the recipient, 3 no such chunk, 4 busy.
+    pub code: u8,
+    /// The sealed chunk, or the reason.
+    pub body: Vec<u8>,
+}
+
+/// A response of a raw request–response protocol: its bytes on the stream, and the most a
+/// reader accepts.
+pub trait WireResponse: Sized + Send {
+    /// Most bytes read.
+    const MAX: usize;
+    /// The bytes written.
+    fn to_wire(&self) -> Vec<u8>;
+    /// Parses what was read.
+    fn from_wire(bytes: &[u8]) -> std::io::Result<Self>;
+}
+
+impl WireResponse for DirectResponse {
+    const MAX: usize = MAX_DIRECT_REASON + 16;
+    fn to_wire(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_wire(bytes: &[u8]) -> std::io::Result<Self> {
+        DirectResponse::decode(bytes)
+    }
+}
+
+impl WireResponse for VectorResponse {
+    const MAX: usize = crate::vectors::MAX_RESPONSE_BYTES;
+    fn to_wire(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(1 + self.body.len());
+        b.push(self.code);
+        b.extend_from_slice(&self.body);
+        b
+    }
+    fn from_wire(bytes: &[u8]) -> std::io::Result<Self> {
+        let (code, body) = bytes.split_first().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "empty response")
+        })?;
+        Ok(VectorResponse { code: *code, body: body.to_vec() })
+    }
+}
+
+/// A raw request–response codec (`/kos/klp/1.0.0`, `/kos/vector/1.0.0`): the request is bytes
+/// (at most `MAX_REQUEST`), the response an `R`; each side writes its message and closes its
+/// half of the stream.
+#[derive(Debug)]
+pub struct RawCodec<R, const MAX_REQUEST: usize>(std::marker::PhantomData<fn() -> R>);
+
+impl<R, const M: usize> Clone for RawCodec<R, M> {
+    fn clone(&self) -> Self {
+        RawCodec(std::marker::PhantomData)
+    }
+}
+
+impl<R, const M: usize> Default for RawCodec<R, M> {
+    fn default() -> Self {
+        RawCodec(std::marker::PhantomData)
+    }
+}
+
+/// The direct-message codec: the request is the envelope's bytes, the response `[code, reason]`.
+pub type DirectCodec = RawCodec<DirectResponse, { kos_protocol::MAX_ENVELOPE_LEN }>;
+/// The vector-transfer codec: the request is 36 bytes, the response a code and a body.
+pub type VectorCodec = RawCodec<VectorResponse, 36>;
 
 async fn read_limited<T: futures::AsyncRead + Unpin + Send>(
     io: &mut T,
@@ -227,27 +294,35 @@ async fn read_limited<T: futures::AsyncRead + Unpin + Send>(
     Ok(buf)
 }
 
-impl request_response::Codec for DirectCodec {
+/// Writes `bytes` and closes the writing half (the end of the stream ends the message).
+async fn write_and_close<T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use futures::AsyncWriteExt;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl<R: WireResponse + 'static, const MAX_REQUEST: usize> request_response::Codec
+    for RawCodec<R, MAX_REQUEST>
+{
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
-    type Response = DirectResponse;
+    type Response = R;
 
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        read_limited(io, kos_protocol::MAX_ENVELOPE_LEN).await
+        read_limited(io, MAX_REQUEST).await
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<DirectResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<R>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        DirectResponse::decode(&read_limited(io, MAX_DIRECT_REASON + 16).await?)
+        R::from_wire(&read_limited(io, R::MAX).await?)
     }
 
     async fn write_request<T>(
@@ -259,23 +334,19 @@ impl request_response::Codec for DirectCodec {
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
-        use futures::AsyncWriteExt;
-        io.write_all(&req).await?;
-        io.close().await
+        write_and_close(io, &req).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: DirectResponse,
+        res: R,
     ) -> std::io::Result<()>
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
-        use futures::AsyncWriteExt;
-        io.write_all(&res.encode()).await?;
-        io.close().await
+        write_and_close(io, &res.to_wire()).await
     }
 }
 
@@ -295,6 +366,8 @@ pub struct Behaviour {
     pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
     /// Direct (sealed) messages.
     pub direct: request_response::Behaviour<DirectCodec>,
+    /// Chunks of vector transfers.
+    pub vector: request_response::Behaviour<VectorCodec>,
     /// Connection limits.
     pub limits: libp2p::connection_limits::Behaviour,
     /// Peers this node refuses to talk to (operator blocks and the immune system).
@@ -367,7 +440,7 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
                 request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
             );
             let direct = request_response::Behaviour::with_codec(
-                DirectCodec,
+                DirectCodec::default(),
                 [(DIRECT_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(Duration::from_secs(20))
@@ -389,6 +462,13 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
                 ping: ping::Behaviour::default(),
                 sync,
                 direct,
+                vector: request_response::Behaviour::with_codec(
+                    VectorCodec::default(),
+                    [(VECTOR_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(32),
+                ),
                 limits,
                 blocked: Default::default(),
             })

@@ -104,6 +104,8 @@ pub struct Settings {
     pub quota: crate::core::Quota,
     /// The name this node claims in the directory.
     pub name: Option<String>,
+    /// Cap on pulling incoming vector transfers, bytes per second (none: no cap).
+    pub vector_bytes_per_sec: Option<u64>,
 }
 
 /// What the API shows of the network (published by the network task).
@@ -257,6 +259,18 @@ struct SyncPeer {
     in_flight: usize,
 }
 
+/// Results of the blocking work of vector transfers, back to the network task.
+enum VectorDone {
+    /// Incoming transfers found on disk (their held chunks verified): record and missing chunks.
+    Loaded(Vec<(crate::vectors::Incoming, BTreeSet<u32>)>),
+    /// A chunk request served.
+    Served(request_response::ResponseChannel<net::VectorResponse>, net::VectorResponse),
+    /// A chunk response verified and stored (or refused).
+    Stored { transfer: String, chunk: u32, ok: bool },
+    /// An assembly ran: the chunks to fetch again (none: complete), or why it failed.
+    Assembled { transfer: String, result: Result<BTreeSet<u32>, String> },
+}
+
 /// The network task's state.
 struct Net {
     core: CoreHandle,
@@ -299,6 +313,20 @@ struct Net {
     policy: Arc<std::sync::Mutex<Policy>>,
     /// Answers of the direct-message handlers.
     received: mpsc::Sender<Received>,
+    /// Vector transfers on disk.
+    vectors: crate::vectors::Vectors,
+    /// Incoming transfers being pulled, by transfer id (hex).
+    pulls: std::collections::BTreeMap<String, crate::vectors::Pull>,
+    /// Outstanding chunk requests: transfer and chunk.
+    vector_requests: HashMap<request_response::OutboundRequestId, (String, u32)>,
+    /// Chunk requests being served.
+    vector_serving: usize,
+    /// The operator's cap on pulling.
+    vector_rate: crate::vectors::Rate,
+    /// When the incoming directory was last scanned, and whether a scan is running.
+    vector_scan: (u64, bool),
+    /// Results of blocking vector work.
+    vector_done: mpsc::Sender<VectorDone>,
 }
 
 /// Everything the network task needs.
@@ -374,6 +402,12 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
     }
     let (served_tx, mut served_rx) = mpsc::channel(SYNC_SERVERS * 4);
     let (received_tx, mut received_rx) = mpsc::channel(mail::MAX_RECEIVING);
+    // Bounded by what can be outstanding: served requests, stored chunks, one scan, assemblies.
+    let (vector_tx, mut vector_rx) = mpsc::channel(
+        crate::vectors::MAX_SERVING
+            + crate::vectors::MAX_ACTIVE_INCOMING * (crate::vectors::WINDOW + 1)
+            + 1,
+    );
     let mut n = Net {
         core,
         store,
@@ -398,6 +432,13 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         name: settings.name.clone(),
         policy,
         received: received_tx,
+        vectors: crate::vectors::Vectors::new(&settings.data_dir),
+        pulls: std::collections::BTreeMap::new(),
+        vector_requests: HashMap::new(),
+        vector_serving: 0,
+        vector_rate: crate::vectors::Rate::new(settings.vector_bytes_per_sec),
+        vector_scan: (0, false),
+        vector_done: vector_tx,
     };
     n.publish_view(&swarm);
     let workers = Arc::new(Semaphore::new(
@@ -429,12 +470,16 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
                 });
             }
             _ = sync_timer.tick() => n.periodic(&mut swarm),
-            _ = mail_timer.tick() => n.mail_tick(&mut swarm),
+            _ = mail_timer.tick() => {
+                n.mail_tick(&mut swarm);
+                n.vector_tick(&mut swarm);
+            }
             Some((peer, channel, response)) = received_rx.recv() => {
                 n.ms.receiving = n.ms.receiving.saturating_sub(1);
                 n.answer_direct(&mut swarm, peer, channel, response);
             }
             _ = hangup.recv() => n.reload_policy(),
+            Some(done) = vector_rx.recv() => n.on_vector_done(&mut swarm, done),
         }
     }
 }
@@ -671,6 +716,7 @@ impl Net {
                 self.publish_view(swarm);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Direct(event)) => self.on_direct(swarm, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Vector(event)) => self.on_vector(swarm, event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { record: Some(record), .. },
             })) => self.on_put_record(swarm, record),
@@ -1481,10 +1527,11 @@ impl Net {
         let keys = self.keys.clone();
         let policy = self.policy.clone();
         let received = self.received.clone();
+        let vectors = self.vectors.clone();
         tokio::task::spawn_blocking(move || {
             let response = {
                 let mut policy = policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                mail::receive(&mail, &keys, &mut policy, peer, &request, now)
+                mail::receive(&mail, &vectors, &keys, &mut policy, peer, &request, now)
             };
             let _ = received.blocking_send((peer, channel, response));
         });
@@ -1601,5 +1648,226 @@ impl Net {
             }
             Err(e) => warn!("policy not reloaded: {e}"),
         }
+    }
+}
+
+/// Vector transfers: serving chunks to their recipient, pulling missing ones
+/// (`docs/protocol.md` §8.5). File work runs on the blocking pool; results come back as
+/// [`VectorDone`].
+impl Net {
+    /// Every second (and after each stored chunk): finds new incoming transfers, requests
+    /// missing chunks within each transfer's window and the rate cap, assembles finished ones.
+    fn vector_tick(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = now_ms();
+        let (last, scanning) = self.vector_scan;
+        if !scanning && now.saturating_sub(last) >= 1000 {
+            self.vector_scan = (now, true);
+            let vectors = self.vectors.clone();
+            let keys = self.keys.clone();
+            let known: HashSet<String> = self.pulls.keys().cloned().collect();
+            let done = self.vector_done.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut found = Vec::new();
+                for mut meta in vectors.incoming() {
+                    if meta.state != "receiving" || known.contains(&meta.transfer) {
+                        continue;
+                    }
+                    match vectors.check_held(&mut meta, &keys) {
+                        Ok(missing) => found.push((meta, missing)),
+                        Err(e) => warn!(transfer = %meta.transfer, "vector transfer: {e}"),
+                    }
+                }
+                let _ = done.blocking_send(VectorDone::Loaded(found));
+            });
+        }
+        let ids: Vec<String> = self.pulls.keys().cloned().collect();
+        for t in ids {
+            let Some(pull) = self.pulls.get_mut(&t) else { continue };
+            if pull.ready() {
+                pull.assembling = true;
+                let vectors = self.vectors.clone();
+                let keys = self.keys.clone();
+                let mut meta = pull.meta.clone();
+                let done = self.vector_done.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = vectors.assemble(&mut meta, &keys).map_err(|e| e.to_string());
+                    let _ = done
+                        .blocking_send(VectorDone::Assembled { transfer: meta.transfer, result });
+                });
+                continue;
+            }
+            let peer = pull.sender.to_peer_id();
+            if !swarm.is_connected(&peer) {
+                if now >= pull.next_ms && !pull.missing.is_empty() {
+                    pull.next_ms = now.saturating_add(5000);
+                    let _ = swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).build());
+                }
+                continue;
+            }
+            let Some(transfer) = crate::vectors::parse_transfer(&t) else { continue };
+            let len = crate::vectors::chunk_len(pull.meta.dims).unwrap_or(0);
+            while pull.in_flight.len() < crate::vectors::WINDOW
+                && !pull.missing.is_empty()
+                && now >= pull.next_ms
+                && self.vector_rate.take(len, now)
+            {
+                let Some(k) = pull.next_request(now) else { break };
+                let id = swarm
+                    .behaviour_mut()
+                    .vector
+                    .send_request(&peer, crate::vectors::encode_request(&transfer, k));
+                self.vector_requests.insert(id, (t.clone(), k));
+            }
+        }
+    }
+
+    fn on_vector_done(&mut self, swarm: &mut Swarm<Behaviour>, done: VectorDone) {
+        let now = now_ms();
+        match done {
+            VectorDone::Loaded(found) => {
+                self.vector_scan.1 = false;
+                for (meta, missing) in found {
+                    if self.pulls.len() >= crate::vectors::MAX_ACTIVE_INCOMING {
+                        break;
+                    }
+                    info!(transfer = %meta.transfer, chunks = meta.chunks, missing = missing.len(), "pulling a vector transfer");
+                    if let Some(p) = crate::vectors::Pull::new(meta.clone(), missing) {
+                        self.pulls.insert(meta.transfer, p);
+                    }
+                }
+            }
+            VectorDone::Served(channel, response) => {
+                self.vector_serving = self.vector_serving.saturating_sub(1);
+                let _ = swarm.behaviour_mut().vector.send_response(channel, response);
+            }
+            VectorDone::Stored { transfer, chunk, ok } => {
+                if let Some(p) = self.pulls.get_mut(&transfer) {
+                    if ok {
+                        p.stored(chunk);
+                    } else {
+                        p.meta.rejected += 1;
+                        p.retry(chunk, true, now);
+                    }
+                }
+            }
+            VectorDone::Assembled { transfer, result } => match result {
+                Ok(missing) if missing.is_empty() => {
+                    info!(%transfer, "vector transfer complete");
+                    self.pulls.remove(&transfer);
+                }
+                Ok(missing) => {
+                    if let Some(p) = self.pulls.get_mut(&transfer) {
+                        p.assembling = false;
+                        p.meta.refetched += missing.len() as u64;
+                        p.missing.extend(missing);
+                    }
+                }
+                Err(e) => {
+                    warn!(%transfer, "vector transfer failed: {e}");
+                    self.pulls.remove(&transfer);
+                }
+            },
+        }
+        self.vector_tick(swarm);
+    }
+
+    fn on_vector(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        event: request_response::Event<Vec<u8>, net::VectorResponse>,
+    ) {
+        let now = now_ms();
+        match event {
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
+                if self.vector_serving >= crate::vectors::MAX_SERVING {
+                    let busy = net::VectorResponse { code: 4, body: b"busy".to_vec() };
+                    let _ = swarm.behaviour_mut().vector.send_response(channel, busy);
+                    return;
+                }
+                self.vector_serving += 1;
+                let vectors = self.vectors.clone();
+                let key = self.keys[0].clone();
+                let done = self.vector_done.clone();
+                tokio::task::spawn_blocking(move || {
+                    let response = serve_chunk(&vectors, &key, peer, &request, now);
+                    let _ = done.blocking_send(VectorDone::Served(channel, response));
+                });
+            }
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { request_id, response },
+                ..
+            } => {
+                let Some((t, k)) = self.vector_requests.remove(&request_id) else { return };
+                let Some(pull) = self.pulls.get_mut(&t) else { return };
+                if response.code != 0 {
+                    debug!(%peer, transfer = %t, chunk = k, code = response.code, "chunk not served");
+                    pull.retry(k, true, now);
+                    return;
+                }
+                let vectors = self.vectors.clone();
+                let keys = self.keys.clone();
+                let (sender, meta) = (pull.sender, pull.meta.clone());
+                let done = self.vector_done.clone();
+                tokio::task::spawn_blocking(move || {
+                    let ok = match crate::vectors::Vectors::verify(
+                        &response.body,
+                        &sender,
+                        &keys,
+                        Some((&meta, k)),
+                    ) {
+                        Ok(_) => vectors.store_chunk(&meta.transfer, k, &response.body).is_ok(),
+                        Err(e) => {
+                            warn!(transfer = %meta.transfer, "refused a chunk: {e}");
+                            false
+                        }
+                    };
+                    let _ = done.blocking_send(VectorDone::Stored {
+                        transfer: meta.transfer,
+                        chunk: k,
+                        ok,
+                    });
+                });
+            }
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some((t, k)) = self.vector_requests.remove(&request_id)
+                    && let Some(pull) = self.pulls.get_mut(&t)
+                {
+                    debug!(transfer = %t, chunk = k, "chunk request failed: {error}");
+                    pull.retry(k, true, now);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Answers a chunk request: only the transfer's recipient gets its chunks, sealed to it.
+fn serve_chunk(
+    vectors: &crate::vectors::Vectors,
+    key: &SecretKey,
+    peer: PeerId,
+    request: &[u8],
+    now: u64,
+) -> net::VectorResponse {
+    let reply = |code: u8, why: &str| net::VectorResponse { code, body: why.as_bytes().to_vec() };
+    let Some((t, k)) = crate::vectors::decode_request(request) else {
+        return reply(3, "malformed request");
+    };
+    let Ok(meta) = vectors.outgoing(&t) else { return reply(1, "unknown transfer") };
+    let recipient = kos_protocol::PublicKey::from_did(&meta.recipient).map(|k| k.to_peer_id());
+    if recipient.ok() != Some(peer) {
+        return reply(2, "not the recipient of this transfer");
+    }
+    if k >= meta.chunks {
+        return reply(3, "no such chunk");
+    }
+    match vectors.sealed_chunk(&meta, k, key, now) {
+        Ok(m) => net::VectorResponse { code: 0, body: m.bytes().to_vec() },
+        Err(e) => reply(4, &e.to_string()),
     }
 }

@@ -1184,6 +1184,10 @@ pub struct VectorSync {
     pub chunk: u32,
     /// Number of chunks.
     pub chunks: u32,
+    /// The transfer: SHA-256 of the whole data (every chunk's `data`, in order). Present on
+    /// chunked transfers between nodes (`docs/protocol.md` §8.5); omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Digest>,
     /// Collection name.
     pub collection: String,
 }

@@ -1069,7 +1069,7 @@ BODIES = {
     261: ("BROADCAST_ANNOUNCE", M(("text", Tstr(1, 10000)), ("topic", Tstr(1, 200)))),
     262: ("VECTOR_SYNC", M(
         ("data", Bstr()), ("dims", UInt(16, lo=1)), ("chunk", UInt(32)), ("chunks", UInt(32)),
-        ("collection", Tstr(1, 200)), rule=_vector_sync_rules,
+        ("transfer", DIGEST, "opt"), ("collection", Tstr(1, 200)), rule=_vector_sync_rules,
     )),
     513: ("SEALED", M(("ct", Bstr()), ("enc", Bstr(32)))),
     514: ("DIRECTORY_RECORD", M(

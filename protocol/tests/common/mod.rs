@@ -367,6 +367,7 @@ pub fn payload() -> impl Strategy<Value = Payload> {
                     dims,
                     chunk,
                     chunks,
+                    transfer: None,
                     collection,
                 })
             }),
