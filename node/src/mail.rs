@@ -351,13 +351,19 @@ pub fn check_all(
 }
 
 /// The answer to a lookup of `host` from checked records: for a KLP-ID its record, for a name
-/// the one key that claims it — two keys claiming one name is a conflict, never picked.
-pub fn answer(host: &Host, records: &[CheckedRecord]) -> Result<Vec<CheckedRecord>, String> {
+/// the one key that claims it — two keys claiming one name is a conflict, never picked. A
+/// name's claim by a key `retired` says was rotated away or revoked (the federation's key
+/// lifecycle, as this node knows it) does not count: the name follows the member's new key.
+pub fn answer(
+    host: &Host,
+    records: &[CheckedRecord],
+    retired: impl Fn(&KlpId) -> bool,
+) -> Result<Vec<CheckedRecord>, String> {
     let mut by_key: HashMap<KlpId, &CheckedRecord> = HashMap::new();
     for r in records {
         let matches = match host {
             Host::Id(id) => r.klp_id == *id,
-            Host::Name(n) => r.record.name.as_deref() == Some(n.as_str()),
+            Host::Name(n) => r.record.name.as_deref() == Some(n.as_str()) && !retired(&r.klp_id),
         };
         if matches {
             // The newest record of each key.

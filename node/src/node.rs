@@ -1271,13 +1271,20 @@ impl Net {
             && let Ok(old) = Message::decode(&existing.value)
             && old.author() != msg.author()
             && kos_protocol::directory::check_record(&old, now, None).is_ok()
+            && !self.key_retired(&old.author().klp_id())
         {
-            return; // the first claim stays; both are in the cache
+            return; // the first claim stays (unless its key was retired); both are cached
         }
         match store.put(record) {
             Ok(()) => debug!(klp_id = %rec.klp_id, "stored a directory record"),
             Err(e) => debug!("directory store: {e}"),
         }
+    }
+
+    /// Whether the key with this KLP-ID was rotated away or revoked (per the policy's view of
+    /// the federation's key lifecycle).
+    fn key_retired(&self, klp_id: &kos_protocol::KlpId) -> bool {
+        self.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_retired(klp_id)
     }
 
     /// Starts a lookup (answered at once from the cache for a fresh KLP-ID record).
@@ -1295,7 +1302,7 @@ impl Net {
             let found = mail::check_all(cached, now);
             if !found.is_empty() {
                 let records: Vec<_> = found.into_iter().map(|(r, _)| r).collect();
-                let _ = reply.send(mail::answer(&host, &records));
+                let _ = reply.send(mail::answer(&host, &records, |k| self.key_retired(k)));
                 return;
             }
         }
@@ -1347,7 +1354,7 @@ impl Net {
         let cached = cached_ids.iter().filter_map(|i| self.mail.record(i).ok().flatten());
         let mut records: Vec<_> = r.found.into_iter().map(|(rec, _)| rec).collect();
         records.extend(mail::check_all(cached, now).into_iter().map(|(rec, _)| rec));
-        let _ = r.reply.send(mail::answer(&r.host, &records));
+        let _ = r.reply.send(mail::answer(&r.host, &records, |k| self.key_retired(k)));
     }
 
     /// Sends what is due in the outbox: straight to the recipient when connected, else (while

@@ -236,6 +236,11 @@ impl Policy {
         self.retired = retired;
     }
 
+    /// Whether the key with this KLP-ID was rotated away or revoked.
+    pub fn is_retired(&self, klp_id: &kos_protocol::KlpId) -> bool {
+        self.retired.contains_key(&klp_id.to_string())
+    }
+
     /// The signed time from which `sender`'s key is retired, if it is.
     pub fn retired_since(&self, sender: &PublicKey) -> Option<u64> {
         self.retired.get(&sender.klp_id().to_string()).copied()

@@ -477,8 +477,13 @@ impl Vectors {
         meta.state = "complete".into();
         meta.file = Some(out.display().to_string());
         self.save(meta)?;
-        for k in 0..meta.chunks {
-            let _ = std::fs::remove_file(self.chunk_path(&meta.transfer, k));
+        // The chunks, and any half-written file a crash left: only the record stays.
+        if let Ok(entries) = std::fs::read_dir(self.in_dir(&meta.transfer)) {
+            for e in entries.flatten() {
+                if e.file_name() != "meta.json" {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
         Ok(BTreeSet::new())
     }

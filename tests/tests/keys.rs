@@ -46,7 +46,7 @@ fn tally(n: &Node, p: &str) -> Value {
 fn rotation_and_revocation_hold_on_every_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::start(dir.path().join("a"));
-    let mut b = Node::start(dir.path().join("b"));
+    let mut b = Node::start_with(dir.path().join("b"), &["--name", "node-b"]);
     let c = Node::start(dir.path().join("c"));
     let fed = found(&a, "keys", &[(&b, "trusted"), (&c, "standard")]);
     let p = a.json(&[
@@ -82,6 +82,29 @@ fn rotation_and_revocation_hold_on_every_node() {
             (member(n, &old_did)?["key"] == new_did.as_str()).then_some(())
         });
     }
+    // B's directory record is replaced: its name resolves to the new key (the old key's claim
+    // no longer counts), and direct messages reach it there.
+    let new_klp = r["klp_id"].as_str().expect("klp_id").to_owned();
+    wait_for(60, "the name on the new key", || {
+        (a.try_json(&["resolve", "klp://node-b"])?["klp_id"] == new_klp.as_str()).then_some(())
+    });
+    let task =
+        serde_json::json!({"inputs": ["x"], "task_id": "after-rotation", "min_trust": "standard"});
+    a.json(&[
+        "send",
+        "klp://node-b/tasks",
+        "--type",
+        "TASK_REQUEST",
+        "--payload",
+        &task.to_string(),
+    ]);
+    wait_for(60, "the task at B", || {
+        b.try_json(&["inbox"])?["messages"]
+            .as_array()?
+            .iter()
+            .any(|m| m["body"]["task_id"] == "after-rotation")
+            .then_some(())
+    });
 
     // The old key after its rotation (a thief's vote): refused on every node, by every path a
     // message enters through the API.
@@ -139,7 +162,7 @@ fn rotation_and_revocation_hold_on_every_node() {
 
     // After a restart B's transport identity is the new key too, and it still votes as B.
     b.kill();
-    let b = Node::start(dir.path().join("b"));
+    let b = Node::start_with(dir.path().join("b"), &["--name", "node-b"]);
     assert_eq!(b.did(), new_did);
     assert_eq!(b.peer_id(), vault_key(&b, "node").public().to_peer_id().to_string());
     b.json(&["vote", &p, "abstain"]);

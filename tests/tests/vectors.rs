@@ -88,6 +88,7 @@ fn a_50_mb_transfer_resumes_after_sigkills_and_refetches_a_damaged_chunk() {
     // The sender is SIGKILLed half way; it restarts and serves the rest.
     wait_for(120, "half of the chunks at C", || (held(&c, &transfer) >= chunks / 2).then_some(()));
     a.kill();
+    assert!(held(&c, &transfer) < chunks, "the transfer finished before the sender was killed");
     let a = Node::start(dir.path().join("a"));
     a.json(&["connect", &c.bootstrap_addr()]);
 
