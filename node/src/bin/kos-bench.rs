@@ -81,8 +81,20 @@ fn main() -> anyhow::Result<()> {
             }
         }
         "direct" => direct(votes.unwrap_or(300)),
+        "vectors" => {
+            let mb = args
+                .iter()
+                .position(|a| a == "--mb")
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse::<usize>())
+                .transpose()
+                .context("--mb N")?;
+            vectors(mb.unwrap_or(50))
+        }
         other => {
-            bail!("unknown benchmark {other}: ingest, catchup, syncflood, propagation or direct")
+            bail!(
+                "unknown benchmark {other}: ingest, catchup, syncflood, propagation, direct or vectors"
+            )
         }
     }
 }
@@ -969,5 +981,112 @@ fn direct(n: usize) -> anyhow::Result<()> {
             rate / baseline
         );
     }
+    Ok(())
+}
+
+/// A vector transfer of `mb` MB between two kosd processes on loopback, against the in-process
+/// baseline of the same work per chunk (read, seal and sign; verify and open) and a plain
+/// SHA-256 of the data.
+fn vectors(mb: usize) -> anyhow::Result<()> {
+    use kos_node::vectors::{Incoming, Outgoing, Vectors};
+    use sha2::Digest as _;
+    let dims = 256usize;
+    let size = mb * 1_000_000 / (4 * dims) * 4 * dims;
+    let data: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mb_s = |bytes: usize, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9);
+    // Baselines, in process.
+    let t = Instant::now();
+    let digest = sha2::Sha256::digest(&data);
+    let hash_rate = mb_s(size, t.elapsed());
+    let dir = tempfile::tempdir()?;
+    let v = Vectors::new(dir.path());
+    let sender = SecretKey::from_seed(&[1; 32]);
+    let recipient = SecretKey::from_seed(&[2; 32]);
+    let meta = Outgoing {
+        transfer: String::new(),
+        recipient: recipient.public().to_did(),
+        to: recipient.public().klp_id().to_string(),
+        x25519: hex::encode(recipient.encryption_key().0),
+        collection: "bench".into(),
+        dims: dims as u16,
+        chunks: 0,
+        size: 0,
+        created_ms: 1,
+    };
+    let (meta, _) = v.start_outgoing(&data, meta)?;
+    let inc = Incoming {
+        transfer: meta.transfer.clone(),
+        sender: sender.public().to_did(),
+        collection: meta.collection.clone(),
+        dims: meta.dims,
+        chunks: meta.chunks,
+        received_ms: 1,
+        state: "receiving".into(),
+        file: None,
+        refetched: 0,
+        rejected: 0,
+        error: None,
+    };
+    let keys = [recipient];
+    let t = Instant::now();
+    for k in 0..meta.chunks {
+        let m = v.sealed_chunk(&meta, k, &sender, 1)?;
+        Vectors::verify(m.bytes(), &sender.public(), &keys, Some((&inc, k)))?;
+    }
+    let baseline = mb_s(size, t.elapsed());
+    println!(
+        "vectors: {size} bytes in {} chunks; baseline in process (seal + sign, verify + open per chunk): {baseline:.1} MB/s; SHA-256 alone {hash_rate:.0} MB/s ({})",
+        meta.chunks,
+        hex::encode(&digest[..4])
+    );
+    // Two nodes.
+    let nodes = tempfile::tempdir()?;
+    let a = Kosd::start(&nodes.path().join("a"))?;
+    let c = Kosd::start(&nodes.path().join("c"))?;
+    let s = c.call("GET", "/v1/status", None)?;
+    let addr = format!(
+        "{}/p2p/{}",
+        s["listen"][0].as_str().unwrap_or(""),
+        s["peer_id"].as_str().unwrap_or("")
+    );
+    a.call("POST", "/v1/connect", Some(json!({"addr": addr})))?;
+    let to = format!("klp://{}/vectors", s["klp_id"].as_str().unwrap_or(""));
+    let until = Instant::now() + Duration::from_secs(120);
+    while a.call("GET", &format!("/v1/resolve?address={to}"), None).is_err() {
+        if Instant::now() > until {
+            bail!("C's record never reached A");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let file = nodes.path().join("data.f32");
+    std::fs::write(&file, &data)?;
+    let start = Instant::now();
+    let r = a.call(
+        "POST",
+        "/v1/vectors/send",
+        Some(json!({"path": file, "to": to, "collection": "bench", "dims": dims})),
+    )?;
+    let transfer = r["transfer"].as_str().unwrap_or("").to_owned();
+    let until = Instant::now() + Duration::from_secs(900);
+    loop {
+        let list = c.call("GET", "/v1/vectors", None)?;
+        let done = list["incoming"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["transfer"] == transfer.as_str() && t["state"] == "complete");
+        if done {
+            break;
+        }
+        if Instant::now() > until {
+            bail!("the transfer did not complete");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rate = mb_s(size, start.elapsed());
+    println!(
+        "vectors: A -> C over loopback, offered, pulled, verified, assembled and checked: {rate:.1} MB/s, {:.3}x the in-process baseline",
+        rate / baseline
+    );
     Ok(())
 }
