@@ -2002,6 +2002,15 @@ struct AnnounceReq {
     text: String,
 }
 
+/// Signs `payload` (not governance state) and publishes it on the announcement topic.
+fn announce_signed(core: &mut Core, payload: Payload) -> Result<MessageId, ApiError> {
+    let msg = core
+        .sign_detached(|key, seq, now| Ok(Message::sign(key, seq, now, None, payload)?))
+        .map_err(|e| bad(format!("{e:#}")))?;
+    core.to_net(crate::core::ToNet::Announce(msg.bytes().to_vec()));
+    Ok(msg.id())
+}
+
 /// `POST /v1/announce`: a signed BROADCAST_ANNOUNCE on the federation's announcement topic.
 async fn announce(AxState(ctx): AxState<Ctx>, Body(req): Body<AnnounceReq>) -> ApiResult {
     let payload =
@@ -2009,11 +2018,7 @@ async fn announce(AxState(ctx): AxState<Ctx>, Body(req): Body<AnnounceReq>) -> A
     let id = ctx
         .call(move |core| {
             engine(core)?;
-            let msg = core
-                .sign_detached(|key, seq, now| Ok(Message::sign(key, seq, now, None, payload)?))
-                .map_err(|e| bad(format!("{e:#}")))?;
-            core.to_net(crate::core::ToNet::Announce(msg.bytes().to_vec()));
-            Ok(msg.id())
+            announce_signed(core, payload)
         })
         .await?;
     Ok(Json(json!({ "id": id.to_string(), "status": "published" })))
@@ -2045,11 +2050,7 @@ async fn reputation(AxState(ctx): AxState<Ctx>, Body(req): Body<ReputationReq>) 
             if subject == core.key.public() {
                 return Err(bad("a node does not rate itself"));
             }
-            let msg = core
-                .sign_detached(|key, seq, now| Ok(Message::sign(key, seq, now, None, payload)?))
-                .map_err(|e| bad(format!("{e:#}")))?;
-            core.to_net(crate::core::ToNet::Announce(msg.bytes().to_vec()));
-            Ok(msg.id())
+            announce_signed(core, payload)
         })
         .await?;
     Ok(Json(json!({ "id": id.to_string(), "status": "published" })))

@@ -135,6 +135,31 @@ pub struct Incoming {
     pub error: Option<String>,
 }
 
+impl Incoming {
+    /// A transfer just offered by `sender`, nothing fetched yet.
+    pub fn offered(
+        transfer: String,
+        sender: &PublicKey,
+        v: (&str, u16, u32),
+        received_ms: u64,
+    ) -> Self {
+        let (collection, dims, chunks) = v;
+        Incoming {
+            transfer,
+            sender: sender.to_did(),
+            collection: collection.to_owned(),
+            dims,
+            chunks,
+            received_ms,
+            state: "receiving".into(),
+            file: None,
+            refetched: 0,
+            rejected: 0,
+            error: None,
+        }
+    }
+}
+
 /// The vectors directory of a data directory.
 #[derive(Debug, Clone)]
 pub struct Vectors {
@@ -341,19 +366,7 @@ impl Vectors {
             return Ok(false);
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let meta = Incoming {
-            transfer: t.clone(),
-            sender: sender.to_did(),
-            collection: v.collection.clone(),
-            dims: v.dims,
-            chunks: v.chunks,
-            received_ms: now_ms,
-            state: "receiving".into(),
-            file: None,
-            refetched: 0,
-            rejected: 0,
-            error: None,
-        };
+        let meta = Incoming::offered(t.clone(), sender, (&v.collection, v.dims, v.chunks), now_ms);
         write_atomic(&self.chunk_path(&t, 0), bytes)?;
         self.save(&meta)?;
         Ok(true)
@@ -623,19 +636,12 @@ mod tests {
     }
 
     fn incoming(meta: &Outgoing, sender: &SecretKey) -> Incoming {
-        Incoming {
-            transfer: meta.transfer.clone(),
-            sender: sender.public().to_did(),
-            collection: meta.collection.clone(),
-            dims: meta.dims,
-            chunks: meta.chunks,
-            received_ms: 1,
-            state: "receiving".into(),
-            file: None,
-            refetched: 0,
-            rejected: 0,
-            error: None,
-        }
+        Incoming::offered(
+            meta.transfer.clone(),
+            &sender.public(),
+            (&meta.collection, meta.dims, meta.chunks),
+            1,
+        )
     }
 
     #[test]

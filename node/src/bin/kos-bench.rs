@@ -1014,19 +1014,12 @@ fn vectors(mb: usize) -> anyhow::Result<()> {
         created_ms: 1,
     };
     let (meta, _) = v.start_outgoing(&data, meta)?;
-    let inc = Incoming {
-        transfer: meta.transfer.clone(),
-        sender: sender.public().to_did(),
-        collection: meta.collection.clone(),
-        dims: meta.dims,
-        chunks: meta.chunks,
-        received_ms: 1,
-        state: "receiving".into(),
-        file: None,
-        refetched: 0,
-        rejected: 0,
-        error: None,
-    };
+    let inc = Incoming::offered(
+        meta.transfer.clone(),
+        &sender.public(),
+        (&meta.collection, meta.dims, meta.chunks),
+        1,
+    );
     let keys = [recipient];
     let t = Instant::now();
     for k in 0..meta.chunks {
