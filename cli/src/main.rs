@@ -242,6 +242,11 @@ struct ProposeArgs {
 enum Command {
     /// The node's status.
     Status,
+    /// Open the web dashboard: prints a sign-in link that works once, within 5 minutes.
+    #[command(
+        after_help = "Example:\n  kosctl dashboard        # then open the printed link in a browser on this machine"
+    )]
+    Dashboard,
     /// The node's identity; `rotate` and `revoke` change its key.
     Id {
         #[command(subcommand)]
@@ -562,6 +567,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let api = || client::Client::new(&cli.data_dir, cli.api.as_deref(), cli.token.as_deref());
     let show = |v: serde_json::Value| client::print(&v, cli.json);
     match cli.command {
+        Command::Dashboard => {
+            let v = api()?.post("/v1/dashboard/link", serde_json::json!({}))?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{}", v["url"].as_str().unwrap_or_default());
+                eprintln!(
+                    "Open it in a browser on this machine; it works once, within 5 minutes \
+                     (or sign in with the token in {}).",
+                    cli.data_dir.join("api.token").display()
+                );
+            }
+            Ok(())
+        }
         Command::Status => show(api()?.get("/v1/status")?),
         Command::Reveal { id } => {
             show(api()?.post(&format!("/v1/proposals/{id}/reveal"), serde_json::json!({}))?)

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     core::{CallError, Core, CoreHandle, IngestError, Submitted, ToCore},
+    dashboard::{self, Grant},
     metrics::Metrics,
     node::{Command, NetView, now_ms},
     views::{
@@ -204,6 +205,10 @@ struct Ctx {
     data_dir: std::path::PathBuf,
     /// The name this node claims in the directory.
     name: Option<String>,
+    /// Dashboard sessions and one-time codes.
+    sessions: crate::dashboard::Sessions,
+    /// The address the API is bound to (for dashboard links).
+    bound: SocketAddr,
 }
 
 impl Ctx {
@@ -238,6 +243,11 @@ pub struct ApiParts {
 /// The API's routes.
 fn router(ctx: Ctx) -> Router {
     Router::new()
+        .route("/", get(|| async { axum::response::Redirect::to("/dashboard/") }))
+        .route("/dashboard/", get(dashboard_index))
+        .route("/dashboard/{file}", get(dashboard_asset))
+        .route("/v1/session", post(session_open).delete(session_close))
+        .route("/v1/dashboard/link", post(dashboard_link))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
@@ -310,7 +320,23 @@ pub async fn serve(
     tracing::info!(%bound, "control API listening");
     let ApiParts { core, net, view, metrics, store, policy, name } = parts;
     let mail = store.mail()?;
-    let app = router(Ctx { core, net, view, metrics, store, token, mail, policy, data_dir, name });
+    let sessions = dashboard::Sessions::new(
+        std::env::var_os("KOS_DASHBOARD_DIR").map(std::path::PathBuf::from),
+    );
+    let app = router(Ctx {
+        core,
+        net,
+        view,
+        metrics,
+        store,
+        token,
+        mail,
+        policy,
+        data_dir,
+        name,
+        sessions,
+        bound,
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -402,21 +428,47 @@ async fn guard(req: Request, next: Next) -> Response {
     }
 }
 
-async fn auth(AxState(ctx): AxState<Ctx>, req: Request, next: Next) -> Response {
-    let ok = req
+/// The bearer token's grant: the API token, a dashboard session, or nothing.
+fn grant(ctx: &Ctx, req: &Request) -> Option<Grant> {
+    let t = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), ctx.token.as_bytes()));
-    if !ok {
-        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    if constant_time_eq(t.as_bytes(), ctx.token.as_bytes()) {
+        Some(Grant::Full)
+    } else if ctx.sessions.is_live(t, now_ms()) {
+        Some(Grant::Session)
+    } else {
+        None
+    }
+}
+
+async fn auth(AxState(ctx): AxState<Ctx>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if dashboard::is_public(req.method(), path) {
+        return next.run(req).await;
+    }
+    match grant(&ctx, &req) {
+        Some(Grant::Full) => {}
+        Some(Grant::Session) if dashboard::session_may(req.method(), path) => {}
+        Some(Grant::Session) => {
+            return ApiError(
+                StatusCode::FORBIDDEN,
+                "a dashboard session reads, votes and comments only: use kosctl for this".into(),
+            )
             .into_response();
+        }
+        None => {
+            return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())
+                .into_response();
+        }
     }
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares two secrets in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -469,6 +521,69 @@ async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
     v["listen"] = json!(view.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>());
     v["sync"] = json!({"peers": view.syncing.0, "requests_in_flight": view.syncing.1});
     Ok(Json(v))
+}
+
+async fn dashboard_index(AxState(ctx): AxState<Ctx>) -> Response {
+    ctx.sessions.asset("index.html")
+}
+
+async fn dashboard_asset(AxState(ctx): AxState<Ctx>, UrlPath(file): UrlPath<String>) -> Response {
+    ctx.sessions.asset(&file)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionReq {
+    /// A one-time code from `kosctl dashboard`.
+    code: Option<String>,
+    /// Or the API token itself (the login form).
+    token: Option<String>,
+}
+
+async fn session_open(AxState(ctx): AxState<Ctx>, Body(req): Body<SessionReq>) -> ApiResult {
+    let now = now_ms();
+    let session = random_token()?;
+    let expires = match (req.code, req.token) {
+        (Some(code), None) => {
+            ctx.sessions.redeem(&code, session.clone(), now).ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "this sign-in link is unknown, used or expired: run kosctl dashboard again"
+                        .into(),
+                )
+            })?
+        }
+        (None, Some(t)) if constant_time_eq(t.trim().as_bytes(), ctx.token.as_bytes()) => {
+            ctx.sessions.open(session.clone(), now)
+        }
+        (None, Some(_)) => {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "wrong token: it is in <data-dir>/api.token".into(),
+            ));
+        }
+        _ => return Err(bad("give either code or token")),
+    };
+    Ok(Json(json!({ "token": session, "expires_ms": expires })))
+}
+
+async fn session_close(AxState(ctx): AxState<Ctx>, req: Request) -> ApiResult {
+    let t = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    Ok(Json(json!({ "closed": ctx.sessions.close(t) })))
+}
+
+async fn dashboard_link(AxState(ctx): AxState<Ctx>) -> ApiResult {
+    let code = random_token()?;
+    let expires = ctx.sessions.new_code(code.clone(), now_ms());
+    Ok(Json(json!({
+        "url": format!("http://{}/dashboard/#code={code}", ctx.bound),
+        "expires_ms": expires,
+    })))
 }
 
 async fn metrics(AxState(ctx): AxState<Ctx>) -> Response {

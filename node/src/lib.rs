@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod core;
+pub mod dashboard;
 pub mod devnet;
 pub mod limits;
 pub mod mail;
