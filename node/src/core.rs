@@ -278,7 +278,7 @@ impl std::fmt::Debug for Core {
 }
 
 /// Per-author quota settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     /// Burst.
     pub burst: u32,
@@ -293,6 +293,12 @@ impl Default for Quota {
 }
 
 impl Core {
+    /// Changes the per-author quota of live gossip (a configuration reload); authors keep the
+    /// tokens they have, up to the new burst.
+    pub fn set_quota(&mut self, quota: Quota) {
+        self.authors.set_limits(quota.burst, quota.per_minute);
+    }
+
     /// A core over opened state.
     pub fn new(
         opened: crate::node::Opened,

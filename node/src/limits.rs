@@ -35,6 +35,12 @@ impl<K: Eq + Hash + Copy> Buckets<K> {
         Buckets { burst: burst.max(1), per_minute: per_minute.max(1), state: HashMap::new() }
     }
 
+    /// New limits; a bucket fuller than the new burst is cut down to it when next used.
+    pub fn set_limits(&mut self, burst: u32, per_minute: u32) {
+        self.burst = burst.max(1);
+        self.per_minute = per_minute.max(1);
+    }
+
     /// The sustained rate, per minute.
     pub fn per_minute(&self) -> u32 {
         self.per_minute

@@ -46,15 +46,39 @@ enum Command {
         json: bool,
     },
     /// Run the node. Creates the data directory first if it does not exist.
+    #[command(
+        after_help = "Examples:\n  kosd run --insecure-plain-key                       # development, ./kos-data\n  KOS_PASSPHRASE_FILE=/run/secret kosd --data-dir /var/lib/kos run\n  kosd run --listen /ip4/0.0.0.0/tcp/4001 --bootstrap /ip4/192.0.2.1/tcp/4001/p2p/12D3…"
+    )]
     Run(RunArgs),
     /// Rebuild the data directory from what is left (journal, store) after messages were lost,
     /// say what was recovered, and record the new state. Peers send the rest again by sync.
     Repair,
+    /// The configuration: `kosd config show [RUN FLAGS]` prints every setting `kosd run` would
+    /// use with the same flags, and where each value comes from.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Run a local federation of N nodes (data under `<data-dir>/devnet`) until interrupted.
+    #[command(after_help = "Example:\n  kosd --data-dir /tmp/kos devnet 3")]
     Devnet {
         /// Number of nodes.
         #[arg(value_parser = clap::value_parser!(u16).range(1..=64))]
         nodes: u16,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Print the effective configuration and the source of each value (flag, environment
+    /// variable, config file or default).
+    #[command(
+        after_help = "Examples:\n  kosd config show\n  kosd config show --api 127.0.0.1:7701 --json"
+    )]
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
 }
 
@@ -125,16 +149,46 @@ struct FileConfig {
     vector_kib_per_sec: Option<u64>,
 }
 
-fn passphrase(insecure: bool) -> anyhow::Result<Vec<u8>> {
+/// The name of the passphrase in systemd's credentials directory (`LoadCredential=`).
+const PASSPHRASE_CREDENTIAL: &str = "kos-passphrase";
+
+/// Where the vault passphrase comes from: `KOS_PASSPHRASE_FILE`, then a systemd credential
+/// (`$CREDENTIALS_DIRECTORY/kos-passphrase`), then `KOS_PASSPHRASE`. The file's trailing line
+/// break is not part of the passphrase. `None`: no passphrase given.
+fn passphrase_source() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KOS_PASSPHRASE_FILE") {
+        return Some(PathBuf::from(p));
+    }
+    let cred =
+        PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join(PASSPHRASE_CREDENTIAL);
+    cred.exists().then_some(cred)
+}
+
+/// The vault passphrase given to this process (empty if none).
+fn given_passphrase() -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    if let Some(path) = passphrase_source() {
+        let mut bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        return Ok(zeroize::Zeroizing::new(bytes));
+    }
+    Ok(zeroize::Zeroizing::new(std::env::var("KOS_PASSPHRASE").unwrap_or_default().into_bytes()))
+}
+
+fn passphrase(insecure: bool) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
     if insecure {
-        return Ok(Vec::new());
+        return Ok(zeroize::Zeroizing::new(Vec::new()));
     }
-    match std::env::var("KOS_PASSPHRASE") {
-        Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
-        _ => bail!(
-            "KOS_PASSPHRASE is not set: set it to the vault passphrase (or use --insecure-plain-key for development)"
-        ),
+    let p = given_passphrase()?;
+    if p.is_empty() {
+        bail!(
+            "no vault passphrase: set KOS_PASSPHRASE or KOS_PASSPHRASE_FILE, or give systemd's \
+             LoadCredential=kos-passphrase:… (or use --insecure-plain-key for development)"
+        );
     }
+    Ok(p)
 }
 
 fn vault_path(dir: &Path) -> PathBuf {
@@ -147,8 +201,8 @@ fn load_vault(dir: &Path) -> anyhow::Result<Vault> {
     if !path.exists() {
         bail!("no node identity in {}: run `kosd init` first", dir.display());
     }
-    let pass = std::env::var("KOS_PASSPHRASE").unwrap_or_default();
-    Vault::load(&path, pass.as_bytes()).with_context(|| format!("cannot open {}", path.display()))
+    let pass = given_passphrase()?;
+    Vault::load(&path, &pass).with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// The node key from the vault.
@@ -258,7 +312,36 @@ fn repair(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
+/// One effective setting: its name, value and where the value came from.
+#[derive(serde::Serialize, Debug)]
+struct Setting {
+    key: &'static str,
+    value: serde_json::Value,
+    source: String,
+}
+
+/// Where each value of `args` came from: the command line, the environment, or neither.
+#[derive(Default)]
+struct Origins(Option<clap::ArgMatches>);
+
+impl Origins {
+    fn of(&self, id: &str, env: Option<&str>, in_file: bool, file: &Path) -> String {
+        use clap::parser::ValueSource;
+        match self.0.as_ref().and_then(|m| m.value_source(id)) {
+            Some(ValueSource::CommandLine) => format!("flag --{}", id.replace('_', "-")),
+            Some(ValueSource::EnvVariable) => format!("environment {}", env.unwrap_or("")),
+            _ if in_file => format!("file {}", file.display()),
+            _ => "default".to_owned(),
+        }
+    }
+}
+
+/// The settings of `kosd run` with these arguments, and every value's source.
+fn settings(
+    dir: &Path,
+    args: &RunArgs,
+    origins: &Origins,
+) -> anyhow::Result<(node::Settings, Vec<Setting>)> {
     let file_path = args.config.clone().unwrap_or_else(|| dir.join("kosd.toml"));
     let file: FileConfig = match std::fs::read_to_string(&file_path) {
         Ok(text) => toml::from_str(&text)
@@ -266,6 +349,12 @@ fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
         Err(_) if args.config.is_none() => FileConfig::default(),
         Err(e) => bail!("cannot read {}: {e}", file_path.display()),
     };
+    let mut shown = Vec::new();
+    let mut note =
+        |key: &'static str, env: Option<&str>, in_file: bool, value: serde_json::Value| {
+            let source = origins.of(key, env, in_file, &file_path);
+            shown.push(Setting { key, value, source });
+        };
     let pick = |flag: &Vec<String>, file: Option<Vec<String>>, default: &[&str]| -> Vec<String> {
         if !flag.is_empty() {
             flag.clone()
@@ -273,19 +362,35 @@ fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
             file.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
         }
     };
-    let listen = pick(
+    let in_file = (
+        file.listen.is_some(),
+        file.bootstrap.is_some(),
+        file.api.is_some(),
+        file.name.is_some(),
+        file.sync_interval_secs.is_some(),
+        file.max_connections.is_some(),
+        file.author_burst.is_some(),
+        file.author_per_minute.is_some(),
+        file.vector_kib_per_sec.is_some(),
+    );
+    let listen_text = pick(
         &args.listen,
         file.listen,
         &["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"],
-    )
-    .iter()
-    .map(|a| a.parse().with_context(|| format!("invalid listen address {a}")))
-    .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
-    let bootstrap = pick(&args.bootstrap, file.bootstrap, &[])
+    );
+    note("listen", Some("KOS_LISTEN"), in_file.0, serde_json::json!(listen_text));
+    let listen = listen_text
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("invalid listen address {a}")))
+        .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
+    let bootstrap_text = pick(&args.bootstrap, file.bootstrap, &[]);
+    note("bootstrap", Some("KOS_BOOTSTRAP"), in_file.1, serde_json::json!(bootstrap_text));
+    let bootstrap = bootstrap_text
         .iter()
         .map(|a| a.parse().with_context(|| format!("invalid bootstrap address {a}")))
         .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
     let api = args.api.clone().or(file.api).unwrap_or_else(|| "127.0.0.1:7700".into());
+    note("api", Some("KOS_API"), in_file.2, serde_json::json!(api));
     let api: std::net::SocketAddr =
         api.parse().with_context(|| format!("invalid API address {api}"))?;
     if !api.ip().is_loopback() {
@@ -300,41 +405,155 @@ fn settings(dir: &Path, args: &RunArgs) -> anyhow::Result<node::Settings> {
         },
         None => None,
     };
-    Ok(node::Settings {
+    note("name", Some("KOS_NAME"), in_file.3, serde_json::json!(name));
+    let sync_secs = args.sync_interval_secs.or(file.sync_interval_secs).unwrap_or(10).max(1);
+    note("sync_interval_secs", Some("KOS_SYNC_INTERVAL"), in_file.4, sync_secs.into());
+    let max_connections = args.max_connections.or(file.max_connections).unwrap_or(128);
+    note("max_connections", None, in_file.5, max_connections.into());
+    let quota = core::Quota {
+        burst: args.author_burst.or(file.author_burst).unwrap_or(limits::AUTHOR_BURST).max(1),
+        per_minute: args
+            .author_per_minute
+            .or(file.author_per_minute)
+            .unwrap_or(limits::AUTHOR_PER_MINUTE)
+            .max(1),
+    };
+    note("author_burst", None, in_file.6, quota.burst.into());
+    note("author_per_minute", None, in_file.7, quota.per_minute.into());
+    let vector_kib = args.vector_kib_per_sec.or(file.vector_kib_per_sec);
+    note("vector_kib_per_sec", None, in_file.8, serde_json::json!(vector_kib));
+    shown.push(Setting {
+        key: "data_dir",
+        value: serde_json::json!(dir.display().to_string()),
+        source: origins.of("data_dir", Some("KOS_DATA_DIR"), false, &file_path),
+    });
+    shown.push(Setting {
+        key: "config_file",
+        value: serde_json::json!(file_path.display().to_string()),
+        source: if file_path.exists() { "read".into() } else { "absent (defaults apply)".into() },
+    });
+    shown.push(Setting {
+        key: "passphrase",
+        value: serde_json::json!("(not shown)"),
+        source: match passphrase_source() {
+            Some(p) => format!("file {}", p.display()),
+            None if std::env::var_os("KOS_PASSPHRASE").is_some() => {
+                "environment KOS_PASSPHRASE".into()
+            }
+            None => "none (a development vault, or the node cannot open its vault)".into(),
+        },
+    });
+    let settings = node::Settings {
         name,
         data_dir: dir.to_path_buf(),
         listen,
         api,
         bootstrap,
-        sync_interval: std::time::Duration::from_secs(
-            args.sync_interval_secs.or(file.sync_interval_secs).unwrap_or(10).max(1),
-        ),
-        max_connections: args.max_connections.or(file.max_connections).unwrap_or(128),
-        quota: core::Quota {
-            burst: args.author_burst.or(file.author_burst).unwrap_or(limits::AUTHOR_BURST).max(1),
-            per_minute: args
-                .author_per_minute
-                .or(file.author_per_minute)
-                .unwrap_or(limits::AUTHOR_PER_MINUTE)
-                .max(1),
-        },
-        vector_bytes_per_sec: args
-            .vector_kib_per_sec
-            .or(file.vector_kib_per_sec)
-            .map(|k| k.max(1).saturating_mul(1024)),
-    })
+        sync_interval: std::time::Duration::from_secs(sync_secs),
+        max_connections,
+        quota,
+        vector_bytes_per_sec: vector_kib.map(|k| k.max(1).saturating_mul(1024)),
+    };
+    Ok((settings, shown))
 }
 
-fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
+fn config_show(dir: &Path, args: &RunArgs, origins: &Origins, json: bool) -> anyhow::Result<()> {
+    let (_, shown) = settings(dir, args, origins)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "—".into(),
+        serde_json::Value::Array(a) if a.is_empty() => "none".into(),
+        serde_json::Value::Array(a) => {
+            a.iter().map(|x| x.as_str().unwrap_or_default()).collect::<Vec<_>>().join(", ")
+        }
+        other => other.to_string(),
+    };
+    let rows: Vec<(String, String)> =
+        shown.iter().map(|s| (s.key.replace('_', " "), text(&s.value))).collect();
+    let kw = rows.iter().map(|r| r.0.len()).max().unwrap_or(0) + 2;
+    let vw = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0).min(60) + 2;
+    for ((k, v), s) in rows.iter().zip(&shown) {
+        let gap = vw.saturating_sub(v.chars().count()).max(2);
+        println!("{k:<kw$}{v}{:gap$}{}", "", s.source);
+    }
+    Ok(())
+}
+
+/// SIGHUP: reads the configuration again and applies what can change while running (the
+/// per-author quotas; the `.klp-policy` is reloaded by the network task); says what needs a
+/// restart.
+async fn reload_on_hangup(
+    dir: PathBuf,
+    args: RunArgs,
+    origins: Origins,
+    running: node::Settings,
+    core: core::CoreHandle,
+) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    let mut current = running;
+    while hangup.recv().await.is_some() {
+        match settings(&dir, &args, &origins) {
+            Err(e) => tracing::warn!("configuration not reloaded: {e:#}"),
+            Ok((new, _)) => {
+                let quota = new.quota;
+                if quota != current.quota {
+                    match core.call(move |c| c.set_quota(quota)).await {
+                        Ok(()) => tracing::info!(
+                            burst = quota.burst,
+                            per_minute = quota.per_minute,
+                            "configuration reloaded: per-author quota"
+                        ),
+                        Err(e) => tracing::warn!("configuration not reloaded: {e}"),
+                    }
+                }
+                let restart: Vec<&str> = [
+                    ("listen", new.listen != current.listen),
+                    ("api", new.api != current.api),
+                    ("bootstrap", new.bootstrap != current.bootstrap),
+                    ("name", new.name != current.name),
+                    ("sync_interval_secs", new.sync_interval != current.sync_interval),
+                    ("max_connections", new.max_connections != current.max_connections),
+                    (
+                        "vector_kib_per_sec",
+                        new.vector_bytes_per_sec != current.vector_bytes_per_sec,
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(k, changed)| changed.then_some(k))
+                .collect();
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        "changed settings take effect at the next restart: {}",
+                        restart.join(", ")
+                    );
+                }
+                current = node::Settings { quota, ..current };
+            }
+        }
+    }
+}
+
+fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Kademlia warns "Failed to trigger bootstrap: No known peers" whenever a listen
+        // address appears before any peer is known, that is on every first start: the node
+        // bootstraps on its own tick once it knows peers, so kad's own warnings stay quiet
+        // unless RUST_LOG asks for them.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_kad::behaviour=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_json {
         builder.json().init();
     } else {
         builder.init();
     }
-    let settings = settings(dir, args)?;
+    let (settings, _) = settings(dir, args, &origins)?;
     let existing_identity = vault_path(dir).exists();
     let key = if existing_identity {
         load_identity(dir)?
@@ -359,12 +578,7 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         previous_keys: previous_dids(dir)?,
     };
     let (mut opened, _) = node::open_state(key, dir, flags)?;
-    let vault_file = core::VaultFile {
-        path: vault_path(dir),
-        passphrase: zeroize::Zeroizing::new(
-            std::env::var("KOS_PASSPHRASE").unwrap_or_default().into_bytes(),
-        ),
-    };
+    let vault_file = core::VaultFile { path: vault_path(dir), passphrase: given_passphrase()? };
     let previous_keys = finish_rotation(&vault_file, &mut opened)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -385,6 +599,13 @@ fn run_node(dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
         the_core.policy = Some(policy.clone());
         the_core.vault = Some(vault_file);
         let (core, core_thread) = core::spawn(the_core)?;
+        tokio::spawn(reload_on_hangup(
+            dir.to_path_buf(),
+            args.clone(),
+            origins,
+            settings.clone(),
+            core.clone(),
+        ));
         // On the core thread, which may block on the network queue (this task may not).
         let import_dir = settings.data_dir.clone();
         core.call(move |c| apply_import(&import_dir, c))
@@ -476,10 +697,21 @@ fn apply_import(dir: &Path, core: &mut core::Core) -> anyhow::Result<()> {
 /// The file `kosctl import` leaves for the node's first start.
 const IMPORT_FILE: &str = "import.json";
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
+    // The matches of the subcommand that takes `kosd run`'s flags: where each value came from.
+    let sub = |path: &[&str]| {
+        let mut m = matches;
+        for name in path {
+            m = m.subcommand_matches(name)?;
+        }
+        Some(m.clone())
+    };
     match cli.command {
-        Command::Run(args) => run_node(dir, &args),
+        Command::Run(args) => run_node(dir, &args, Origins(sub(&["run"]))),
+        Command::Config(ConfigCmd::Show { json, run }) => {
+            config_show(dir, &run, &Origins(sub(&["config", "show"])), json)
+        }
         Command::Devnet { nodes } => devnet::run(dir, nodes),
         Command::Repair => repair(dir),
         Command::Init { insecure_plain_key } => {
@@ -516,8 +748,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kosd: error: {e:#}");

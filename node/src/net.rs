@@ -419,6 +419,9 @@ pub fn build(key: Keypair, max_connections: u32) -> anyhow::Result<Swarm<Behavio
             kad_config.set_query_timeout(Duration::from_secs(10));
             // Directory records live an hour (each says so too, and is checked on every read).
             kad_config.set_record_ttl(Some(Duration::from_secs(3600)));
+            // The node bootstraps Kademlia itself, on its sync tick and only once the routing
+            // table has a peer: kad's own timer would warn "No known peers" on every first start.
+            kad_config.set_periodic_bootstrap_interval(None);
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::with_config(

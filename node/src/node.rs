@@ -647,7 +647,10 @@ impl Net {
         for p in &peers {
             self.start_sync(swarm, *p);
         }
-        let _ = swarm.behaviour_mut().kad.bootstrap();
+        let kad = &mut swarm.behaviour_mut().kad;
+        if kad.kbuckets().any(|b| b.num_entries() > 0) {
+            let _ = kad.bootstrap();
+        }
         // Local trust feeds gossip scoring (application-specific score); a peer the operator
         // quarantines is blocked for as long as that trust stands.
         let trust = self.store.trust().unwrap_or_default();
