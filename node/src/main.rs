@@ -541,13 +541,29 @@ async fn reload_on_hangup(
 }
 
 fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // Kademlia warns "Failed to trigger bootstrap: No known peers" whenever a listen
-        // address appears before any peer is known, that is on every first start: the node
-        // bootstraps on its own tick once it knows peers, so kad's own warnings stay quiet
-        // unless RUST_LOG asks for them.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_kad::behaviour=error"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Kademlia warns "Failed to trigger bootstrap: No known peers" whenever a listen address
+    // appears before any peer is known, that is on every first start: the node bootstraps on
+    // its own tick once it knows peers, so kad's behaviour warnings stay quiet unless RUST_LOG
+    // names libp2p_kad itself.
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(if rust_log.is_empty() {
+        "info"
+    } else {
+        &rust_log
+    })
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !rust_log.contains("libp2p_kad")
+        && let Ok(quiet) = "libp2p_kad::behaviour=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
+    // Colour only on a terminal, and never under NO_COLOR (journald and log files get plain text).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if args.log_json {
         builder.json().init();
     } else {

@@ -137,7 +137,16 @@ impl Node {
         Self::spawn(dir, listen, &[])
     }
 
+    /// Starts a node with extra `kosd run` flags and environment variables.
+    pub fn start_env(dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        Self::spawn_env(dir, "/ip4/127.0.0.1/tcp/0", extra, env)
+    }
+
     fn spawn(dir: PathBuf, listen: &str, extra: &[&str]) -> Node {
+        Self::spawn_env(dir, listen, extra, &[])
+    }
+
+    fn spawn_env(dir: PathBuf, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         std::fs::create_dir_all(&dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -160,6 +169,7 @@ impl Node {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
