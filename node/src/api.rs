@@ -207,6 +207,8 @@ struct Ctx {
     name: Option<String>,
     /// Dashboard sessions and one-time codes.
     sessions: crate::dashboard::Sessions,
+    /// Long tasks' progress (read without the core).
+    progress: crate::progress::Progress,
     /// The address the API is bound to (for dashboard links).
     bound: SocketAddr,
 }
@@ -238,6 +240,8 @@ pub struct ApiParts {
     pub policy: Arc<std::sync::Mutex<crate::policy::Policy>>,
     /// The name this node claims in the directory.
     pub name: Option<String>,
+    /// Long tasks' progress.
+    pub progress: crate::progress::Progress,
 }
 
 /// The API's routes.
@@ -318,7 +322,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     write_private(&data_dir.join("api.addr"), bound.to_string().as_bytes())?;
     tracing::info!(%bound, "control API listening");
-    let ApiParts { core, net, view, metrics, store, policy, name } = parts;
+    let ApiParts { core, net, view, metrics, store, policy, name, progress } = parts;
     let mail = store.mail()?;
     let sessions = dashboard::Sessions::new(
         std::env::var_os("KOS_DASHBOARD_DIR").map(std::path::PathBuf::from),
@@ -336,6 +340,7 @@ pub async fn serve(
         name,
         sessions,
         bound,
+        progress,
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -484,10 +489,15 @@ fn engine(core: &Core) -> Result<&Engine, ApiError> {
     core.engine.as_ref().ok_or_else(no_federation)
 }
 
+/// How long `status` waits for the core; a core busy with long work (a rebuild) gets a partial
+/// answer: identity, network and progress, with `"core": "busy"`.
+const STATUS_CORE_WAIT: Duration = Duration::from_secs(2);
+
 async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
     let view = ctx.view.borrow().clone();
-    let mut v = ctx
-        .call(|core| {
+    let from_core = tokio::time::timeout(
+        STATUS_CORE_WAIT,
+        ctx.call(|core| {
             let now = now_ms();
             let pk = core.key.public();
             let e = core.engine.as_ref();
@@ -512,8 +522,18 @@ async fn status(AxState(ctx): AxState<Ctx>) -> ApiResult {
                 "registry_epoch": e.and_then(|e| e.registry(now)).map(|r| r.epoch),
                 "config": e.and_then(|e| e.registry(now)).map(|r| r.config),
             }))
-        })
-        .await?;
+        }),
+    )
+    .await;
+    let mut v = match from_core {
+        Ok(answer) => {
+            let mut v = answer?;
+            v["core"] = json!("ready");
+            v
+        }
+        Err(_) => json!({ "core": "busy" }),
+    };
+    v["progress"] = ctx.progress.json(now_ms());
     v["peers"] = json!(view.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>());
     if let Some(local) = view.local {
         v["peer_id"] = json!(local.to_string());

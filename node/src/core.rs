@@ -189,6 +189,8 @@ pub struct Core {
     net: mpsc::Sender<ToNet>,
     /// Per-author quota of live gossip.
     authors: Buckets<PublicKey>,
+    /// Long tasks' progress (shared with the API): a rebuild reports here.
+    pub progress: crate::progress::Progress,
     /// When the engine next changes by the clock alone.
     wake: Option<u64>,
     /// The `.klp-policy` in force (shared with the network task and the API), if any.
@@ -277,6 +279,9 @@ impl std::fmt::Debug for Core {
     }
 }
 
+/// The progress task of a rebuild (verification and replay of the store, counted together).
+pub const REBUILD_TASK: &str = "rebuild";
+
 /// Per-author quota settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -314,6 +319,7 @@ impl Core {
             metrics,
             net,
             authors: Buckets::new(quota.burst, quota.per_minute),
+            progress: crate::progress::Progress::default(),
             wake: None,
             policy: None,
             policy_audits: Buckets::new(POLICY_AUDITS_PER_MINUTE, POLICY_AUDITS_PER_MINUTE),
@@ -465,16 +471,25 @@ impl Core {
     fn rebuild(&mut self, now: u64) {
         let Some(federation) = self.engine.as_ref().map(Engine::federation) else { return };
         let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        let msgs = match self.store.messages_parallel(threads) {
+        let progress = self.progress.clone();
+        progress.start(REBUILD_TASK, self.store.len() as u64, "messages", now);
+        let msgs = match self.store.messages_parallel_with(threads, &|done, total| {
+            progress.update(REBUILD_TASK, done as u64, total as u64 * 2, now_ms());
+        }) {
             Ok(m) => m,
             Err(e) => {
                 warn!("rebuild after a key change: cannot read the store: {e}");
+                progress.finish(REBUILD_TASK, now_ms());
                 return;
             }
         };
         let n = msgs.len();
         let mut engine = Engine::new(federation);
-        let report = engine.replay(msgs, now);
+        // Verification is the first half of the work, the replay the second.
+        let report = engine.replay_with(msgs, now, &mut |done, total| {
+            progress.update(REBUILD_TASK, (total + done) as u64, total as u64 * 2, now_ms());
+        });
+        progress.finish(REBUILD_TASK, now_ms());
         info!(
             messages = n,
             applied = report.applied,

@@ -13,6 +13,7 @@ pub mod net;
 pub mod node;
 pub mod peers;
 pub mod policy;
+pub mod progress;
 pub mod vectors;
 pub mod views;
 

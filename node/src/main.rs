@@ -570,6 +570,7 @@ fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> 
         builder.init();
     }
     let (settings, _) = settings(dir, args, &origins)?;
+    let progress = kos_node::progress::Progress::default();
     let existing_identity = vault_path(dir).exists();
     let key = if existing_identity {
         load_identity(dir)?
@@ -592,6 +593,7 @@ fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> 
         repair: false,
         existing_identity,
         previous_keys: previous_dids(dir)?,
+        progress: progress.clone(),
     };
     let (mut opened, _) = node::open_state(key, dir, flags)?;
     let vault_file = core::VaultFile { path: vault_path(dir), passphrase: given_passphrase()? };
@@ -614,6 +616,7 @@ fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> 
         let mut the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
         the_core.policy = Some(policy.clone());
         the_core.vault = Some(vault_file);
+        the_core.progress = progress.clone();
         let (core, core_thread) = core::spawn(the_core)?;
         tokio::spawn(reload_on_hangup(
             dir.to_path_buf(),
@@ -636,6 +639,7 @@ fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> 
                 store: store.clone(),
                 policy: policy.clone(),
                 name: settings.name.clone(),
+                progress: progress.clone(),
             },
             settings.api,
             settings.data_dir.clone(),
@@ -654,6 +658,7 @@ fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> 
                 view: view_tx,
                 policy,
                 previous_keys,
+                progress,
             },
         ));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

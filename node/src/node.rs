@@ -325,6 +325,10 @@ struct Net {
     vector_rate: crate::vectors::Rate,
     /// When the incoming directory was last scanned, and whether a scan is running.
     vector_scan: (u64, bool),
+    /// Long tasks' progress (shared with the API).
+    progress: crate::progress::Progress,
+    /// The sync catch-up under way: messages asked for and received since it began.
+    catchup: Option<Catchup>,
     /// Results of blocking vector work.
     vector_done: mpsc::Sender<VectorDone>,
 }
@@ -352,7 +356,19 @@ pub struct NetParts {
     pub policy: Arc<std::sync::Mutex<Policy>>,
     /// Keys the node rotated away from (direct messages still sealed to them are opened).
     pub previous_keys: Vec<SecretKey>,
+    /// Long tasks' progress (shared with the API).
+    pub progress: crate::progress::Progress,
 }
+
+/// A sync catch-up: from the first missing message found until nothing is wanted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Catchup {
+    requested: u64,
+    received: u64,
+}
+
+/// The progress task of sync catch-up.
+pub const CATCHUP_TASK: &str = "sync catch-up";
 
 /// Keys rotated away from that the network task still opens direct messages with.
 pub const MAX_PREVIOUS_KEYS: usize = 8;
@@ -370,6 +386,7 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         view,
         policy,
         previous_keys,
+        progress,
     } = parts;
     let mut swarm = net::build(key.to_libp2p(), settings.max_connections)?;
     let mail = store.mail()?;
@@ -439,6 +456,8 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
         vector_rate: crate::vectors::Rate::new(settings.vector_bytes_per_sec),
         vector_scan: (0, false),
         vector_done: vector_tx,
+        progress,
+        catchup: None,
     };
     n.publish_view(&swarm);
     let workers = Arc::new(Semaphore::new(
@@ -473,6 +492,7 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
             _ = mail_timer.tick() => {
                 n.mail_tick(&mut swarm);
                 n.vector_tick(&mut swarm);
+                n.catchup_tick();
             }
             Some((peer, channel, response)) = received_rx.recv() => {
                 n.ms.receiving = n.ms.receiving.saturating_sub(1);
@@ -874,6 +894,18 @@ impl Net {
         self.dispatch_sync();
     }
 
+    /// Every second: the catch-up's progress (logged every few seconds while it lasts); it ends
+    /// when no walk is left and nothing is wanted.
+    fn catchup_tick(&mut self) {
+        let Some(c) = self.catchup else { return };
+        let now = now_ms();
+        self.progress.update(CATCHUP_TASK, c.received, c.requested, now);
+        if self.walks.is_empty() && self.wanted.is_empty() {
+            self.progress.finish(CATCHUP_TASK, now);
+            self.catchup = None;
+        }
+    }
+
     /// Starts a sync walk with `peer` unless one is in progress.
     fn start_sync(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
         let Some(federation) = self.federation else { return };
@@ -972,6 +1004,13 @@ impl Net {
                     })
                     .copied()
                     .collect();
+                if !missing.is_empty() {
+                    let c = self.catchup.get_or_insert_with(|| {
+                        self.progress.start(CATCHUP_TASK, 0, "messages", now_ms());
+                        Catchup::default()
+                    });
+                    c.requested += missing.len() as u64;
+                }
                 for chunk in missing.chunks(FETCH_BATCH) {
                     self.wanted.extend(chunk.iter().copied());
                     self.enqueue(peer, SyncRequest::Fetch { ids: chunk.to_vec() });
@@ -998,6 +1037,9 @@ impl Net {
                     } else {
                         unasked += 1;
                     }
+                }
+                if let Some(c) = self.catchup.as_mut() {
+                    c.received += (ids.len() as u64).min(c.requested.saturating_sub(c.received));
                 }
                 if unasked > 0 {
                     self.penalise(
@@ -1033,6 +1075,8 @@ pub struct OpenFlags {
     pub repair: bool,
     /// The identity came from an existing vault.
     pub existing_identity: bool,
+    /// Where the start-up reports its progress.
+    pub progress: crate::progress::Progress,
     /// Keys the node rotated away from (did:key): a store recorded under one is the node's.
     pub previous_keys: Vec<String>,
 }
@@ -1049,6 +1093,11 @@ pub struct Opened {
     /// Highest sequence number this node used.
     pub seq: u64,
 }
+
+/// The progress task of the start-up's verification of every stored message.
+pub const VERIFY_TASK: &str = "start-up verification";
+/// The progress task of the start-up's replay of the stored messages into the engine.
+pub const REPLAY_TASK: &str = "start-up replay";
 
 /// Opens the data directory (journal, store, manifest), logs what it found, rebuilds the engine
 /// from the stored messages, and returns the state for the core.
@@ -1075,7 +1124,13 @@ pub fn open_state(
     // Every stored message is verified again (one thread per core): the store is not trusted
     // with deciding what is valid.
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let msgs = store.messages_parallel(threads)?;
+    let progress = flags.progress.clone();
+    progress.start(VERIFY_TASK, store.len() as u64, "messages", now_ms());
+    let msgs = store.messages_parallel_with(threads, &|done, total| {
+        progress.update(VERIFY_TASK, done as u64, total as u64, now_ms());
+    })?;
+    progress.update(VERIFY_TASK, msgs.len() as u64, msgs.len() as u64, now_ms());
+    progress.finish(VERIFY_TASK, now_ms());
     if federation.is_none() {
         // The metadata was lost with a damaged store: the charter in the journal says which
         // federation this node follows (a node stores only its own federation's messages).
@@ -1098,7 +1153,11 @@ pub fn open_state(
         let n = msgs.len();
         // Replayed in dependency order whatever order the store returns: the state after a
         // restart is the state before it.
-        let report = engine.replay(msgs, now);
+        progress.start(REPLAY_TASK, n as u64, "messages", now);
+        let report = engine.replay_with(msgs, now, &mut |done, total| {
+            progress.update(REPLAY_TASK, done as u64, total as u64, now_ms());
+        });
+        progress.finish(REPLAY_TASK, now_ms());
         info!(
             messages = n,
             applied = report.applied,

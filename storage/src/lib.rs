@@ -138,6 +138,9 @@ pub enum StoreError {
     },
 }
 
+/// Messages verified between two progress reports of [`Store::messages_parallel_with`].
+pub const PROGRESS_EVERY: usize = 4096;
+
 /// The sled store of a node, and (when opened with [`Store::open_node`]) its journal.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -419,6 +422,16 @@ impl Store {
     /// Every stored message, in id order, each verified again, using up to `threads` threads
     /// (start-up: verification dominates it).
     pub fn messages_parallel(&self, threads: usize) -> Result<Vec<Message>, StoreError> {
+        self.messages_parallel_with(threads, &|_, _| {})
+    }
+
+    /// [`Store::messages_parallel`], telling `progress(verified, total)` every
+    /// [`PROGRESS_EVERY`] messages.
+    pub fn messages_parallel_with(
+        &self,
+        threads: usize,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Vec<Message>, StoreError> {
         let raw: Vec<(MessageId, sled::IVec)> = self
             .messages
             .iter()
@@ -430,12 +443,28 @@ impl Store {
             .collect::<Result<_, StoreError>>()?;
         let threads = threads.clamp(1, 64);
         let chunk = raw.len().div_ceil(threads).max(1);
+        let total = raw.len();
+        let verified = std::sync::atomic::AtomicUsize::new(0);
+        progress(0, total);
         std::thread::scope(|scope| {
+            let verified = &verified;
             let handles: Vec<_> = raw
                 .chunks(chunk)
                 .map(|part| {
                     scope.spawn(move || {
-                        part.iter().map(|(id, b)| verify(*id, b)).collect::<Result<Vec<_>, _>>()
+                        part.iter()
+                            .enumerate()
+                            .map(|(i, (id, b))| {
+                                if (i + 1) % PROGRESS_EVERY == 0 {
+                                    let n = verified.fetch_add(
+                                        PROGRESS_EVERY,
+                                        std::sync::atomic::Ordering::Relaxed,
+                                    );
+                                    progress(n + PROGRESS_EVERY, total);
+                                }
+                                verify(*id, b)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
                     })
                 })
                 .collect();

@@ -1,1 +1,1043 @@
-// placeholder
+'use strict';
+/* kOS operator dashboard: plain DOM, no framework, no build step.
+ *
+ * Everything the API returns is untrusted (titles, comments, ids): it reaches the page through
+ * textContent and attributes only, never through HTML parsing. The CSP forbids inline code and
+ * styles; geometry (bar widths, marker positions) is set through the CSSOM, which it allows.
+ *
+ * Sign-in: a one-time code in the URL fragment (#code=…, from `kosctl dashboard`) or the API
+ * token typed into the login form is exchanged for a session token (POST /v1/session), kept in
+ * sessionStorage. The page polls /v1/status and refreshes the visible view when the node's
+ * state moved; forms are built once per page so a refresh never loses what is being typed. */
+(function () {
+  const SESSION_KEY = 'kos.session';
+  const POLL_MS = 2000;
+  const MAX_STALE_MS = 10000;
+  const $ = (sel, root = document) => root.querySelector(sel);
+
+  // ---------------------------------------------------------------- DOM helpers
+
+  /** An element: props are attributes (`text` → textContent, `on…` → listeners, booleans →
+   *  properties such as hidden/disabled), children are nodes or strings (text nodes). */
+  function h(tag, props, ...kids) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v == null || v === false) continue;
+      if (k === 'class') el.className = v;
+      else if (k === 'text') el.textContent = v;
+      else if (k === 'testid') el.setAttribute('data-testid', v);
+      else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+      else if (v === true) el[k] = true;
+      else el.setAttribute(k, String(v));
+    }
+    for (const kid of kids.flat(Infinity)) {
+      if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : String(kid));
+    }
+    return el;
+  }
+
+  /** Runs a re-render of `root`, giving focus back to the element with the same data-key. */
+  function keepFocus(root, fn) {
+    const a = document.activeElement;
+    const key = a && root.contains(a) ? a.getAttribute('data-key') : null;
+    fn();
+    if (key && !root.contains(document.activeElement)) {
+      const el = root.querySelector(`[data-key="${CSS.escape(key)}"]`);
+      if (el) el.focus({ preventScroll: true });
+    }
+  }
+
+  // ---------------------------------------------------------------- formatting (as kosctl)
+
+  /** Milli-units as a number of votes: 9, 4.5, 0.333 (cli/src/render.rs `number`). */
+  function number(milli) {
+    const m = Math.max(0, Math.round(Number(milli) || 0));
+    const whole = Math.floor(m / 1000);
+    const frac = m % 1000;
+    return frac === 0 ? String(whole) : `${whole}.${String(frac).padStart(3, '0').replace(/0+$/, '')}`;
+  }
+  const weight = (milli) => `${number(milli)} ${Math.round(milli) === 1000 ? 'vote' : 'votes'}`;
+  /** A fraction as a percentage with at most one decimal: 30 %, 33.4 %. */
+  function pct(x) {
+    const tenths = Math.round((Number(x) || 0) * 1000);
+    return `${tenths % 10 === 0 ? tenths / 10 : (tenths / 10).toFixed(1)} %`;
+  }
+  /** "3/10" or [3, 10] as a number, or null. */
+  function ratio(r) {
+    const parts = Array.isArray(r) ? r : String(r ?? '').split('/');
+    const n = Number(parts[0]), d = Number(parts[1]);
+    return parts.length === 2 && Number.isFinite(n) && d > 0 ? n / d : null;
+  }
+  const share = (part, whole) => (whole > 0 ? part / whole : 0);
+  const clamp01 = (x) => Math.min(1, Math.max(0, x || 0));
+
+  /** A UTC date: 2026-11-23 06:10 UTC (with seconds when asked), as kosctl prints them. */
+  function date(ms, seconds) {
+    const iso = new Date(ms).toISOString();
+    return `${iso.slice(0, 10)} ${iso.slice(11, seconds ? 19 : 16)} UTC`;
+  }
+  /** A duration in its two largest units: 3 h 12 min, 45 s, 2 d 4 h. */
+  function duration(ms) {
+    const s = Math.floor(Math.max(0, ms) / 1000);
+    const d = Math.floor(s / 86400), hr = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
+    const sec = s % 60;
+    if (d) return hr ? `${d} d ${hr} h` : `${d} d`;
+    if (hr) return m ? `${hr} h ${m} min` : `${hr} h`;
+    if (m) return sec ? `${m} min ${sec} s` : `${m} min`;
+    return `${sec} s`;
+  }
+  const relative = (ms, now = Date.now()) => (ms >= now ? `in ${duration(ms - now)}` : `${duration(now - ms)} ago`);
+  /** A <time>: relative text, the date in its tooltip (or the other way round). */
+  function when(ms, opts = {}) {
+    if (ms == null) return h('span', { text: '—' });
+    const iso = new Date(ms).toISOString();
+    const rel = relative(ms);
+    return opts.dateFirst
+      ? h('time', { datetime: iso, title: rel }, date(ms, opts.seconds), h('span', { class: 'muted', text: ` (${rel})` }))
+      : h('time', { datetime: iso, title: date(ms, true) }, rel);
+  }
+  /** did:key:z6MkiSzy…zC27T → z6MkiS…zC27T (the whole id in the tooltip). */
+  function short(id, head = 6, tail = 5) {
+    const s = String(id || '').replace(/^did:key:/, '').replace(/^peer:\/\//, '');
+    return s.length > head + tail + 1 ? `${s.slice(0, head)}…${s.slice(-tail)}` : s || '—';
+  }
+  const ident = (id, head, tail) => h('span', { class: 'mono', title: id }, short(id, head, tail));
+  const me = () => (live.status ? live.status.member : null);
+  const words = (s) => String(s || '').replace(/_/g, ' ');
+  const cap = (s) => words(s).replace(/^./, (c) => c.toUpperCase());
+
+  // ---------------------------------------------------------------- governance vocabulary
+
+  const PHASES = [
+    ['voting', 'Voting'], ['reveal', 'Reveal window'], ['discussion', 'Discussion'],
+    ['seeking_sponsors', 'Seeking sponsors'], ['closed', 'Closed, awaiting finality'],
+    ['approved', 'Approved'], ['executed', 'Executed'], ['execution_failed', 'Execution failed'],
+    ['rejected', 'Rejected'], ['vetoed', 'Vetoed'], ['failed_quorum', 'Failed quorum'],
+    ['expired', 'Expired'], ['withdrawn', 'Withdrawn'],
+  ];
+  const PHASE_NAME = Object.fromEntries(PHASES);
+  const TONE = {
+    voting: 'active', reveal: 'active', discussion: 'info', seeking_sponsors: 'info', closed: 'info',
+    approved: 'good', executed: 'good', rejected: 'bad', vetoed: 'bad', failed_quorum: 'bad',
+    execution_failed: 'bad', expired: 'quiet', withdrawn: 'quiet',
+  };
+  const ACTIVE = new Set(['voting', 'reveal', 'closed']);
+  const TRUST_WEIGHT = { core: 5000, trusted: 3000, standard: 1000, sandbox: 500, quarantine: 0 };
+  const BINARY = ['yes', 'no', 'abstain', 'veto'];
+  const IMMUNE = /block|quarantin|immune|rejected|refused/i;
+
+  const badge = (text, tone = 'quiet', testid) => h('span', { class: `badge badge-${tone}`, testid }, text);
+  const statusBadge = (s) => badge(PHASE_NAME[s] || cap(s || 'unknown'), TONE[s] || 'quiet', 'status-badge');
+  const isBinary = (rule) => !/^(plurality|instant_runoff)$/.test(String(rule || ''));
+
+  /** The names of a tally's totals: yes/no/abstain/veto, or the options (cli `choice_labels`). */
+  function choiceLabels(p, n) {
+    const opts = p.options || [];
+    if (opts.length === n && n > 0 && !isBinary(p.rule)) {
+      return opts.map((name, i) => ({ key: `option-${i}`, name, cls: `fill-opt-${i % 6}`, index: i }));
+    }
+    return BINARY.map((k) => ({ key: k, name: k, cls: `fill-${k}` }));
+  }
+
+  /** A rule as it reads, and the approval threshold of binary rules. Takes the command-line
+   *  name or the charter's JSON form ({"supermajority": [2, 3]}). */
+  function ruleInfo(rule) {
+    if (rule && typeof rule === 'object' && rule.supermajority) rule = `supermajority:${rule.supermajority.join('/')}`;
+    const m = /^supermajority:(\d+)\/(\d+)$/.exec(String(rule || ''));
+    if (m) {
+      const t = Number(m[1]) / Number(m[2]);
+      return { name: `Supermajority (${pct(t)})`, needs: `needs at least ${pct(t)}`, threshold: t };
+    }
+    return {
+      simple_majority: { name: 'Simple majority', needs: 'needs more than 50 %', threshold: 0.5 },
+      consensus: { name: 'Consensus', needs: 'needs no “no” and no veto', threshold: 1 },
+      plurality: { name: 'Approval (plurality)', needs: 'the most approved option wins' },
+      instant_runoff: { name: 'Ranked choice (instant runoff)', needs: 'weakest options are eliminated in rounds' },
+    }[rule] || { name: cap(rule || '—'), needs: '' };
+  }
+
+  /** A proposal's action in one line (cli `action_line`). */
+  function actionLine(a) {
+    a = a || {};
+    switch (a.type) {
+      case 'none': return 'None (a decision without an action)';
+      case 'configuration': return `Set ${a.key} = ${a.new}${a.old != null ? ` (expects ${a.old})` : ''}`;
+      case 'trust_adjustment': return `Trust of ${a.member} → ${a.level}`;
+      case 'add_member': return `Admit ${a.member} as ${a.trust}`;
+      case 'remove_member': return `Remove ${a.member}`;
+      case 'quarantine': return `Quarantine ${a.member}`;
+      case 'protocol_upgrade': return `Minimum protocol version ${a.version}`;
+      case 'policy_update': return `Replace the policy (${String(a.policy || '').length} characters)`;
+      case 'rollback': return `Roll back the execution of ${a.proposal}`;
+      default: return words(a.type || '—');
+    }
+  }
+
+  // ---------------------------------------------------------------- session and API
+
+  const session = {
+    get token() { try { return sessionStorage.getItem(SESSION_KEY); } catch (_) { return null; } },
+    set(t) { try { sessionStorage.setItem(SESSION_KEY, t); } catch (_) { /* private mode */ } },
+    clear() { try { sessionStorage.removeItem(SESSION_KEY); } catch (_) { /* private mode */ } },
+  };
+
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  /** One API call: JSON in and out, the session as bearer; errors carry the node's one line. */
+  async function api(method, path, body) {
+    const headers = { Accept: 'application/json' };
+    const token = session.token;
+    if (token && (path !== '/v1/session' || method === 'DELETE')) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let res;
+    try {
+      res = await fetch(path, { method, headers, cache: 'no-store', credentials: 'omit', body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (_) {
+      throw new ApiError(0, 'cannot reach the node');
+    }
+    const text = await res.text();
+    let data = text;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+    if (res.ok) return data;
+    const line = data && typeof data.error === 'string' ? data.error : `HTTP ${res.status}`;
+    if (res.status === 401 && path !== '/v1/session') signedOut('Your session has ended: sign in again.');
+    throw new ApiError(res.status, line);
+  }
+  const get = (path) => api('GET', path);
+  /** A GET that answers null instead of failing on 409 (this node follows no federation yet). */
+  const getOrNull = (path) => get(path).catch((e) => { if (e.status === 409) return null; throw e; });
+
+  async function openSession(body) {
+    const r = await api('POST', '/v1/session', body);
+    session.set(r.token);
+  }
+
+  function showLogin(message) {
+    $('#login').hidden = false;
+    $('#view').replaceChildren();
+    for (const id of ['nav', 'nav-toggle', 'statusbar']) $(`#${id}`).hidden = true;
+    const err = $('#login-error');
+    err.hidden = !message;
+    err.textContent = message || '';
+    document.title = 'Sign in · kOS';
+    $('#login-token').focus();
+  }
+
+  function signedOut(message) {
+    session.clear();
+    clearTimeout(live.timer);
+    current = null;
+    showLogin(message);
+  }
+
+  function enterApp() {
+    $('#login').hidden = true;
+    $('#login-error').hidden = true;
+    $('#nav').hidden = false;
+    $('#nav-toggle').hidden = false;
+    $('#statusbar').hidden = false;
+    live.sig = '';
+    route(true);
+    poll();
+  }
+
+  /** A sign-in link opened in this tab: drop the code from the address bar before anything. */
+  async function signInWithCode(code) {
+    history.replaceState(null, '', location.pathname + location.search);
+    try {
+      await openSession({ code });
+      enterApp();
+    } catch (e) {
+      showLogin(e.message);
+    }
+  }
+
+  // ---------------------------------------------------------------- polling and refresh
+
+  const live = { status: null, sig: '', lastRefresh: 0, timer: 0 };
+
+  async function poll() {
+    clearTimeout(live.timer);
+    if (!session.token) return;
+    try {
+      const s = await get('/v1/status');
+      live.status = s;
+      renderStatus(s);
+      // Refresh when the node's state moved, and at least every 10 s (relative times).
+      const sig = `${s.messages}|${s.state_hash}|${(s.peers || []).length}`;
+      const moved = live.sig !== '' && sig !== live.sig;
+      live.sig = sig;
+      if (moved || Date.now() - live.lastRefresh >= MAX_STALE_MS) refresh();
+    } catch (e) {
+      if (!session.token) return; // signed out by a 401
+      renderStatus(null, e.message);
+    }
+    live.timer = setTimeout(poll, POLL_MS);
+  }
+
+  function renderStatus(s, error) {
+    const el = $('#node-status');
+    el.classList.toggle('is-down', !s);
+    if (!s) { el.replaceChildren(h('span', { class: 'dot', 'aria-hidden': 'true' }), `Node unreachable (${error}) — retrying`); return; }
+    const peers = (s.peers || []).length;
+    el.replaceChildren(
+      h('span', { class: 'dot', 'aria-hidden': 'true' }),
+      h('span', {}, 'Node ', ident(s.peer_id, 8, 4)),
+      h('span', {}, `${peers} peer${peers === 1 ? '' : 's'}`),
+      h('span', {}, `${s.messages} messages`),
+      s.pending ? h('span', {}, `${s.pending} pending`) : null,
+      s.state_hash ? h('span', { class: 'hide-sm' }, 'state ', ident(s.state_hash, 8, 4)) : h('span', {}, 'no federation'),
+    );
+  }
+
+  let current = null; // { route, view, root, parts, focus }
+  let inflight = null;
+  let again = false;
+
+  /** Loads and renders the current view; calls during a refresh queue one more. */
+  function refresh() {
+    if (inflight) { again = true; return inflight; }
+    inflight = (async () => {
+      do { again = false; await refreshOnce(); } while (again);
+    })().finally(() => { inflight = null; });
+    return inflight;
+  }
+
+  async function refreshOnce() {
+    const cur = current;
+    if (!cur) return;
+    live.lastRefresh = Date.now();
+    try {
+      const data = await cur.view.load(cur.route);
+      if (cur !== current) return;
+      keepFocus(cur.root, () => cur.view.render(cur, data));
+      cur.rendered = true;
+    } catch (e) {
+      if (cur !== current || !session.token) return;
+      const box = h('p', { class: 'alert alert-error', role: 'alert' }, `Could not load this page: ${e.message}`);
+      if (cur.rendered) { const old = $('.view-error', cur.root); if (old) old.remove(); box.classList.add('view-error'); cur.root.prepend(box); }
+      else cur.root.replaceChildren(h('h1', { tabindex: '-1', text: cur.view.title(cur.route) }), box);
+    }
+    if (cur.focus && cur === current) {
+      cur.focus = false;
+      const h1 = $('h1', cur.root);
+      if (h1) h1.focus({ preventScroll: true });
+    }
+  }
+
+  // ---------------------------------------------------------------- router
+
+  function parseRoute() {
+    const m = /^#\/proposal\/([0-9a-fA-F]{64})$/.exec(location.hash);
+    if (m) return { name: 'proposal', id: m[1].toLowerCase() };
+    const name = { '#/proposals': 'proposals', '#/federation': 'federation', '#/peers': 'peers', '#/audit': 'audit' }[location.hash];
+    return { name: name || 'overview' };
+  }
+
+  function route(initial) {
+    const r = parseRoute();
+    const view = VIEWS[r.name];
+    const section = r.name === 'proposal' ? 'proposals' : r.name;
+    for (const a of document.querySelectorAll('#nav a')) {
+      if (a.dataset.route === section) a.setAttribute('aria-current', 'page');
+      else a.removeAttribute('aria-current');
+    }
+    setNav(false);
+    const root = h('div', { class: 'view' }, h('p', { class: 'loading', text: 'Loading…' }));
+    $('#view').replaceChildren(root);
+    current = { route: r, view, root, parts: null, focus: !initial, rendered: false };
+    document.title = `${view.title(r)} · kOS`;
+    if (!initial) window.scrollTo(0, 0);
+    refresh();
+  }
+
+  function setNav(open) {
+    $('#nav-toggle').setAttribute('aria-expanded', String(open));
+    $('#nav').classList.toggle('open', open);
+  }
+
+  // ---------------------------------------------------------------- widgets
+
+  const card = (title, id, ...body) => h('section', { class: 'card', 'aria-labelledby': id }, h('h2', { id, text: title }), ...body);
+  const empty = (text) => h('p', { class: 'empty', text });
+  const pageHead = (title, sub) => h('div', { class: 'page-head' }, h('h1', { tabindex: '-1', testid: 'view-title', text: title }), sub ? h('p', { class: 'muted', text: sub }) : null);
+
+  /** A definition list from [label, value] pairs (null values skipped). */
+  const dl = (pairs) => h('dl', { class: 'facts' }, pairs.filter((p) => p && p[1] != null).map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)]));
+
+  /** A table whose rows stack into labelled cards on a phone. cols: [label, cell(row), class]. */
+  function table(cols, rows, testid, caption) {
+    return h('div', { class: 'table-wrap' }, h('table', { class: 'table', testid },
+      caption ? h('caption', { class: 'sr-only', text: caption }) : null,
+      h('thead', {}, h('tr', {}, cols.map(([label, , cls]) => h('th', { scope: 'col', class: cls, text: label })))),
+      h('tbody', {}, rows.map((r) => h('tr', {}, cols.map(([label, cell, cls]) => h('td', { 'data-label': label, class: cls }, cell(r))))))));
+  }
+
+  /** A horizontal gauge: fills [{frac, cls}], markers [{at, cls, label}] drawn as lines across. */
+  function gauge({ label, value, fills, markers = [], testid, alt, note }) {
+    const bar = h('div', { class: 'fills' });
+    for (const f of fills) {
+      const el = h('div', { class: `fill ${f.cls}` });
+      el.style.width = `${clamp01(f.frac) * 100}%`;
+      bar.append(el);
+    }
+    const track = h('div', { class: 'track', role: 'img', 'aria-label': alt || `${label}: ${value}` }, bar);
+    for (const m of markers) {
+      const el = h('div', { class: `marker ${m.cls}`, title: m.label });
+      el.style.left = `${clamp01(m.at) * 100}%`;
+      track.append(el);
+    }
+    return h('div', { class: 'gauge', testid },
+      h('div', { class: 'gauge-head' }, h('span', { class: 'gauge-label', text: label }), h('span', { class: 'gauge-value', text: value })),
+      track,
+      markers.length || note ? h('p', { class: 'legend' }, markers.map((m) => h('span', { class: `key ${m.cls}` }, m.label)), note ? h('span', { text: note }) : null) : null);
+  }
+
+  /** The participation gauge of a tally, with the quorum line. */
+  function participationGauge(t, testid) {
+    const q = t.quorum_weight;
+    const met = q != null && t.participation >= q;
+    return gauge({
+      label: 'Participation', testid,
+      value: `${weight(t.participation)} of ${number(t.eligible)} eligible (${pct(share(t.participation, t.eligible))})`,
+      fills: [{ frac: share(t.participation, t.eligible), cls: met ? 'fill-part' : 'fill-part-low' }],
+      markers: q != null ? [{ at: share(q, t.eligible), cls: 'mark-quorum', label: `quorum ${weight(q)} — ${met ? 'met' : 'not met yet'}` }] : [],
+    });
+  }
+
+  /** The finality gauge: attested weight toward 2/3 of the eligible weight. */
+  function finalityGauge(f) {
+    const done = !!f.final;
+    return gauge({
+      label: done ? 'Final' : 'Attestations toward final',
+      testid: 'finality',
+      value: `${weight(f.attested)} attested of ${number(f.eligible)} eligible`,
+      fills: [{ frac: share(f.attested, f.eligible), cls: done ? 'fill-good' : 'fill-attest' }],
+      markers: [{ at: share(f.needed, f.eligible), cls: 'mark-threshold', label: `final at ${weight(f.needed)} (2/3)` }],
+      note: done && f.final_at_ms ? `final since ${date(f.final_at_ms)}` : null,
+    });
+  }
+
+  /** The compact tally of a proposal in a list: one stacked bar with the quorum line. */
+  function miniTally(p) {
+    const t = p.tally;
+    const labels = choiceLabels(p, t.totals.length);
+    const binary = isBinary(p.rule);
+    const fills = binary
+      ? labels.map((l, i) => ({ frac: share(t.totals[i], t.eligible), cls: l.cls }))
+      : [{ frac: share(t.participation, t.eligible), cls: 'fill-part' }];
+    const totals = labels.map((l, i) => `${l.name} ${number(t.totals[i])}`).join(' · ');
+    return h('div', { class: 'mini' }, gauge({
+      label: `${totals}`, value: `${pct(share(t.participation, t.eligible))} voted`, fills,
+      markers: t.quorum_weight != null ? [{ at: share(t.quorum_weight, t.eligible), cls: 'mark-quorum', label: `quorum ${number(t.quorum_weight)}` }] : [],
+      alt: `${totals}; participation ${number(t.participation)} of ${number(t.eligible)}`,
+    }));
+  }
+
+  /** When a listed proposal's next step is due. */
+  function deadline(p) {
+    const at = { seeking_sponsors: p.discussion_end_ms, discussion: p.discussion_end_ms, voting: p.voting_end_ms, reveal: p.reveal_end_ms }[p.status];
+    const what = { seeking_sponsors: 'Sponsors due', discussion: 'Voting opens', voting: 'Voting closes', reveal: 'Reveal closes' }[p.status];
+    if (at != null) return h('span', {}, `${what} `, when(at));
+    if (p.status === 'closed') return h('span', { text: 'Waiting for attestations' });
+    return h('span', {}, 'Proposed ', when(p.created_ms));
+  }
+
+  function proposalRow(p, detail) {
+    return h('li', { class: 'prow' },
+      h('a', { class: 'prow-link', href: `#/proposal/${p.id}`, testid: 'proposal-link', 'data-id': p.id, 'data-key': `p:${p.id}` },
+        h('span', { class: 'prow-title', text: p.title || '(untitled)' }),
+        h('span', { class: 'prow-meta' }, statusBadge(p.status), h('span', { text: `${cap(p.kind)} · ${ruleInfo(p.rule).name} · by ${short(p.author)}` }))),
+      h('p', { class: 'prow-when' }, deadline(p)),
+      detail && detail.tally ? miniTally(detail) : null);
+  }
+
+  /** Details (with tallies) of the proposals whose tally is moving, at most 24. */
+  async function activeDetails(list) {
+    const ids = list.filter((p) => ACTIVE.has(p.status)).slice(0, 24).map((p) => p.id);
+    const all = await Promise.all(ids.map((id) => get(`/v1/proposals/${id}`).catch(() => null)));
+    return Object.fromEntries(all.filter(Boolean).map((d) => [d.id, d]));
+  }
+
+  function groupByPhase(list) {
+    const order = Object.fromEntries(PHASES.map(([k], i) => [k, i]));
+    const groups = new Map();
+    for (const p of [...list].sort((a, b) => (order[a.status] ?? 99) - (order[b.status] ?? 99) || b.created_ms - a.created_ms)) {
+      if (!groups.has(p.status)) groups.set(p.status, []);
+      groups.get(p.status).push(p);
+    }
+    return groups;
+  }
+
+  function immuneEvents(peers, audit) {
+    return h('div', { class: 'immune', testid: 'immune' },
+      (peers.blocks || []).length
+        ? table([
+          ['Blocked peer', (b) => ident(b.peer_id, 12, 6)],
+          ['Reason', (b) => b.reason || '—'],
+          ['Until', (b) => (b.until_ms ? when(b.until_ms, { dateFirst: true }) : 'unblocked by the operator')],
+        ], peers.blocks, 'blocks-table', 'Blocked peers')
+        : empty('No peer is blocked.'),
+      auditList((audit.entries || []).filter((e) => IMMUNE.test(e.event)).slice(-12).reverse(), 'immune-log', 'No block, quarantine or refusal in the recent audit log.'));
+  }
+
+  function auditList(entries, testid, none) {
+    if (!entries.length) return empty(none);
+    return h('ol', { class: 'log', testid }, entries.map((e) => h('li', { class: IMMUNE.test(e.event) ? 'log-immune' : null },
+      h('span', { class: 'log-index', text: `#${e.index}` }),
+      h('span', { class: 'log-time' }, when(e.at_ms, { dateFirst: true, seconds: true })),
+      h('span', { class: 'log-event', text: e.event }))));
+  }
+
+  // ---------------------------------------------------------------- views
+
+  const overview = {
+    title: () => 'Overview',
+    async load() {
+      const [status, fed, list, peers, audit] = await Promise.all([
+        get('/v1/status'), getOrNull('/v1/federation'), getOrNull('/v1/proposals'), get('/v1/peers'), get('/v1/audit?last=200')]);
+      const proposals = list ? list.proposals : [];
+      return { status, fed, proposals, details: await activeDetails(proposals), peers, audit };
+    },
+    render(cur, d) {
+      const s = d.status;
+      const counts = {};
+      for (const p of d.proposals) counts[p.status] = (counts[p.status] || 0) + 1;
+      const open = d.proposals.filter((p) => ACTIVE.has(p.status) || p.status === 'discussion' || p.status === 'seeking_sponsors');
+      const stat = (label, value, sub, href) => h(href ? 'a' : 'div', { class: 'stat', href },
+        h('span', { class: 'stat-label', text: label }), h('span', { class: 'stat-value', text: String(value) }), sub ? h('span', { class: 'stat-sub', text: sub }) : null);
+      cur.root.replaceChildren(
+        pageHead('Overview', d.fed ? `Federation ${d.fed.name || short(d.fed.federation)}` : 'This node follows no federation yet.'),
+        h('div', { class: 'stats' },
+          stat('Open votes', (counts.voting || 0) + (counts.reveal || 0), `${counts.discussion || 0} in discussion`, '#/proposals'),
+          stat('Members', d.fed && d.fed.members ? d.fed.members.length : 0, d.fed ? `registry epoch ${d.fed.registry_epoch ?? '—'}` : null, '#/federation'),
+          stat('Peers', (s.peers || []).length, `${(d.peers.blocks || []).length} blocked`, '#/peers'),
+          stat('Messages', s.messages, s.pending ? `${s.pending} pending` : 'none pending', '#/audit')),
+        h('div', { class: 'grid-2' },
+          card('Open proposals', 'h-open', open.length
+            ? h('ul', { class: 'plist' }, open.map((p) => proposalRow(p, d.details[p.id])))
+            : empty('Nothing is open for discussion or voting.'),
+          h('p', {}, h('a', { href: '#/proposals', text: 'All proposals' }))),
+          h('div', { class: 'stack' },
+            card('This node', 'h-node', dl([
+              ['Member', s.member ? ident(s.member, 10, 6) : '—'],
+              ['Peer id', ident(s.peer_id, 10, 6)],
+              ['State hash', s.state_hash ? ident(s.state_hash, 10, 6) : 'no federation'],
+              ['Sync', `${s.sync ? s.sync.peers : 0} peers, ${s.sync ? s.sync.requests_in_flight : 0} requests in flight`],
+              ['Listening', (s.listen || []).length ? h('span', { class: 'mono wrap' }, s.listen.join(' ')) : 'nowhere'],
+            ])),
+            card('Immune system', 'h-immune', immuneEvents(d.peers, d.audit)),
+            card('Audit log', 'h-audit', auditList((d.audit.entries || []).slice(-8).reverse(), 'audit-tail', 'The audit log is empty.'),
+              h('p', {}, h('a', { href: '#/audit', text: 'Full audit log' }))))));
+    },
+  };
+
+  const proposals = {
+    title: () => 'Proposals',
+    async load() {
+      const list = await getOrNull('/v1/proposals');
+      const all = list ? list.proposals : [];
+      return { all, details: await activeDetails(all) };
+    },
+    render(cur, d) {
+      const groups = groupByPhase(d.all);
+      cur.root.replaceChildren(
+        pageHead('Proposals', `${d.all.length} proposal${d.all.length === 1 ? '' : 's'}, grouped by phase; tallies update live.`),
+        groups.size ? null : empty('No proposals yet: kosctl propose creates one.'),
+        [...groups].map(([status, list]) => h('section', { class: 'phase', 'aria-labelledby': `ph-${status}` },
+          h('h2', { id: `ph-${status}` }, statusBadge(status), h('span', { class: 'count', text: ` ${list.length}` })),
+          h('ul', { class: 'plist' }, list.map((p) => proposalRow(p, d.details[p.id]))))));
+    },
+  };
+
+  // ---- one proposal
+
+  const proposal = {
+    title: () => 'Proposal',
+    load: (r) => get(`/v1/proposals/${r.id}`),
+    render(cur, p) {
+      if (!cur.parts) buildProposal(cur);
+      const P = cur.parts;
+      document.title = `${p.title} · kOS`;
+      P.head.replaceChildren(...proposalHead(p));
+      P.tally.replaceChildren(...tallyBody(p));
+      updateVotePanel(cur, p);
+      P.about.replaceChildren(h('h2', { id: 'h-about', text: 'Proposal' }),
+        h('p', { class: 'prose', text: p.description || '(no description)' }),
+        dl([['Action', actionLine(p.action)],
+          (p.options || []).length ? ['Options', h('ol', { class: 'options', start: '0' }, p.options.map((o) => h('li', { text: o })))] : null,
+          ['Sponsors', `${(p.sponsors || []).length} of ${p.sponsors_needed} needed`],
+          p.withdrawn ? ['Withdrawn', ident(p.withdrawn, 10, 6)] : null]));
+      P.thread.replaceChildren(...discussion(cur, p));
+      P.revisions.replaceChildren(...revisions(p));
+      P.timeline.replaceChildren(...timeline(p));
+      P.rules.replaceChildren(...rules(p));
+    },
+  };
+
+  function buildProposal(cur) {
+    const P = (cur.parts = {});
+    P.head = h('div', { class: 'phead' });
+    P.tally = h('section', { class: 'card', 'aria-labelledby': 'h-tally', testid: 'tally' });
+    P.vote = buildVotePanel(cur);
+    P.about = h('section', { class: 'card', 'aria-labelledby': 'h-about' });
+    P.thread = h('div', {});
+    P.comment = buildCommentForm(cur);
+    P.revisions = h('section', { class: 'card', 'aria-labelledby': 'h-revisions', testid: 'revisions' });
+    P.timeline = h('section', { class: 'card', 'aria-labelledby': 'h-timeline', testid: 'timeline' });
+    P.rules = h('section', { class: 'card', 'aria-labelledby': 'h-rules' });
+    cur.root.replaceChildren(P.head, h('div', { class: 'pgrid' },
+      h('div', { class: 'pmain' }, P.tally, P.vote.panel, P.about,
+        h('section', { class: 'card', 'aria-labelledby': 'h-discussion' }, P.thread, P.comment.form), P.revisions),
+      h('div', { class: 'pside' }, P.timeline, P.rules)));
+  }
+
+  function proposalHead(p) {
+    const next = p.timeline.next || {};
+    return [
+      h('p', { class: 'crumbs' }, h('a', { href: '#/proposals', text: '← All proposals' })),
+      h('h1', { tabindex: '-1', testid: 'proposal-title', text: p.title }),
+      h('p', { class: 'badges' }, statusBadge(p.status), badge(cap(p.kind)), badge(`scope ${p.scope}`),
+        badge(`revision ${p.revision}`), p.voting.secret ? badge('secret ballot', 'info') : null),
+      h('p', { class: 'next', testid: 'next-step' }, h('strong', { text: 'Next: ' }), next.event || '—',
+        next.at_ms != null ? [' — ', when(next.at_ms, { dateFirst: true })] : null),
+      h('p', { class: 'meta muted' }, 'By ', ident(p.author, 10, 6), p.author === me() ? ' (this node)' : '',
+        ' · proposed ', when(p.created_ms), ' · id ', h('span', { class: 'mono wrap', text: p.id })),
+    ];
+  }
+
+  function tallyBody(p) {
+    const t = p.tally;
+    const head = h('h2', { id: 'h-tally', text: 'Tally' });
+    if (!t) {
+      const why = ['discussion', 'seeking_sponsors'].includes(p.status) ? 'Voting has not opened yet: the tally appears when it does.' : 'No tally for this proposal.';
+      return [head, empty(why), finalityGauge(p.finality)];
+    }
+    const final = p.finality && p.finality.final;
+    const labels = choiceLabels(p, t.totals.length);
+    const binary = isBinary(p.rule);
+    const bars = labels.map((l, i) => {
+      const total = t.totals[i] || 0;
+      const won = !binary && t.winner === l.index;
+      return h('div', { class: 'bar', testid: `bar-${l.key}`, 'data-total': String(total), 'data-label': l.name },
+        gauge({
+          label: l.name, value: `${weight(total)} · ${pct(share(total, t.participation))}`,
+          fills: [{ frac: share(total, t.eligible), cls: l.cls }],
+          alt: `${l.name}: ${weight(total)} of ${number(t.eligible)} eligible`,
+        }), won ? badge(final ? 'winner' : 'leading', 'good') : null);
+    });
+    const extra = [];
+    if (binary && t.totals.length === 4) {
+      const [yes, no, , veto] = t.totals;
+      const info = ruleInfo(p.voting.rule);
+      const decided = yes + no + veto;
+      extra.push(gauge({
+        label: 'Approval (yes of yes + no + veto)', testid: 'approval',
+        value: decided ? pct(share(yes, decided)) : '—',
+        fills: [{ frac: share(yes, decided), cls: 'fill-yes' }],
+        markers: info.threshold != null ? [{ at: info.threshold, cls: 'mark-threshold', label: `threshold: ${info.needs}` }] : [],
+      }));
+      const vt = ratio(p.voting.veto);
+      extra.push(gauge({
+        label: 'Veto (of participation)', testid: 'veto',
+        value: t.participation ? pct(share(veto, t.participation)) : '—',
+        fills: [{ frac: share(veto, t.participation), cls: 'fill-veto' }],
+        markers: vt != null ? [{ at: vt, cls: 'mark-threshold', label: `vetoed above ${pct(vt)}` }] : [],
+      }));
+    }
+    const rounds = (t.rounds || []).length > 1
+      ? h('ol', { class: 'rounds' }, t.rounds.map((r, i) => h('li', {}, `Round ${i + 1}: `, labels.map((l, j) => `${l.name} ${number(r[j])}`).join(' · '))))
+      : null;
+    return [head,
+      h('p', { class: 'muted' }, `Revision ${t.revision} · ${t.counted} ballot${t.counted === 1 ? '' : 's'} counted · outcome `,
+        badge(`${words(t.outcome)}${final ? '' : ' so far'}`, TONE[t.outcome] || 'info', 'outcome')),
+      h('div', { class: 'bars' }, bars),
+      participationGauge(t, 'participation'),
+      extra, rounds, finalityGauge(p.finality)];
+  }
+
+  // The vote panel is built once; its ballot is rebuilt only when the status or the ballot's
+  // shape changes, and the reason field is never rebuilt.
+  function buildVotePanel() {
+    const reason = h('textarea', { id: 'vote-reason', testid: 'vote-reason', rows: '2', maxlength: '2000' });
+    const reasonLabel = h('label', { for: 'vote-reason', text: 'Reason (optional, published with the ballot)' });
+    const V = {
+      ballot: h('div', { class: 'ballot' }),
+      reason, reasonLabel,
+      reasonField: h('div', { class: 'field' }, reasonLabel, reason),
+      result: h('p', { class: 'result', testid: 'vote-result', role: 'status', 'aria-live': 'polite' }),
+      key: null,
+    };
+    V.panel = h('section', { class: 'card vote', 'aria-labelledby': 'h-vote', testid: 'vote-panel' },
+      h('h2', { id: 'h-vote', text: 'Your vote' }), V.ballot, V.reasonField, V.result);
+    return V;
+  }
+
+  function updateVotePanel(cur, p) {
+    const V = cur.parts.vote;
+    const key = [p.status, p.rule, (p.options || []).join('\u0000'), p.voting.secret, p.voting.reasoning].join('|');
+    if (key === V.key) return;
+    V.key = key;
+    V.reasonLabel.textContent = p.voting.reasoning ? 'Reason (required by this proposal, published with the ballot)' : 'Reason (optional, published with the ballot)';
+    const open = p.status === 'voting';
+    V.reasonField.hidden = !open;
+    if (!open) {
+      const why = {
+        discussion: 'Voting has not opened yet.', seeking_sponsors: 'The proposal needs sponsors before voting opens.',
+        reveal: 'Voting is over: committed ballots are being revealed.',
+      }[p.status] || 'Voting is closed.';
+      V.ballot.replaceChildren(h('p', { class: 'muted', testid: 'vote-closed', text: why }));
+      return;
+    }
+    const send = (choice, label) => castVote(cur, p, choice, label);
+    const secret = p.voting.secret ? h('p', { class: 'hint', text: 'Secret ballot: the vote is committed now and revealed by this node when voting ends.' }) : null;
+    if (isBinary(p.rule)) {
+      V.ballot.replaceChildren(h('div', { class: 'choices', role: 'group', 'aria-label': 'Choice' },
+        BINARY.map((c) => h('button', { type: 'button', class: `btn choice choice-${c}`, testid: `vote-${c}`, onclick: () => send(c, c) }, cap(c)))),
+      h('p', { class: 'hint', text: `${ruleInfo(p.voting.rule).name}: ${ruleInfo(p.voting.rule).needs} of yes + no + veto; vetoed above ${pct(ratio(p.voting.veto) || 0)} of participation.` }), secret);
+      return;
+    }
+    const ranked = p.rule === 'instant_runoff';
+    const inputs = p.options.map((name, i) => ranked
+      ? h('select', { id: `rank-${i}`, testid: `vote-rank-${i}`, 'aria-label': `Rank of ${name}` },
+        h('option', { value: '', text: 'not ranked' }), p.options.map((_, r) => h('option', { value: String(r + 1), text: `choice ${r + 1}` })))
+      : h('input', { type: 'checkbox', id: `approve-${i}`, testid: `vote-option-${i}`, value: String(i) }));
+    const rows = p.options.map((name, i) => ranked
+      ? h('div', { class: 'opt' }, h('label', { for: `rank-${i}`, text: name }), inputs[i])
+      : h('div', { class: 'opt' }, inputs[i], h('label', { for: `approve-${i}`, text: name })));
+    const submit = () => {
+      let picked;
+      if (ranked) {
+        const ranks = inputs.map((s, i) => [Number(s.value), i]).filter(([r]) => r > 0).sort((a, b) => a[0] - b[0]);
+        if (new Set(ranks.map(([r]) => r)).size !== ranks.length) return say(V, 'Two options have the same rank.', false);
+        picked = ranks.map(([, i]) => i);
+        if (!picked.length) return say(V, 'Rank at least one option.', false);
+        send(`rank:${picked.join(',')}`, picked.map((i) => p.options[i]).join(' > '));
+      } else {
+        picked = inputs.filter((c) => c.checked).map((c) => Number(c.value));
+        if (!picked.length) return say(V, 'Approve at least one option.', false);
+        send(`approve:${picked.join(',')}`, picked.map((i) => p.options[i]).join(', '));
+      }
+      return null;
+    };
+    V.ballot.replaceChildren(h('fieldset', { class: 'options-ballot' },
+      h('legend', { text: ranked ? 'Rank the options you support (choice 1 first)' : 'Approve any number of options' }), rows),
+    h('button', { type: 'button', class: 'btn btn-primary', testid: 'vote-submit', onclick: submit }, ranked ? 'Cast ranked ballot' : 'Cast approval ballot'), secret);
+  }
+
+  function say(box, text, ok) {
+    box.result.textContent = text;
+    box.result.className = `result ${ok ? 'result-ok' : 'result-error'}`;
+  }
+
+  async function castVote(cur, p, choice, label) {
+    const V = cur.parts.vote;
+    const reason = V.reason.value.trim();
+    if (p.voting.reasoning && !reason) { say(V, 'This proposal requires a reason with every ballot.', false); V.reason.focus(); return; }
+    const buttons = [...V.ballot.querySelectorAll('button')];
+    buttons.forEach((b) => { b.disabled = true; });
+    say(V, 'Sending your vote…', true);
+    try {
+      const r = await api('POST', `/v1/proposals/${p.id}/vote`, { choice, reason: reason || undefined });
+      say(V, r.committed
+        ? `Ballot committed: ${label}. This node reveals it when voting ends.`
+        : `Vote recorded: ${label} (message ${short(r.id, 10, 0)}).`, true);
+      V.reason.value = '';
+      refresh();
+    } catch (e) {
+      if (session.token) say(V, `Vote refused: ${e.message}`, false);
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  // The comment form is built once per proposal page: a refresh never touches what is typed.
+  function buildCommentForm(cur) {
+    const C = { parent: null };
+    C.text = h('textarea', { id: 'comment-text', testid: 'comment-text', rows: '4', maxlength: '10000', required: true });
+    C.kind = h('select', { id: 'comment-kind', testid: 'comment-kind' },
+      ['comment', 'suggestion', 'objection', 'support', 'summary'].map((k) => h('option', { value: k, text: cap(k) })));
+    C.replyText = h('span', {});
+    C.reply = h('p', { class: 'replying', testid: 'comment-replying', hidden: true }, C.replyText, ' ',
+      h('button', { type: 'button', class: 'btn btn-quiet', testid: 'comment-cancel-reply', onclick: () => setReply(C, null) }, 'Cancel reply'));
+    C.result = h('p', { class: 'result', testid: 'comment-result', role: 'status', 'aria-live': 'polite' });
+    C.submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'comment-submit' }, 'Post comment');
+    C.form = h('form', { class: 'comment-form', testid: 'comment-form', 'aria-labelledby': 'h-comment' },
+      h('h3', { id: 'h-comment', text: 'Add to the discussion' }), C.reply,
+      h('div', { class: 'form-row' },
+        h('div', { class: 'field field-kind' }, h('label', { for: 'comment-kind', text: 'Kind' }), C.kind),
+        h('div', { class: 'field field-grow' }, h('label', { for: 'comment-text', text: 'Comment' }), C.text)),
+      C.submit, C.result);
+    C.form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const text = C.text.value.trim();
+      if (!text) { say(C, 'Write something first.', false); C.text.focus(); return; }
+      C.submit.disabled = true;
+      say(C, 'Posting…', true);
+      try {
+        await api('POST', `/v1/proposals/${cur.route.id}/comment`, { text, kind: C.kind.value, parent: C.parent ? C.parent.id : undefined });
+        C.text.value = '';
+        setReply(C, null);
+        say(C, 'Comment posted.', true);
+        refresh();
+      } catch (e) {
+        if (session.token) say(C, `Comment refused: ${e.message}`, false);
+      } finally {
+        C.submit.disabled = false;
+      }
+    });
+    return C;
+  }
+
+  function setReply(C, comment) {
+    C.parent = comment;
+    C.reply.hidden = !comment;
+    if (comment) {
+      const gist = String(comment.text || '').slice(0, 60);
+      C.replyText.textContent = `Replying to ${short(comment.author)}: “${gist}${(comment.text || '').length > 60 ? '…' : ''}”`;
+      C.text.focus();
+    }
+  }
+
+  function discussion(cur, p) {
+    const C = cur.parts.comment;
+    const list = p.discussion || [];
+    const head = h('h2', { id: 'h-discussion' }, 'Discussion', h('span', { class: 'count', text: ` ${p.comments_total || 0}` }));
+    if (!list.length) return [head, empty('No comments yet.')];
+    return [head, h('ol', { class: 'thread', testid: 'thread' }, list.map((c) => h('li', {
+      class: `comment depth-${Math.min(c.depth || 0, 5)}`, testid: 'comment', 'data-id': c.id,
+    },
+    h('div', { class: 'comment-head' },
+      c.depth ? h('span', { class: 'sr-only', text: 'Reply: ' }) : null,
+      badge(cap(c.kind), { objection: 'bad', support: 'good', suggestion: 'info', summary: 'active' }[c.kind] || 'quiet'),
+      ident(c.author), c.author === me() ? h('span', { class: 'muted', text: 'this node' }) : null,
+      when(c.created_ms), c.revision !== p.revision ? h('span', { class: 'muted', text: `on revision ${c.revision}` }) : null),
+    h('p', { class: 'comment-text prose', text: c.text == null ? '(text not in this node’s store)' : c.text }),
+    h('button', { type: 'button', class: 'btn btn-quiet reply', 'data-key': `reply:${c.id}`, 'aria-label': `Reply to the comment by ${short(c.author)}`, onclick: () => setReply(C, c) }, 'Reply')))),
+    (p.comments_total || 0) > list.length ? h('p', { class: 'muted', text: `${p.comments_total - list.length} more not shown.` }) : null];
+  }
+
+  /** A line diff of two texts (LCS), as kosctl shows description changes. */
+  function diffLines(a, b) {
+    const x = String(a || '').split('\n'), y = String(b || '').split('\n');
+    const n = x.length, m = y.length;
+    const lcs = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
+    for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    const out = [];
+    let i = 0, j = 0;
+    while (i < n || j < m) {
+      if (i < n && j < m && x[i] === y[j]) { out.push([' ', x[i]]); i++; j++; }
+      else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) out.push(['-', x[i++]]);
+      else out.push(['+', y[j++]]);
+    }
+    return out;
+  }
+
+  function revisions(p) {
+    const text = (v) => (Array.isArray(v) ? v.join(', ') : String(v ?? '—'));
+    const list = p.revisions || [];
+    return [h('h2', { id: 'h-revisions', text: 'Revision history' }), h('ol', { class: 'revs' }, list.map((r) => h('li', { class: 'rev', testid: 'revision' },
+      h('div', { class: 'rev-head' }, h('strong', { text: `Revision ${r.revision}` }), r.in_force ? badge('in force', 'good') : null,
+        r.created_ms ? when(r.created_ms, { dateFirst: true }) : null),
+      h('p', { text: r.title }),
+      (r.changes || []).length
+        ? h('ul', { class: 'changes' }, r.changes.map((c) => h('li', { testid: 'change' }, h('span', { class: 'field-name', text: cap(c.field) }),
+          c.field === 'description'
+            ? h('pre', { class: 'diff' }, diffLines(c.from, c.to).map(([mark, l]) => h('span', { class: mark === '+' ? 'add' : mark === '-' ? 'del' : 'same' },
+              h('span', { class: 'sr-only', text: mark === '+' ? 'added: ' : mark === '-' ? 'removed: ' : '' }), `${mark} ${l}\n`)))
+            : h('span', { class: 'change' }, h('del', { text: text(c.from) }), ' → ', h('ins', { text: text(c.to) })))))
+        : h('p', { class: 'muted', text: r.revision === 0 ? 'The original proposal.' : 'No visible change.' }))))];
+  }
+
+  function timeline(p) {
+    const t = p.timeline;
+    const now = Date.now();
+    const steps = [
+      ['Proposed', t.created_ms],
+      ['Discussion ends, voting opens', t.discussion_end_ms],
+      ['Voting closes', t.voting_end_ms],
+      t.reveal_end_ms != null ? ['Reveal window closes', t.reveal_end_ms] : null,
+      p.finality.final_at_ms != null ? ['Final', p.finality.final_at_ms] : null,
+      p.execution ? [p.execution.due ? `Executed${p.execution.result === 'ok' ? '' : ` — failed: ${p.execution.result}`}` : 'Executes', p.execution.at_ms] : null,
+    ].filter(Boolean).sort((a, b) => a[1] - b[1]);
+    const nextAt = steps.find(([, at]) => at > now);
+    const next = t.next || {};
+    return [h('h2', { id: 'h-timeline', text: 'Timeline' }),
+      h('p', { class: 'next-box' }, h('span', { class: 'muted', text: 'What comes next' }), h('strong', { text: cap(next.event || '—') }),
+        next.at_ms != null ? when(next.at_ms, { dateFirst: true }) : null),
+      h('ol', { class: 'steps' }, steps.map((s) => h('li', { class: s === nextAt ? 'step next' : s[1] <= now ? 'step done' : 'step' },
+        h('span', { class: 'step-label', text: s[0] }), when(s[1], { dateFirst: true }))))];
+  }
+
+  function rules(p) {
+    const v = p.voting;
+    return [h('h2', { id: 'h-rules', text: 'Voting rules' }), dl([
+      ['Rule', `${ruleInfo(v.rule).name}${isBinary(v.rule) ? ` — ${ruleInfo(v.rule).needs}` : ''}`],
+      ['Weighting', cap(v.weighting)],
+      ['Quorum', `${pct(ratio(v.quorum) || 0)} of the eligible weight`],
+      ['Veto', `above ${pct(ratio(v.veto) || 0)} of participation`],
+      ['Ballot', v.secret ? 'secret (commit, then reveal)' : 'public'],
+      ['Early close', v.early_close ? 'yes, once the outcome cannot change' : 'no'],
+      ['Reason', v.reasoning ? 'required with every ballot' : 'optional'],
+    ])];
+  }
+
+  // ---- federation, peers, audit
+
+  const federation = {
+    title: () => 'Federation',
+    load: () => getOrNull('/v1/federation'),
+    render(cur, f) {
+      if (!f) { cur.root.replaceChildren(pageHead('Federation'), empty('This node follows no federation yet.')); return; }
+      const members = [...(f.members || [])].sort((a, b) => (TRUST_WEIGHT[b.trust] ?? 0) - (TRUST_WEIGHT[a.trust] ?? 0));
+      const total = members.reduce((s, m) => s + (TRUST_WEIGHT[m.trust] ?? 0), 0);
+      const t = f.timing || {};
+      const config = Object.entries(f.config || {});
+      cur.root.replaceChildren(
+        pageHead(`Federation ${f.name || ''}`.trim(), `${members.length} members · registry epoch ${f.registry_epoch ?? '—'}`),
+        card('Members', 'h-members', table([
+          ['Member', (m) => h('span', {}, ident(m.did, 10, 6), m.did === me() ? h('span', { class: 'muted', text: ' (this node)' }) : null)],
+          ['Trust', (m) => badge(m.trust, { core: 'good', trusted: 'info', quarantine: 'bad' }[m.trust] || 'quiet')],
+          ['Trust weight', (m) => `${weight(TRUST_WEIGHT[m.trust] ?? 0)} (${pct(share(TRUST_WEIGHT[m.trust] ?? 0, total))})`, 'num'],
+          ['Stake', (m) => String(m.stake ?? 0), 'num'],
+          ['Roles', (m) => h('span', { class: 'chips' }, (m.roles || []).map((r) => h('span', { class: 'chip', text: words(r) })))],
+          ['Key', (m) => (m.revoked ? badge('revoked', 'bad') : m.key !== m.did ? h('span', {}, 'rotated, generation ', String(m.key_generation), ' ', ident(m.key)) : 'original')],
+        ], members, 'members-table', 'Members')),
+        h('div', { class: 'grid-2' },
+          card('Charter', 'h-charter', dl([
+            ['Federation id', h('span', { class: 'mono wrap', text: f.federation })],
+            ['Total trust weight', weight(total)],
+            ['Minimum protocol', f.min_protocol_version != null ? `version ${f.min_protocol_version}` : null],
+            ['Delegation chains', f.max_delegation_depth != null ? `at most ${f.max_delegation_depth} steps` : null],
+            ['Charter synced', f.synced ? 'yes' : 'not yet'],
+            ['Minimum discussion', t.min_discussion_ms != null ? duration(t.min_discussion_ms) : null],
+            ['Voting', t.default_voting_ms != null ? `${duration(t.default_voting_ms)} by default, at most ${duration(t.max_voting_ms)}` : null],
+            ['Reveal window', t.reveal_ms != null ? duration(t.reveal_ms) : null],
+            ['Clock skew allowed', t.clock_skew_ms != null ? duration(t.clock_skew_ms) : null],
+          ])),
+          card('Configuration in force', 'h-config', config.length
+            ? table([['Key', ([k]) => h('span', { class: 'mono', text: k })], ['Value', ([, v]) => h('span', { class: 'mono wrap', text: typeof v === 'string' ? v : JSON.stringify(v) })]], config, 'config-table', 'Configuration')
+            : empty('No configuration key has been set.'))),
+        card('Governing bodies', 'h-bodies', (f.bodies || []).length
+          ? table([['Body', (b) => cap(b.kind)], ['Members', (b) => h('span', { class: 'chips' }, b.members.map((m) => ident(m)))]], f.bodies, 'bodies-table', 'Governing bodies')
+          : empty('The charter names no governing body.')),
+        card('Voting defaults by proposal type', 'h-defaults', (f.defaults || []).length
+          ? table([
+            ['Type', (d) => cap(d.kind)], ['Rule', (d) => ruleInfo(d.config && d.config.rule).name],
+            ['Weighting', (d) => cap(d.config && d.config.weighting)],
+            ['Quorum', (d) => pct(ratio(d.config && d.config.quorum) || 0)],
+            ['Ballot', (d) => (d.config && d.config.secret ? 'secret' : 'public')],
+            ['Overridable', (d) => (d.overrides || []).map(words).join(', ') || '—'],
+          ], f.defaults, 'defaults-table', 'Voting defaults')
+          : empty('The charter sets no per-type defaults: the protocol defaults apply.')));
+    },
+  };
+
+  const peersView = {
+    title: () => 'Peers',
+    async load() {
+      const [peers, audit, status] = await Promise.all([get('/v1/peers'), get('/v1/audit?last=300'), get('/v1/status')]);
+      return { peers, audit, status };
+    },
+    render(cur, d) {
+      const p = d.peers;
+      const trust = Object.fromEntries((p.trust || []).map((t) => [t.target, t.level]));
+      const score = Object.fromEntries((p.scores || []).map((s) => [s.peer_id, s.score]));
+      const known = Object.fromEntries((p.known || []).map((k) => [k.peer_id, k.addrs || []]));
+      const connected = p.connected || [];
+      cur.root.replaceChildren(
+        pageHead('Peers', `${connected.length} connected · ${(p.blocks || []).length} blocked · this node ${short(d.status.peer_id, 8, 6)}`),
+        card('Connected peers', 'h-connected', connected.length ? table([
+          ['Peer', (id) => ident(id, 12, 6)],
+          ['Gossip score', (id) => (score[id] != null ? String(Math.round(score[id] * 10) / 10) : '—'), 'num'],
+          ['Local trust', (id) => (trust[`peer://${id}`] ? badge(trust[`peer://${id}`], 'info') : 'default')],
+          ['Known addresses', (id) => String((known[id] || []).length), 'num'],
+        ], connected, 'peers-table', 'Connected peers') : empty('No peer is connected.')),
+        card('Immune system', 'h-immune', h('p', { class: 'muted', text: 'Blocked peers, and the audit log’s recent blocks, quarantines and refusals.' }), immuneEvents(p, d.audit)),
+        h('div', { class: 'grid-2' },
+          card('Local trust', 'h-trust', (p.trust || []).length
+            ? table([['Target', (t) => ident(t.target, 16, 6)], ['Level', (t) => badge(t.level, 'info')]], p.trust, 'trust-table', 'Local trust')
+            : empty('No local trust set: kosctl trust sets it.')),
+          card('Advisory reputation', 'h-rep', (p.reputation || []).length
+            ? table([['Subject', (r) => ident(r.subject)], ['Score', (r) => String(r.advisory_score), 'num'], ['Sources', (r) => String((r.sources || []).length), 'num']], p.reputation, 'reputation-table', 'Reputation')
+            : empty('No reputation reports received.'))),
+        card('Known peers', 'h-known', (p.known || []).length
+          ? table([['Peer', (k) => ident(k.peer_id, 12, 6)], ['Addresses', (k) => h('span', { class: 'mono wrap', text: (k.addrs || []).join(' ') || '—' })]], p.known, 'known-table', 'Known peers')
+          : empty('No peer addresses stored.')),
+        card('This node', 'h-self', dl([
+          ['Peer id', h('span', { class: 'mono wrap', text: d.status.peer_id })],
+          ['Listening', (d.status.listen || []).length ? h('span', { class: 'mono wrap', text: d.status.listen.join(' ') }) : 'nowhere'],
+        ])));
+    },
+  };
+
+  const audit = {
+    title: () => 'Audit log',
+    load: () => get('/v1/audit?last=500'),
+    render(cur, d) {
+      // The filter is built once: refreshes redraw the list under it, never the inputs.
+      if (!cur.parts) {
+        const P = (cur.parts = {});
+        P.filter = h('input', { id: 'audit-filter', type: 'search', testid: 'audit-filter', autocomplete: 'off' });
+        P.immune = h('input', { id: 'audit-immune', type: 'checkbox', testid: 'audit-immune' });
+        P.list = h('div', {});
+        P.count = h('p', { class: 'muted', role: 'status' });
+        const redraw = () => audit.render(cur, cur.data);
+        P.filter.addEventListener('input', redraw);
+        P.immune.addEventListener('change', redraw);
+        cur.root.replaceChildren(pageHead('Audit log', 'The node’s append-only, hash-chained log: the last 500 entries, newest first.'),
+          h('div', { class: 'card filters' },
+            h('div', { class: 'field field-grow' }, h('label', { for: 'audit-filter', text: 'Filter' }), P.filter),
+            h('div', { class: 'check' }, P.immune, h('label', { for: 'audit-immune', text: 'Immune system only' }))),
+          P.count, P.list);
+      }
+      cur.data = d;
+      const q = cur.parts.filter.value.trim().toLowerCase();
+      const entries = (d.entries || []).filter((e) => (!q || e.event.toLowerCase().includes(q)) && (!cur.parts.immune.checked || IMMUNE.test(e.event))).reverse();
+      cur.parts.count.textContent = `${entries.length} of ${(d.entries || []).length} entries`;
+      cur.parts.list.replaceChildren(h('div', { class: 'card' }, auditList(entries, 'audit-list', 'No entry matches.')));
+    },
+  };
+
+  const VIEWS = { overview, proposals, proposal, federation, peers: peersView, audit };
+
+  // ---------------------------------------------------------------- start
+
+  function start() {
+    $('#login-form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const input = $('#login-token');
+      const button = $('[data-testid="login-submit"]');
+      button.disabled = true;
+      try {
+        await openSession({ token: input.value.trim() });
+        input.value = '';
+        enterApp();
+      } catch (e) {
+        showLogin(e.message);
+      } finally {
+        button.disabled = false;
+      }
+    });
+    $('#signout').addEventListener('click', async () => {
+      try { await api('DELETE', '/v1/session'); } catch (_) { /* ended anyway */ }
+      signedOut('Signed out.');
+    });
+    $('#nav-toggle').addEventListener('click', () => setNav($('#nav-toggle').getAttribute('aria-expanded') !== 'true'));
+    // The skip link moves focus without touching the hash (the hash is the route).
+    $('#skip').addEventListener('click', (ev) => { ev.preventDefault(); $('#main').focus(); });
+    window.addEventListener('hashchange', () => {
+      const code = new URLSearchParams(location.hash.slice(1)).get('code');
+      if (code) signInWithCode(code);
+      else if (session.token) route(false);
+    });
+    const code = new URLSearchParams(location.hash.slice(1)).get('code');
+    if (code) signInWithCode(code);
+    else if (session.token) enterApp();
+    else showLogin();
+  }
+
+  start();
+}());

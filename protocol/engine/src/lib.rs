@@ -807,6 +807,9 @@ impl HoldPool {
     }
 }
 
+/// Messages replayed between two progress reports of [`Engine::replay_with`].
+pub const REPLAY_PROGRESS_EVERY: usize = 4096;
+
 /// The governance engine of one federation.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -991,7 +994,20 @@ impl Engine {
     /// returns them in. Messages refused only for what this node did not know yet (an author
     /// admitted by an execution later in the batch) are retried until nothing more applies.
     /// Clock-skew rules do not apply (origin [`Origin::Sync`]).
-    pub fn replay(&mut self, mut msgs: Vec<Message>, now_ms: u64) -> ReplayReport {
+    pub fn replay(&mut self, msgs: Vec<Message>, now_ms: u64) -> ReplayReport {
+        self.replay_with(msgs, now_ms, &mut |_, _| {})
+    }
+
+    /// [`Engine::replay`], telling `progress(applied or refused, total)` every
+    /// [`REPLAY_PROGRESS_EVERY`] messages of the first pass (the bulk of the work; retries of
+    /// messages that arrived before their dependencies follow it).
+    pub fn replay_with(
+        &mut self,
+        mut msgs: Vec<Message>,
+        now_ms: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> ReplayReport {
+        let total = msgs.len();
         // Within one signed time, rotations and revocations first: they decide which keys
         // may sign at that time.
         msgs.sort_by_key(|m| {
@@ -1000,10 +1016,14 @@ impl Engine {
             (t != MessageType::Charter, m.header().created_ms, !key_msg, m.id())
         });
         let mut report = ReplayReport::default();
+        let mut first = true;
         loop {
             let mut retry = Vec::new();
             let before = report.applied;
-            for m in msgs {
+            for (i, m) in msgs.into_iter().enumerate() {
+                if first && i % REPLAY_PROGRESS_EVERY == 0 {
+                    progress(i, total);
+                }
                 match self.apply(&m, Origin::Sync, now_ms) {
                     Ok(ids) => report.applied += ids.len(),
                     Err(Refusal::Duplicate) => report.duplicates += 1,
@@ -1012,6 +1032,7 @@ impl Engine {
                     Err(r) => *report.refused.entry(refusal_name(&r)).or_default() += 1,
                 }
             }
+            first = false;
             if retry.is_empty() || report.applied == before {
                 for m in &retry {
                     if let Err(r) = self.apply(m, Origin::Sync, now_ms) {
@@ -1022,6 +1043,7 @@ impl Engine {
             }
             msgs = retry;
         }
+        progress(total, total);
         report.held = self.pending.len();
         // In signed-time order a rotation precedes every message it invalidates.
         self.rebuild = false;
