@@ -5,6 +5,7 @@
 
 mod client;
 mod render;
+mod style;
 
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
@@ -241,7 +242,24 @@ struct ProposeArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The node's status.
+    #[command(
+        after_help = "Examples:\n  kosctl status\n  kosctl --data-dir /var/lib/kos status --json"
+    )]
     Status,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  kosctl completions bash > /etc/bash_completion.d/kosctl\n  kosctl completions zsh > \"${fpath[1]}/_kosctl\"\n  kosctl completions fish > ~/.config/fish/completions/kosctl.fish"
+    )]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (kosctl.1 and one page per command).
+    Man {
+        /// Directory for the pages; without it, kosctl.1 goes to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Open the web dashboard: prints a sign-in link that works once, within 5 minutes.
     #[command(
         after_help = "Example:\n  kosctl dashboard        # then open the printed link in a browser on this machine"
@@ -563,10 +581,139 @@ fn write_out(v: &serde_json::Value, out: Option<&std::path::Path>) -> anyhow::Re
     Ok(())
 }
 
+/// The manual page of `cmd` to standard output, or of `cmd` and each of its subcommands
+/// (`kosctl-vote.1`, …) into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(Into::into);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = cmd;
+    cmd.build();
+    let name = cmd.get_name().to_owned();
+    let mut pages = vec![(name.clone(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let full = format!("{name}-{}", sub.get_name());
+        pages.push((full.clone(), sub.clone().name(full)));
+    }
+    for (file, page) in pages {
+        let path = dir.join(format!("{file}.1"));
+        let mut bytes = Vec::new();
+        clap_mangen::Man::new(page).render(&mut bytes)?;
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One example per command, shown at the end of its `--help` and in its manual page.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("status", "kosctl status\n  kosctl --data-dir /var/lib/kos status --json"),
+    (
+        "completions",
+        "kosctl completions bash > /etc/bash_completion.d/kosctl\n  kosctl completions fish > ~/.config/fish/completions/kosctl.fish",
+    ),
+    ("man", "kosctl man --out /usr/local/share/man/man1 && man kosctl-vote"),
+    (
+        "dashboard",
+        "kosctl dashboard        # then open the printed link in a browser on this machine",
+    ),
+    ("id", "kosctl id\n  kosctl id rotate\n  kosctl id revoke --reason \"laptop stolen\""),
+    ("peers", "kosctl peers"),
+    (
+        "connect",
+        "kosctl connect /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW…\n  kosctl connect peer://12D3KooW…",
+    ),
+    ("disconnect", "kosctl disconnect 12D3KooW…"),
+    ("block", "kosctl block 12D3KooW…"),
+    ("unblock", "kosctl unblock 12D3KooW…"),
+    (
+        "trust",
+        "kosctl trust peer://12D3KooW… quarantine\n  kosctl trust agent://did:key:z6Mk… trusted",
+    ),
+    (
+        "federation",
+        "kosctl federation create demo --member did:key:z6Mk…=trusted\n  kosctl federation create coop --charter docs/charter.example.toml\n  kosctl federation join FEDERATION_ID --bootstrap /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW…\n  kosctl federation show",
+    ),
+    (
+        "propose",
+        "kosctl propose --kind configuration --title \"Raise the relay quota\" --description \"Doubles it.\" --key relay.quota --value 120\n  kosctl propose --kind configuration --title \"Logo\" --description \"Pick one\" --option red --option blue --rule plurality\n  kosctl propose --file proposal.toml",
+    ),
+    ("proposals", "kosctl proposals --status voting"),
+    ("show", "kosctl show PROPOSAL_ID"),
+    ("comment", "kosctl comment PROPOSAL_ID \"I support this\" --kind support"),
+    (
+        "revise",
+        "kosctl revise PROPOSAL_ID --title \"Raise the relay quota to 150\" --description \"Revised.\" --key relay.quota --value 150",
+    ),
+    ("sponsor", "kosctl sponsor PROPOSAL_ID"),
+    ("withdraw", "kosctl withdraw PROPOSAL_ID --reason \"superseded\""),
+    (
+        "vote",
+        "kosctl vote PROPOSAL_ID yes --reason \"cheap and reversible\"\n  kosctl vote PROPOSAL_ID approve:0,2\n  kosctl vote PROPOSAL_ID rank:2,0,1",
+    ),
+    ("reveal", "kosctl reveal PROPOSAL_ID"),
+    (
+        "delegate",
+        "kosctl delegate --to did:key:z6Mk… --scope kind:configuration\n  kosctl delegate --scope kind:configuration      # revokes it",
+    ),
+    ("resolve", "kosctl resolve klp://worker/tasks"),
+    (
+        "send",
+        "kosctl send klp://worker/tasks --type TASK_REQUEST --payload '{\"inputs\":[\"summarise\"],\"task_id\":\"t1\"}'",
+    ),
+    (
+        "vector",
+        "kosctl vector send embeddings.bin --to klp://worker --collection docs --dims 384\n  kosctl vector",
+    ),
+    ("inbox", "kosctl inbox\n  kosctl inbox show MESSAGE_ID"),
+    ("reply", "kosctl reply MESSAGE_ID --output \"done\""),
+    ("outbox", "kosctl outbox"),
+    ("export", "KOS_PASSPHRASE=… kosctl export --out node-backup.json"),
+    ("import", "KOS_PASSPHRASE=… kosctl --data-dir new-node import node-backup.json"),
+    ("reputation", "kosctl reputation did:key:z6Mk… -5 --reason \"dropped tasks\""),
+    ("announce", "kosctl announce \"maintenance tonight at 22:00 UTC\""),
+    ("policy", "kosctl policy show\n  kosctl policy apply docs/klp-policy.example.toml"),
+    ("delegations", "kosctl delegations\n  kosctl delegations --member did:key:z6Mk…"),
+    ("submit", "kosctl submit envelopes.hex\n  some-agent | kosctl submit -"),
+    ("tally", "kosctl tally PROPOSAL_ID"),
+    ("certificate", "kosctl certificate PROPOSAL_ID --out cert.json"),
+    ("verify-certificate", "kosctl verify-certificate cert.json"),
+    ("receipt", "kosctl receipt PROPOSAL_ID --out receipt.json"),
+    ("verify-receipt", "kosctl verify-receipt receipt.json"),
+    ("audit", "kosctl audit show --last 20\n  kosctl audit verify"),
+    ("message", "kosctl message MESSAGE_ID"),
+    ("decode", "kosctl decode envelope.hex\n  kosctl decode --raw envelope.bin"),
+];
+
+/// The command line, with each command's example.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    for (name, example) in EXAMPLES {
+        let label = if example.contains('\n') { "Examples" } else { "Example" };
+        cmd = cmd.mut_subcommand(*name, |c| c.after_help(format!("{label}:\n  {example}")));
+    }
+    cmd
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let api = || client::Client::new(&cli.data_dir, cli.api.as_deref(), cli.token.as_deref());
     let show = |v: serde_json::Value| client::print(&v, cli.json);
+
     match cli.command {
+        Command::Completions { shell } => {
+            // Into memory first: a closed pipe is an error to report, not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command(), "kosctl", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("cannot write the completion script")
+                }
+                _ => Ok(()),
+            }
+        }
+        Command::Man { out } => write_man_pages(command(), out.as_deref()),
         Command::Dashboard => {
             let v = api()?.post("/v1/dashboard/link", serde_json::json!({}))?;
             if cli.json {
@@ -581,7 +728,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status => show(api()?.get("/v1/status")?),
+        Command::Status => human(api()?.get("/v1/status")?, cli.json, render::status),
         Command::Reveal { id } => {
             show(api()?.post(&format!("/v1/proposals/{id}/reveal"), serde_json::json!({}))?)
         }
@@ -641,7 +788,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 api()?.post("/v1/id/revoke", serde_json::json!({"key": key, "reason": reason}))?,
             ),
         },
-        Command::Peers => show(api()?.get("/v1/peers")?),
+        Command::Peers => human(api()?.get("/v1/peers")?, cli.json, render::peers),
         Command::Connect { addr } => {
             show(api()?.post("/v1/connect", serde_json::json!({"addr": addr}))?)
         }
@@ -678,7 +825,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "/v1/federation/join",
             serde_json::json!({"federation": federation, "bootstrap": bootstrap}),
         )?),
-        Command::Federation(FederationCmd::Show) => show(api()?.get("/v1/federation")?),
+        Command::Federation(FederationCmd::Show) => {
+            human(api()?.get("/v1/federation")?, cli.json, render::federation)
+        }
         Command::Propose { args, file } => {
             let mut args = *args;
             if let Some(f) = file {
@@ -1074,11 +1223,15 @@ fn merge(file: ProposeArgs, flags: ProposeArgs) -> ProposeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kosctl: error: {e:#}");
+            eprintln!("kosctl: {} {e:#}", style::error_label());
             ExitCode::FAILURE
         }
     }

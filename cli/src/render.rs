@@ -349,7 +349,11 @@ pub fn proposal(p: &Value) -> String {
         Some(at) => format!(" — next: {} {}", s(&next["event"]), when(at, now)),
         None => format!(" — next: {}", s(&next["event"])),
     };
-    line(&mut out, "Status", format!("{}{next_text}", s(&p["status"])));
+    line(
+        &mut out,
+        "Status",
+        format!("{}{next_text}", crate::style::status(s(&p["status"]), s(&p["status"]))),
+    );
     line(&mut out, "Action", action_line(&p["action"]));
     if let Some(opts) = p["options"].as_array().filter(|o| !o.is_empty()) {
         for (i, o) in opts.iter().enumerate() {
@@ -476,7 +480,7 @@ pub fn proposal(p: &Value) -> String {
 /// `kosctl tally`.
 pub fn tally(p: &Value, t: &Value) -> String {
     let mut out = String::new();
-    line(&mut out, "Status", s(&t["status"]));
+    line(&mut out, "Status", crate::style::status(s(&t["status"]), s(&t["status"])));
     let mut tally = t["tally"].clone();
     if let (Some(q), true) = (p["tally"]["quorum_weight"].as_u64(), tally.is_object()) {
         tally["quorum_weight"] = q.into();
@@ -513,11 +517,9 @@ pub fn proposals(v: &Value) -> String {
         return "no proposals\n".into();
     }
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<64}  {:<16}  {:<18}  {:<28}  title",
-        "id", "status", "kind", "next deadline"
-    );
+    let head =
+        format!("{:<64}  {:<16}  {:<18}  {:<28}  TITLE", "ID", "STATUS", "KIND", "NEXT DEADLINE");
+    let _ = writeln!(out, "{}", crate::style::bold(&head));
     for p in &list {
         let status = s(&p["status"]);
         let deadline = match status {
@@ -535,9 +537,9 @@ pub fn proposals(v: &Value) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<64}  {:<16}  {:<18}  {:<28}  {}",
+            "{:<64}  {}  {:<18}  {:<28}  {}",
             s(&p["id"]),
-            status,
+            crate::style::status(status, &format!("{status:<16}")),
             s(&p["kind"]),
             deadline,
             s(&p["title"])
@@ -627,6 +629,311 @@ pub fn delegations(v: &Value) -> String {
     if let Some(depth) = v["max_depth"].as_u64() {
         line(&mut out, "Chain limit", format!("{depth} step(s) (charter)"));
     }
+    out
+}
+
+/// A section heading.
+fn heading(out: &mut String, title: &str) {
+    let _ = writeln!(out, "{}", crate::style::bold(title));
+}
+
+/// A labelled line inside a section.
+fn item(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "  {label:<24}{value}");
+}
+
+/// A count with thousands separators: `12 345`.
+fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One long task's progress: `45 % (45 000 of 100 000 messages), 3 000/s, about 18 s left`.
+fn progress_line(t: &Value) -> String {
+    let (done, total) = (t["done"].as_u64().unwrap_or(0), t["total"].as_u64().unwrap_or(0));
+    let unit = s(&t["unit"]);
+    let rate = t["rate_per_sec"].as_f64().unwrap_or(0.0);
+    if let (Some(end), Some(start)) = (t["finished_ms"].as_u64(), t["started_ms"].as_u64()) {
+        return format!(
+            "done: {} {unit} in {} ({} ago)",
+            count(done),
+            duration(end.saturating_sub(start).max(1)),
+            duration(now_ms().saturating_sub(end))
+        );
+    }
+    let eta = t["eta_secs"]
+        .as_u64()
+        .map_or("time left unknown".into(), |e| format!("about {} left", duration(e * 1000)));
+    format!(
+        "{} % ({} of {} {unit}), {}/s, {eta}",
+        t["percent"].as_f64().unwrap_or(0.0),
+        count(done),
+        count(total),
+        count(rate.round() as u64)
+    )
+}
+
+/// `kosctl status`.
+pub fn status(v: &Value) -> String {
+    let mut out = String::new();
+    let busy = v["core"] == "busy";
+    heading(&mut out, "Node");
+    item(&mut out, "did", s(&v["did"]));
+    if !busy && v["member"] != v["did"] {
+        item(
+            &mut out,
+            "member identity",
+            format!("{} (key generation {})", s(&v["member"]), v["key_generation"]),
+        );
+    }
+    if let Some(r) = v["key_retired"].as_object() {
+        item(
+            &mut out,
+            "key retired",
+            crate::style::bad(&format!(
+                "{} since {}",
+                r.get("how").map(|h| h.to_string()).unwrap_or_default(),
+                r.get("at_ms").and_then(Value::as_u64).map_or("—".into(), date)
+            )),
+        );
+    }
+    item(&mut out, "peer id", s(&v["peer_id"]));
+    item(&mut out, "klp id", s(&v["klp_id"]));
+    if busy {
+        item(&mut out, "core", crate::style::warn("busy with long work (see progress below)"));
+    }
+    out.push('\n');
+    heading(&mut out, "Federation");
+    match v["federation"].as_str() {
+        Some(f) => {
+            item(&mut out, "id", f);
+            item(&mut out, "registry epoch", &v["registry_epoch"]);
+            item(&mut out, "state hash", s(&v["state_hash"]));
+        }
+        None if busy => item(&mut out, "id", "— (the core is busy)"),
+        None => item(&mut out, "id", "none: `kosctl federation create` or `federation join`"),
+    }
+    out.push('\n');
+    heading(&mut out, "Network");
+    let listen: Vec<&str> =
+        v["listen"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    item(
+        &mut out,
+        "listening on",
+        if listen.is_empty() { "nothing yet".into() } else { listen.join(", ") },
+    );
+    let peers = v["peers"].as_array().map_or(0, Vec::len);
+    let peers_text = format!("{peers} connected");
+    item(&mut out, "peers", if peers == 0 { crate::style::warn(&peers_text) } else { peers_text });
+    let syncing = v["sync"]["peers"].as_u64().unwrap_or(0);
+    item(
+        &mut out,
+        "sync",
+        if syncing == 0 {
+            "idle".to_owned()
+        } else {
+            format!(
+                "walking {syncing} peer(s), {} request(s) in flight",
+                v["sync"]["requests_in_flight"]
+            )
+        },
+    );
+    if !busy {
+        out.push('\n');
+        heading(&mut out, "Store");
+        item(&mut out, "messages", count(v["messages"].as_u64().unwrap_or(0)));
+        item(&mut out, "held", format!("{} (waiting for what they depend on)", v["pending"]));
+    }
+    let tasks = v["progress"].as_array().cloned().unwrap_or_default();
+    if !tasks.is_empty() {
+        out.push('\n');
+        heading(&mut out, "Long work");
+        for t in &tasks {
+            item(&mut out, s(&t["task"]), progress_line(t));
+        }
+    }
+    out
+}
+
+/// A table: a bold header row, columns as wide as their widest cell (the last one free).
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let n = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let render = |cells: Vec<String>| {
+        let mut line = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 < cells.len() {
+                let pad = widths[i].saturating_sub(c.chars().count()) + 2;
+                line.push_str(c);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str(c);
+            }
+        }
+        line.trim_end().to_owned()
+    };
+    let head = render(header.iter().map(|h| h.to_string()).collect());
+    let _ = writeln!(out, "{}", crate::style::bold(&head));
+    for r in rows {
+        let _ = writeln!(out, "{}", render(r.clone()));
+    }
+}
+
+/// `kosctl peers`: one row per peer this node knows, connected first.
+pub fn peers(v: &Value) -> String {
+    use std::collections::BTreeMap;
+    let now = now_ms();
+    #[derive(Default)]
+    struct Row {
+        connected: bool,
+        score: Option<f64>,
+        trust: Option<String>,
+        block: Option<String>,
+        addrs: usize,
+    }
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for p in v["connected"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        rows.entry(p.to_owned()).or_default().connected = true;
+    }
+    for sc in v["scores"].as_array().into_iter().flatten() {
+        rows.entry(s(&sc["peer_id"]).to_owned()).or_default().score = sc["score"].as_f64();
+    }
+    for k in v["known"].as_array().into_iter().flatten() {
+        rows.entry(s(&k["peer_id"]).to_owned()).or_default().addrs =
+            k["addrs"].as_array().map_or(0, Vec::len);
+    }
+    for b in v["blocks"].as_array().into_iter().flatten() {
+        let until = b["until_ms"].as_u64().map_or("—".into(), |u| {
+            if u > now { format!("for {}", duration(u - now)) } else { "expiring".into() }
+        });
+        rows.entry(s(&b["peer_id"]).to_owned()).or_default().block =
+            Some(format!("{until}: {}", s(&b["reason"])));
+    }
+    for t in v["trust"].as_array().into_iter().flatten() {
+        if let Some(p) = s(&t["target"]).strip_prefix("peer://") {
+            rows.entry(p.to_owned()).or_default().trust = Some(s(&t["level"]).to_owned());
+        }
+    }
+    let mut out = String::new();
+    if rows.is_empty() {
+        return "no peers known yet: `kosctl connect MULTIADDR` or `--bootstrap`\n".into();
+    }
+    let mut list: Vec<(String, Row)> = rows.into_iter().collect();
+    list.sort_by_key(|(p, r)| (!r.connected, r.block.is_none(), p.clone()));
+    let cells: Vec<Vec<String>> = list
+        .iter()
+        .map(|(p, r)| {
+            let state = if r.block.is_some() {
+                crate::style::bad("blocked")
+            } else if r.connected {
+                crate::style::good("connected")
+            } else {
+                "known".into()
+            };
+            // Pad before painting: escape codes have no width.
+            let pad = 9usize.saturating_sub(if r.block.is_some() {
+                7
+            } else if r.connected {
+                9
+            } else {
+                5
+            });
+            vec![
+                p.clone(),
+                format!("{state}{}", " ".repeat(pad)),
+                r.score.map_or("—".into(), |x| format!("{x:.1}")),
+                r.trust.clone().unwrap_or_else(|| "—".into()),
+                if r.addrs == 0 { "—".into() } else { r.addrs.to_string() },
+                r.block.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&mut out, &["PEER", "STATE", "SCORE", "TRUST", "ADDRS", "BLOCK"], &cells);
+    let reputation = v["reputation"].as_array().map_or(0, Vec::len);
+    if reputation > 0 {
+        let _ = writeln!(out, "\n{reputation} advisory reputation record(s): --json shows them");
+    }
+    out
+}
+
+/// `kosctl federation show`.
+pub fn federation(v: &Value) -> String {
+    let mut out = String::new();
+    line(
+        &mut out,
+        "Federation",
+        format!("{}  {}", s(&v["name"]), crate::style::dim(s(&v["federation"]))),
+    );
+    line(&mut out, "Registry", format!("epoch {}", v["registry_epoch"]));
+    line(&mut out, "Protocol", format!("version {} or newer", v["min_protocol_version"]));
+    if let Some(t) = v["timing"].as_object() {
+        let ms = |k: &str| t.get(k).and_then(Value::as_u64).map_or("—".into(), duration);
+        line(
+            &mut out,
+            "Timing",
+            format!(
+                "discussion ≥ {}, voting {}–{}",
+                ms("min_discussion_ms"),
+                ms("min_voting_ms"),
+                ms("max_voting_ms")
+            ),
+        );
+    }
+    out.push('\n');
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let roles: Vec<&str> =
+                m["roles"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let key = if m["revoked"] == true {
+                crate::style::bad("revoked")
+            } else if m["key"] != m["did"] {
+                format!("rotated ×{}", m["key_generation"])
+            } else {
+                "original".into()
+            };
+            vec![
+                s(&m["did"]).to_owned(),
+                s(&m["trust"]).to_owned(),
+                roles.join(", "),
+                m["stake"].to_string(),
+                key,
+            ]
+        })
+        .collect();
+    let _ = writeln!(out, "{} member(s)", members.len());
+    table(&mut out, &["MEMBER", "TRUST", "ROLES", "STAKE", "KEY"], &rows);
+    let bodies = v["bodies"].as_array().cloned().unwrap_or_default();
+    if !bodies.is_empty() {
+        out.push('\n');
+        for b in &bodies {
+            let n = b["members"].as_array().map_or(0, Vec::len);
+            line(&mut out, "Body", format!("{} ({n} member(s))", s(&b["kind"])));
+        }
+    }
+    let config = v["config"].as_object().filter(|c| !c.is_empty());
+    if let Some(c) = config {
+        out.push('\n');
+        let _ = writeln!(out, "Configuration in force");
+        for (k, val) in c {
+            let _ =
+                writeln!(out, "  {k:<24}{}", val.as_str().map_or(val.to_string(), str::to_owned));
+        }
+    }
+    let _ = writeln!(out, "\n(--json gives voting defaults, weights and policy in full)");
     out
 }
 

@@ -33,6 +33,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create the data directory: a new node identity in an encrypted vault, and the store.
+    #[command(
+        after_help = "Examples:\n  KOS_PASSPHRASE_FILE=/etc/kos/passphrase kosd --data-dir /var/lib/kos init\n  kosd init --insecure-plain-key        # development only"
+    )]
     Init {
         /// Store the key under an empty passphrase with cheap key derivation. Development only:
         /// anyone who can read the data directory has the key.
@@ -40,6 +43,7 @@ enum Command {
         insecure_plain_key: bool,
     },
     /// Print this node's identity: did:key, KLP-ID, libp2p peer id, X25519 key.
+    #[command(after_help = "Example:\n  kosd --data-dir /var/lib/kos id --json")]
     Id {
         /// Print JSON.
         #[arg(long)]
@@ -52,11 +56,27 @@ enum Command {
     Run(RunArgs),
     /// Rebuild the data directory from what is left (journal, store) after messages were lost,
     /// say what was recovered, and record the new state. Peers send the rest again by sync.
+    #[command(
+        after_help = "Example:\n  systemctl stop kosd && kosd --data-dir /var/lib/kos repair && systemctl start kosd"
+    )]
     Repair,
     /// The configuration: `kosd config show [RUN FLAGS]` prints every setting `kosd run` would
     /// use with the same flags, and where each value comes from.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  kosd config show")]
     Config(ConfigCmd),
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  kosd completions bash > /etc/bash_completion.d/kosd")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (kosd.1 and one page per command).
+    #[command(after_help = "Example:\n  kosd man --out /usr/local/share/man/man1 && man kosd")]
+    Man {
+        /// Directory for the pages; without it, kosd.1 goes to standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a local federation of N nodes (data under `<data-dir>/devnet`) until interrupted.
     #[command(after_help = "Example:\n  kosd --data-dir /tmp/kos devnet 3")]
     Devnet {
@@ -718,6 +738,31 @@ fn apply_import(dir: &Path, core: &mut core::Core) -> anyhow::Result<()> {
 /// The file `kosctl import` leaves for the node's first start.
 const IMPORT_FILE: &str = "import.json";
 
+/// The manual page of `cmd` to standard output, or of `cmd` and each of its subcommands
+/// (`kosd-run.1`, …) into `dir`.
+fn write_man_pages(cmd: clap::Command, dir: Option<&Path>) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(Into::into);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = cmd;
+    cmd.build();
+    let name = cmd.get_name().to_owned();
+    let mut pages = vec![(name.clone(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let full = format!("{name}-{}", sub.get_name());
+        pages.push((full.clone(), sub.clone().name(full)));
+    }
+    for (file, page) in pages {
+        let path = dir.join(format!("{file}.1"));
+        let mut bytes = Vec::new();
+        clap_mangen::Man::new(page).render(&mut bytes)?;
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
     // The matches of the subcommand that takes `kosd run`'s flags: where each value came from.
@@ -735,6 +780,21 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         }
         Command::Devnet { nodes } => devnet::run(dir, nodes),
         Command::Repair => repair(dir),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kosd", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("cannot write the completion script")
+                }
+                _ => Ok(()),
+            }
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            write_man_pages(Cli::command(), out.as_deref())
+        }
         Command::Init { insecure_plain_key } => {
             if has_data(dir) && !vault_path(dir).exists() {
                 bail!(

@@ -493,6 +493,8 @@ pub async fn run(settings: Settings, key: SecretKey, parts: NetParts) -> anyhow:
                 n.mail_tick(&mut swarm);
                 n.vector_tick(&mut swarm);
                 n.catchup_tick();
+                // Sync walks end between rounds: the API's view follows within a second.
+                n.publish_view(&swarm);
             }
             Some((peer, channel, response)) = received_rx.recv() => {
                 n.ms.receiving = n.ms.receiving.saturating_sub(1);

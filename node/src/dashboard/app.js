@@ -36,6 +36,9 @@
     return el;
   }
 
+  /** Replaces the children of `el` (null and false skipped, arrays flattened). */
+  const put = (el, ...kids) => el.replaceChildren(...kids.flat(Infinity).filter((k) => k != null && k !== false));
+
   /** Runs a re-render of `root`, giving focus back to the element with the same data-key. */
   function keepFocus(root, fn) {
     const a = document.activeElement;
@@ -99,7 +102,7 @@
   /** did:key:z6MkiSzy…zC27T → z6MkiS…zC27T (the whole id in the tooltip). */
   function short(id, head = 6, tail = 5) {
     const s = String(id || '').replace(/^did:key:/, '').replace(/^peer:\/\//, '');
-    return s.length > head + tail + 1 ? `${s.slice(0, head)}…${s.slice(-tail)}` : s || '—';
+    return s.length > head + tail + 1 ? `${s.slice(0, head)}…${tail ? s.slice(-tail) : ''}` : s || '—';
   }
   const ident = (id, head, tail) => h('span', { class: 'mono', title: id }, short(id, head, tail));
   const me = () => (live.status ? live.status.member : null);
@@ -108,19 +111,13 @@
 
   // ---------------------------------------------------------------- governance vocabulary
 
-  const PHASES = [
-    ['voting', 'Voting'], ['reveal', 'Reveal window'], ['discussion', 'Discussion'],
-    ['seeking_sponsors', 'Seeking sponsors'], ['closed', 'Closed, awaiting finality'],
-    ['approved', 'Approved'], ['executed', 'Executed'], ['execution_failed', 'Execution failed'],
-    ['rejected', 'Rejected'], ['vetoed', 'Vetoed'], ['failed_quorum', 'Failed quorum'],
-    ['expired', 'Expired'], ['withdrawn', 'Withdrawn'],
-  ];
+  // Proposal phases in the order the list shows them: [status, name, badge tone].
+  const PHASES = [['voting', 'Voting', 'active'], ['reveal', 'Reveal window', 'active'], ['discussion', 'Discussion', 'info'],
+    ['seeking_sponsors', 'Seeking sponsors', 'info'], ['closed', 'Closed, awaiting finality', 'info'], ['approved', 'Approved', 'good'],
+    ['executed', 'Executed', 'good'], ['execution_failed', 'Execution failed', 'bad'], ['rejected', 'Rejected', 'bad'],
+    ['vetoed', 'Vetoed', 'bad'], ['failed_quorum', 'Failed quorum', 'bad'], ['expired', 'Expired', 'quiet'], ['withdrawn', 'Withdrawn', 'quiet']];
   const PHASE_NAME = Object.fromEntries(PHASES);
-  const TONE = {
-    voting: 'active', reveal: 'active', discussion: 'info', seeking_sponsors: 'info', closed: 'info',
-    approved: 'good', executed: 'good', rejected: 'bad', vetoed: 'bad', failed_quorum: 'bad',
-    execution_failed: 'bad', expired: 'quiet', withdrawn: 'quiet',
-  };
+  const TONE = Object.fromEntries(PHASES.map(([k, , tone]) => [k, tone]));
   const ACTIVE = new Set(['voting', 'reveal', 'closed']);
   const TRUST_WEIGHT = { core: 5000, trusted: 3000, standard: 1000, sandbox: 500, quarantine: 0 };
   const BINARY = ['yes', 'no', 'abstain', 'veto'];
@@ -136,7 +133,7 @@
     if (opts.length === n && n > 0 && !isBinary(p.rule)) {
       return opts.map((name, i) => ({ key: `option-${i}`, name, cls: `fill-opt-${i % 6}`, index: i }));
     }
-    return BINARY.map((k) => ({ key: k, name: k, cls: `fill-${k}` }));
+    return BINARY.map((k) => ({ key: k, name: cap(k), cls: `fill-${k}` }));
   }
 
   /** A rule as it reads, and the approval threshold of binary rules. Takes the command-line
@@ -181,9 +178,7 @@
     clear() { try { sessionStorage.removeItem(SESSION_KEY); } catch (_) { /* private mode */ } },
   };
 
-  class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
-  }
+  const apiError = (status, message) => Object.assign(new Error(message), { status });
 
   /** One API call: JSON in and out, the session as bearer; errors carry the node's one line. */
   async function api(method, path, body) {
@@ -195,7 +190,7 @@
     try {
       res = await fetch(path, { method, headers, cache: 'no-store', credentials: 'omit', body: body === undefined ? undefined : JSON.stringify(body) });
     } catch (_) {
-      throw new ApiError(0, 'cannot reach the node');
+      throw apiError(0, 'cannot reach the node');
     }
     const text = await res.text();
     let data = text;
@@ -203,7 +198,7 @@
     if (res.ok) return data;
     const line = data && typeof data.error === 'string' ? data.error : `HTTP ${res.status}`;
     if (res.status === 401 && path !== '/v1/session') signedOut('Your session has ended: sign in again.');
-    throw new ApiError(res.status, line);
+    throw apiError(res.status, line);
   }
   const get = (path) => api('GET', path);
   /** A GET that answers null instead of failing on 409 (this node follows no federation yet). */
@@ -214,30 +209,33 @@
     session.set(r.token);
   }
 
-  function showLogin(message) {
-    $('#login').hidden = false;
-    $('#view').replaceChildren();
-    for (const id of ['nav', 'nav-toggle', 'statusbar']) $(`#${id}`).hidden = true;
-    const err = $('#login-error');
-    err.hidden = !message;
-    err.textContent = message || '';
+  /** The login form (and nothing else), with a message: an error unless `info`. */
+  function showLogin(message, info) {
+    showApp(false);
+    put($('#view'));
+    const box = $('#login-error');
+    box.hidden = !message;
+    box.textContent = message || '';
+    box.className = `alert ${info ? 'alert-info' : 'alert-error'}`;
+    box.setAttribute('role', info ? 'status' : 'alert');
     document.title = 'Sign in · kOS';
     $('#login-token').focus();
   }
 
-  function signedOut(message) {
+  function showApp(on) {
+    $('#login').hidden = on;
+    for (const id of ['nav', 'nav-toggle', 'statusbar']) $(`#${id}`).hidden = !on;
+  }
+
+  function signedOut(message, info) {
     session.clear();
     clearTimeout(live.timer);
     current = null;
-    showLogin(message);
+    showLogin(message, info);
   }
 
   function enterApp() {
-    $('#login').hidden = true;
-    $('#login-error').hidden = true;
-    $('#nav').hidden = false;
-    $('#nav-toggle').hidden = false;
-    $('#statusbar').hidden = false;
+    showApp(true);
     live.sig = '';
     route(true);
     poll();
@@ -280,9 +278,9 @@
   function renderStatus(s, error) {
     const el = $('#node-status');
     el.classList.toggle('is-down', !s);
-    if (!s) { el.replaceChildren(h('span', { class: 'dot', 'aria-hidden': 'true' }), `Node unreachable (${error}) — retrying`); return; }
+    if (!s) { put(el, h('span', { class: 'dot', 'aria-hidden': 'true' }), `Node unreachable (${error}) — retrying`); return; }
     const peers = (s.peers || []).length;
-    el.replaceChildren(
+    put(el,
       h('span', { class: 'dot', 'aria-hidden': 'true' }),
       h('span', {}, 'Node ', ident(s.peer_id, 8, 4)),
       h('span', {}, `${peers} peer${peers === 1 ? '' : 's'}`),
@@ -318,7 +316,7 @@
       if (cur !== current || !session.token) return;
       const box = h('p', { class: 'alert alert-error', role: 'alert' }, `Could not load this page: ${e.message}`);
       if (cur.rendered) { const old = $('.view-error', cur.root); if (old) old.remove(); box.classList.add('view-error'); cur.root.prepend(box); }
-      else cur.root.replaceChildren(h('h1', { tabindex: '-1', text: cur.view.title(cur.route) }), box);
+      else put(cur.root, h('h1', { tabindex: '-1', text: cur.view.title(cur.route) }), box);
     }
     if (cur.focus && cur === current) {
       cur.focus = false;
@@ -346,7 +344,7 @@
     }
     setNav(false);
     const root = h('div', { class: 'view' }, h('p', { class: 'loading', text: 'Loading…' }));
-    $('#view').replaceChildren(root);
+    put($('#view'), root);
     current = { route: r, view, root, parts: null, focus: !initial, rendered: false };
     document.title = `${view.title(r)} · kOS`;
     if (!initial) window.scrollTo(0, 0);
@@ -480,15 +478,18 @@
           ['Until', (b) => (b.until_ms ? when(b.until_ms, { dateFirst: true }) : 'unblocked by the operator')],
         ], peers.blocks, 'blocks-table', 'Blocked peers')
         : empty('No peer is blocked.'),
+      h('h3', { class: 'subhead', text: 'Recent immune events' }),
       auditList((audit.entries || []).filter((e) => IMMUNE.test(e.event)).slice(-12).reverse(), 'immune-log', 'No block, quarantine or refusal in the recent audit log.'));
   }
 
-  function auditList(entries, testid, none) {
+  /** Audit entries, newest first as given; long ids shortened unless `full` (the audit page). */
+  function auditList(entries, testid, none, full) {
     if (!entries.length) return empty(none);
+    const text = (e) => (full ? e.event : e.event.replace(/\S{24,}/g, (w) => short(w, 8, 6)));
     return h('ol', { class: 'log', testid }, entries.map((e) => h('li', { class: IMMUNE.test(e.event) ? 'log-immune' : null },
       h('span', { class: 'log-index', text: `#${e.index}` }),
       h('span', { class: 'log-time' }, when(e.at_ms, { dateFirst: true, seconds: true })),
-      h('span', { class: 'log-event', text: e.event }))));
+      h('span', { class: 'log-event', title: full ? null : e.event, text: text(e) }))));
   }
 
   // ---------------------------------------------------------------- views
@@ -508,7 +509,7 @@
       const open = d.proposals.filter((p) => ACTIVE.has(p.status) || p.status === 'discussion' || p.status === 'seeking_sponsors');
       const stat = (label, value, sub, href) => h(href ? 'a' : 'div', { class: 'stat', href },
         h('span', { class: 'stat-label', text: label }), h('span', { class: 'stat-value', text: String(value) }), sub ? h('span', { class: 'stat-sub', text: sub }) : null);
-      cur.root.replaceChildren(
+      put(cur.root,
         pageHead('Overview', d.fed ? `Federation ${d.fed.name || short(d.fed.federation)}` : 'This node follows no federation yet.'),
         h('div', { class: 'stats' },
           stat('Open votes', (counts.voting || 0) + (counts.reveal || 0), `${counts.discussion || 0} in discussion`, '#/proposals'),
@@ -521,13 +522,6 @@
             : empty('Nothing is open for discussion or voting.'),
           h('p', {}, h('a', { href: '#/proposals', text: 'All proposals' }))),
           h('div', { class: 'stack' },
-            card('This node', 'h-node', dl([
-              ['Member', s.member ? ident(s.member, 10, 6) : '—'],
-              ['Peer id', ident(s.peer_id, 10, 6)],
-              ['State hash', s.state_hash ? ident(s.state_hash, 10, 6) : 'no federation'],
-              ['Sync', `${s.sync ? s.sync.peers : 0} peers, ${s.sync ? s.sync.requests_in_flight : 0} requests in flight`],
-              ['Listening', (s.listen || []).length ? h('span', { class: 'mono wrap' }, s.listen.join(' ')) : 'nowhere'],
-            ])),
             card('Immune system', 'h-immune', immuneEvents(d.peers, d.audit)),
             card('Audit log', 'h-audit', auditList((d.audit.entries || []).slice(-8).reverse(), 'audit-tail', 'The audit log is empty.'),
               h('p', {}, h('a', { href: '#/audit', text: 'Full audit log' }))))));
@@ -543,7 +537,7 @@
     },
     render(cur, d) {
       const groups = groupByPhase(d.all);
-      cur.root.replaceChildren(
+      put(cur.root,
         pageHead('Proposals', `${d.all.length} proposal${d.all.length === 1 ? '' : 's'}, grouped by phase; tallies update live.`),
         groups.size ? null : empty('No proposals yet: kosctl propose creates one.'),
         [...groups].map(([status, list]) => h('section', { class: 'phase', 'aria-labelledby': `ph-${status}` },
@@ -561,19 +555,19 @@
       if (!cur.parts) buildProposal(cur);
       const P = cur.parts;
       document.title = `${p.title} · kOS`;
-      P.head.replaceChildren(...proposalHead(p));
-      P.tally.replaceChildren(...tallyBody(p));
+      put(P.head, ...proposalHead(p));
+      put(P.tally, ...tallyBody(p));
       updateVotePanel(cur, p);
-      P.about.replaceChildren(h('h2', { id: 'h-about', text: 'Proposal' }),
+      put(P.about, h('h2', { id: 'h-about', text: 'Proposal' }),
         h('p', { class: 'prose', text: p.description || '(no description)' }),
         dl([['Action', actionLine(p.action)],
           (p.options || []).length ? ['Options', h('ol', { class: 'options', start: '0' }, p.options.map((o) => h('li', { text: o })))] : null,
           ['Sponsors', `${(p.sponsors || []).length} of ${p.sponsors_needed} needed`],
           p.withdrawn ? ['Withdrawn', ident(p.withdrawn, 10, 6)] : null]));
-      P.thread.replaceChildren(...discussion(cur, p));
-      P.revisions.replaceChildren(...revisions(p));
-      P.timeline.replaceChildren(...timeline(p));
-      P.rules.replaceChildren(...rules(p));
+      put(P.thread, ...discussion(cur, p));
+      put(P.revisions, ...revisions(p));
+      put(P.timeline, ...timeline(p));
+      put(P.rules, ...rules(p));
     },
   };
 
@@ -588,7 +582,7 @@
     P.revisions = h('section', { class: 'card', 'aria-labelledby': 'h-revisions', testid: 'revisions' });
     P.timeline = h('section', { class: 'card', 'aria-labelledby': 'h-timeline', testid: 'timeline' });
     P.rules = h('section', { class: 'card', 'aria-labelledby': 'h-rules' });
-    cur.root.replaceChildren(P.head, h('div', { class: 'pgrid' },
+    put(cur.root, P.head, h('div', { class: 'pgrid' },
       h('div', { class: 'pmain' }, P.tally, P.vote.panel, P.about,
         h('section', { class: 'card', 'aria-labelledby': 'h-discussion' }, P.thread, P.comment.form), P.revisions),
       h('div', { class: 'pside' }, P.timeline, P.rules)));
@@ -613,7 +607,7 @@
     const head = h('h2', { id: 'h-tally', text: 'Tally' });
     if (!t) {
       const why = ['discussion', 'seeking_sponsors'].includes(p.status) ? 'Voting has not opened yet: the tally appears when it does.' : 'No tally for this proposal.';
-      return [head, empty(why), finalityGauge(p.finality)];
+      return [head, empty(why)];
     }
     const final = p.finality && p.finality.final;
     const labels = choiceLabels(p, t.totals.length);
@@ -621,12 +615,13 @@
     const bars = labels.map((l, i) => {
       const total = t.totals[i] || 0;
       const won = !binary && t.winner === l.index;
-      return h('div', { class: 'bar', testid: `bar-${l.key}`, 'data-total': String(total), 'data-label': l.name },
-        gauge({
-          label: l.name, value: `${weight(total)} · ${pct(share(total, t.participation))}`,
-          fills: [{ frac: share(total, t.eligible), cls: l.cls }],
-          alt: `${l.name}: ${weight(total)} of ${number(t.eligible)} eligible`,
-        }), won ? badge(final ? 'winner' : 'leading', 'good') : null);
+      const g = gauge({
+        label: l.name, value: `${weight(total)} · ${pct(share(total, t.participation))}`,
+        fills: [{ frac: share(total, t.eligible), cls: l.cls }],
+        alt: `${l.name}: ${weight(total)} of ${number(t.eligible)} eligible`,
+      });
+      if (won) $('.gauge-label', g).append(' ', badge(final ? 'winner' : 'leading', 'good'));
+      return h('div', { class: 'bar', testid: `bar-${l.key}`, 'data-total': String(total), 'data-label': l.name }, g);
     });
     const extra = [];
     if (binary && t.totals.length === 4) {
@@ -648,7 +643,7 @@
       }));
     }
     const rounds = (t.rounds || []).length > 1
-      ? h('ol', { class: 'rounds' }, t.rounds.map((r, i) => h('li', {}, `Round ${i + 1}: `, labels.map((l, j) => `${l.name} ${number(r[j])}`).join(' · '))))
+      ? h('ul', { class: 'rounds', 'aria-label': 'Instant-runoff rounds' }, t.rounds.map((r, i) => h('li', {}, `Round ${i + 1}: `, labels.map((l, j) => `${l.name} ${number(r[j])}`).join(' · '))))
       : null;
     return [head,
       h('p', { class: 'muted' }, `Revision ${t.revision} · ${t.counted} ballot${t.counted === 1 ? '' : 's'} counted · outcome `,
@@ -688,13 +683,13 @@
         discussion: 'Voting has not opened yet.', seeking_sponsors: 'The proposal needs sponsors before voting opens.',
         reveal: 'Voting is over: committed ballots are being revealed.',
       }[p.status] || 'Voting is closed.';
-      V.ballot.replaceChildren(h('p', { class: 'muted', testid: 'vote-closed', text: why }));
+      put(V.ballot, h('p', { class: 'muted', testid: 'vote-closed', text: why }));
       return;
     }
     const send = (choice, label) => castVote(cur, p, choice, label);
     const secret = p.voting.secret ? h('p', { class: 'hint', text: 'Secret ballot: the vote is committed now and revealed by this node when voting ends.' }) : null;
     if (isBinary(p.rule)) {
-      V.ballot.replaceChildren(h('div', { class: 'choices', role: 'group', 'aria-label': 'Choice' },
+      put(V.ballot, h('div', { class: 'choices', role: 'group', 'aria-label': 'Choice' },
         BINARY.map((c) => h('button', { type: 'button', class: `btn choice choice-${c}`, testid: `vote-${c}`, onclick: () => send(c, c) }, cap(c)))),
       h('p', { class: 'hint', text: `${ruleInfo(p.voting.rule).name}: ${ruleInfo(p.voting.rule).needs} of yes + no + veto; vetoed above ${pct(ratio(p.voting.veto) || 0)} of participation.` }), secret);
       return;
@@ -722,7 +717,7 @@
       }
       return null;
     };
-    V.ballot.replaceChildren(h('fieldset', { class: 'options-ballot' },
+    put(V.ballot, h('fieldset', { class: 'options-ballot' },
       h('legend', { text: ranked ? 'Rank the options you support (choice 1 first)' : 'Approve any number of options' }), rows),
     h('button', { type: 'button', class: 'btn btn-primary', testid: 'vote-submit', onclick: submit }, ranked ? 'Cast ranked ballot' : 'Cast approval ballot'), secret);
   }
@@ -865,7 +860,7 @@
     const nextAt = steps.find(([, at]) => at > now);
     const next = t.next || {};
     return [h('h2', { id: 'h-timeline', text: 'Timeline' }),
-      h('p', { class: 'next-box' }, h('span', { class: 'muted', text: 'What comes next' }), h('strong', { text: cap(next.event || '—') }),
+      h('p', { class: 'next-box' }, h('span', { class: 'next-label', text: 'What comes next' }), h('strong', { text: cap(next.event || '—') }),
         next.at_ms != null ? when(next.at_ms, { dateFirst: true }) : null),
       h('ol', { class: 'steps' }, steps.map((s) => h('li', { class: s === nextAt ? 'step next' : s[1] <= now ? 'step done' : 'step' },
         h('span', { class: 'step-label', text: s[0] }), when(s[1], { dateFirst: true }))))];
@@ -890,48 +885,38 @@
     title: () => 'Federation',
     load: () => getOrNull('/v1/federation'),
     render(cur, f) {
-      if (!f) { cur.root.replaceChildren(pageHead('Federation'), empty('This node follows no federation yet.')); return; }
-      const members = [...(f.members || [])].sort((a, b) => (TRUST_WEIGHT[b.trust] ?? 0) - (TRUST_WEIGHT[a.trust] ?? 0));
-      const total = members.reduce((s, m) => s + (TRUST_WEIGHT[m.trust] ?? 0), 0);
+      if (!f) { put(cur.root, pageHead('Federation'), empty('This node follows no federation yet.')); return; }
+      const tw = (m) => TRUST_WEIGHT[m.trust] ?? 0;
+      const members = [...(f.members || [])].sort((a, b) => tw(b) - tw(a));
+      const total = members.reduce((sum, m) => sum + tw(m), 0);
       const t = f.timing || {};
       const config = Object.entries(f.config || {});
-      cur.root.replaceChildren(
-        pageHead(`Federation ${f.name || ''}`.trim(), `${members.length} members · registry epoch ${f.registry_epoch ?? '—'}`),
+      const vc = (c) => `${ruleInfo(c.rule).name}, ${words(c.weighting)} weighting, quorum ${pct(ratio(c.quorum) || 0)}${c.secret ? ', secret' : ''}`;
+      put(cur.root,
+        pageHead(`Federation ${f.name || ''}`.trim(), `${members.length} members · ${weight(total)} of trust weight · registry epoch ${f.registry_epoch ?? '—'}`),
         card('Members', 'h-members', table([
           ['Member', (m) => h('span', {}, ident(m.did, 10, 6), m.did === me() ? h('span', { class: 'muted', text: ' (this node)' }) : null)],
           ['Trust', (m) => badge(m.trust, { core: 'good', trusted: 'info', quarantine: 'bad' }[m.trust] || 'quiet')],
-          ['Trust weight', (m) => `${weight(TRUST_WEIGHT[m.trust] ?? 0)} (${pct(share(TRUST_WEIGHT[m.trust] ?? 0, total))})`, 'num'],
+          ['Trust weight', (m) => `${weight(tw(m))} (${pct(share(tw(m), total))})`, 'num'],
           ['Stake', (m) => String(m.stake ?? 0), 'num'],
           ['Roles', (m) => h('span', { class: 'chips' }, (m.roles || []).map((r) => h('span', { class: 'chip', text: words(r) })))],
-          ['Key', (m) => (m.revoked ? badge('revoked', 'bad') : m.key !== m.did ? h('span', {}, 'rotated, generation ', String(m.key_generation), ' ', ident(m.key)) : 'original')],
+          ['Key', (m) => (m.revoked ? badge('revoked', 'bad') : m.key !== m.did ? h('span', {}, `rotated (generation ${m.key_generation}) `, ident(m.key)) : 'original')],
         ], members, 'members-table', 'Members')),
         h('div', { class: 'grid-2' },
           card('Charter', 'h-charter', dl([
             ['Federation id', h('span', { class: 'mono wrap', text: f.federation })],
-            ['Total trust weight', weight(total)],
+            ['Charter synced', f.synced ? 'yes' : 'not yet'],
             ['Minimum protocol', f.min_protocol_version != null ? `version ${f.min_protocol_version}` : null],
             ['Delegation chains', f.max_delegation_depth != null ? `at most ${f.max_delegation_depth} steps` : null],
-            ['Charter synced', f.synced ? 'yes' : 'not yet'],
-            ['Minimum discussion', t.min_discussion_ms != null ? duration(t.min_discussion_ms) : null],
+            ['Discussion', t.min_discussion_ms != null ? `at least ${duration(t.min_discussion_ms)}` : null],
             ['Voting', t.default_voting_ms != null ? `${duration(t.default_voting_ms)} by default, at most ${duration(t.max_voting_ms)}` : null],
             ['Reveal window', t.reveal_ms != null ? duration(t.reveal_ms) : null],
-            ['Clock skew allowed', t.clock_skew_ms != null ? duration(t.clock_skew_ms) : null],
+            ['Governing bodies', (f.bodies || []).length ? h('ul', { class: 'plain' }, f.bodies.map((b) => h('li', {}, `${cap(b.kind)}: `, b.members.map((m) => ident(m))))) : 'none'],
+            ['Voting defaults', (f.defaults || []).length ? h('ul', { class: 'plain' }, f.defaults.map((d) => h('li', { text: `${cap(d.kind)}: ${vc(d.config || {})}` }))) : 'the protocol’s'],
           ])),
           card('Configuration in force', 'h-config', config.length
             ? table([['Key', ([k]) => h('span', { class: 'mono', text: k })], ['Value', ([, v]) => h('span', { class: 'mono wrap', text: typeof v === 'string' ? v : JSON.stringify(v) })]], config, 'config-table', 'Configuration')
-            : empty('No configuration key has been set.'))),
-        card('Governing bodies', 'h-bodies', (f.bodies || []).length
-          ? table([['Body', (b) => cap(b.kind)], ['Members', (b) => h('span', { class: 'chips' }, b.members.map((m) => ident(m)))]], f.bodies, 'bodies-table', 'Governing bodies')
-          : empty('The charter names no governing body.')),
-        card('Voting defaults by proposal type', 'h-defaults', (f.defaults || []).length
-          ? table([
-            ['Type', (d) => cap(d.kind)], ['Rule', (d) => ruleInfo(d.config && d.config.rule).name],
-            ['Weighting', (d) => cap(d.config && d.config.weighting)],
-            ['Quorum', (d) => pct(ratio(d.config && d.config.quorum) || 0)],
-            ['Ballot', (d) => (d.config && d.config.secret ? 'secret' : 'public')],
-            ['Overridable', (d) => (d.overrides || []).map(words).join(', ') || '—'],
-          ], f.defaults, 'defaults-table', 'Voting defaults')
-          : empty('The charter sets no per-type defaults: the protocol defaults apply.')));
+            : empty('No configuration key has been set.'))));
     },
   };
 
@@ -941,35 +926,39 @@
       const [peers, audit, status] = await Promise.all([get('/v1/peers'), get('/v1/audit?last=300'), get('/v1/status')]);
       return { peers, audit, status };
     },
-    render(cur, d) {
-      const p = d.peers;
+    render(cur, { peers: p, audit: log, status: s }) {
       const trust = Object.fromEntries((p.trust || []).map((t) => [t.target, t.level]));
-      const score = Object.fromEntries((p.scores || []).map((s) => [s.peer_id, s.score]));
+      const score = Object.fromEntries((p.scores || []).map((x) => [x.peer_id, x.score]));
       const known = Object.fromEntries((p.known || []).map((k) => [k.peer_id, k.addrs || []]));
-      const connected = p.connected || [];
-      cur.root.replaceChildren(
-        pageHead('Peers', `${connected.length} connected · ${(p.blocks || []).length} blocked · this node ${short(d.status.peer_id, 8, 6)}`),
-        card('Connected peers', 'h-connected', connected.length ? table([
+      const blocked = new Set((p.blocks || []).map((b) => b.peer_id));
+      const connected = new Set(p.connected || []);
+      // Connected peers first, then those known by address only.
+      const ids = [...connected, ...Object.keys(known).filter((id) => !connected.has(id))];
+      put(cur.root,
+        pageHead('Peers', `${connected.size} connected · ${blocked.size} blocked`),
+        card('Peers', 'h-peers', ids.length ? table([
           ['Peer', (id) => ident(id, 12, 6)],
+          ['State', (id) => (blocked.has(id) ? badge('blocked', 'bad') : connected.has(id) ? badge('connected', 'good') : badge('known'))],
           ['Gossip score', (id) => (score[id] != null ? String(Math.round(score[id] * 10) / 10) : '—'), 'num'],
           ['Local trust', (id) => (trust[`peer://${id}`] ? badge(trust[`peer://${id}`], 'info') : 'default')],
-          ['Known addresses', (id) => String((known[id] || []).length), 'num'],
-        ], connected, 'peers-table', 'Connected peers') : empty('No peer is connected.')),
-        card('Immune system', 'h-immune', h('p', { class: 'muted', text: 'Blocked peers, and the audit log’s recent blocks, quarantines and refusals.' }), immuneEvents(p, d.audit)),
+          ['Addresses', (id) => h('span', { class: 'mono wrap', text: (known[id] || []).join(' ') || '—' })],
+        ], ids, 'peers-table', 'Peers') : empty('No peer is connected or known.')),
+        card('Immune system', 'h-immune', h('p', { class: 'muted', text: 'Blocked peers, and the audit log’s recent blocks, quarantines and refusals.' }), immuneEvents(p, log)),
         h('div', { class: 'grid-2' },
           card('Local trust', 'h-trust', (p.trust || []).length
             ? table([['Target', (t) => ident(t.target, 16, 6)], ['Level', (t) => badge(t.level, 'info')]], p.trust, 'trust-table', 'Local trust')
-            : empty('No local trust set: kosctl trust sets it.')),
-          card('Advisory reputation', 'h-rep', (p.reputation || []).length
-            ? table([['Subject', (r) => ident(r.subject)], ['Score', (r) => String(r.advisory_score), 'num'], ['Sources', (r) => String((r.sources || []).length), 'num']], p.reputation, 'reputation-table', 'Reputation')
-            : empty('No reputation reports received.'))),
-        card('Known peers', 'h-known', (p.known || []).length
-          ? table([['Peer', (k) => ident(k.peer_id, 12, 6)], ['Addresses', (k) => h('span', { class: 'mono wrap', text: (k.addrs || []).join(' ') || '—' })]], p.known, 'known-table', 'Known peers')
-          : empty('No peer addresses stored.')),
-        card('This node', 'h-self', dl([
-          ['Peer id', h('span', { class: 'mono wrap', text: d.status.peer_id })],
-          ['Listening', (d.status.listen || []).length ? h('span', { class: 'mono wrap', text: d.status.listen.join(' ') }) : 'nowhere'],
-        ])));
+            : empty('No local trust set: kosctl trust sets it.'),
+          h('h3', { class: 'subhead', text: 'Advisory reputation (never changes trust by itself)' }),
+          (p.reputation || []).length
+            ? table([['Subject', (r) => ident(r.subject)], ['Score', (r) => String(r.advisory_score), 'num'], ['Reports', (r) => String((r.sources || []).length), 'num']], p.reputation, 'reputation-table', 'Reputation')
+            : empty('No reputation reports received.')),
+          card('This node', 'h-self', dl([
+            ['Member', s.member ? ident(s.member, 10, 6) : '—'],
+            ['Peer id', h('span', { class: 'mono wrap', text: s.peer_id })],
+            ['State hash', s.state_hash ? ident(s.state_hash, 10, 6) : 'no federation'],
+            ['Sync', `${s.sync ? s.sync.peers : 0} peers, ${s.sync ? s.sync.requests_in_flight : 0} requests in flight`],
+            ['Listening', (s.listen || []).length ? h('span', { class: 'mono wrap', text: s.listen.join(' ') }) : 'nowhere'],
+          ]))));
     },
   };
 
@@ -987,7 +976,7 @@
         const redraw = () => audit.render(cur, cur.data);
         P.filter.addEventListener('input', redraw);
         P.immune.addEventListener('change', redraw);
-        cur.root.replaceChildren(pageHead('Audit log', 'The node’s append-only, hash-chained log: the last 500 entries, newest first.'),
+        put(cur.root, pageHead('Audit log', 'The node’s append-only, hash-chained log: the last 500 entries, newest first.'),
           h('div', { class: 'card filters' },
             h('div', { class: 'field field-grow' }, h('label', { for: 'audit-filter', text: 'Filter' }), P.filter),
             h('div', { class: 'check' }, P.immune, h('label', { for: 'audit-immune', text: 'Immune system only' }))),
@@ -997,7 +986,7 @@
       const q = cur.parts.filter.value.trim().toLowerCase();
       const entries = (d.entries || []).filter((e) => (!q || e.event.toLowerCase().includes(q)) && (!cur.parts.immune.checked || IMMUNE.test(e.event))).reverse();
       cur.parts.count.textContent = `${entries.length} of ${(d.entries || []).length} entries`;
-      cur.parts.list.replaceChildren(h('div', { class: 'card' }, auditList(entries, 'audit-list', 'No entry matches.')));
+      put(cur.parts.list, h('div', { class: 'card' }, auditList(entries, 'audit-list', 'No entry matches.', true)));
     },
   };
 
@@ -1023,18 +1012,14 @@
     });
     $('#signout').addEventListener('click', async () => {
       try { await api('DELETE', '/v1/session'); } catch (_) { /* ended anyway */ }
-      signedOut('Signed out.');
+      signedOut('Signed out.', true);
     });
     $('#nav-toggle').addEventListener('click', () => setNav($('#nav-toggle').getAttribute('aria-expanded') !== 'true'));
     // The skip link moves focus without touching the hash (the hash is the route).
     $('#skip').addEventListener('click', (ev) => { ev.preventDefault(); $('#main').focus(); });
-    window.addEventListener('hashchange', () => {
-      const code = new URLSearchParams(location.hash.slice(1)).get('code');
-      if (code) signInWithCode(code);
-      else if (session.token) route(false);
-    });
-    const code = new URLSearchParams(location.hash.slice(1)).get('code');
-    if (code) signInWithCode(code);
+    const code = () => new URLSearchParams(location.hash.slice(1)).get('code');
+    window.addEventListener('hashchange', () => (code() ? signInWithCode(code()) : session.token && route(false)));
+    if (code()) signInWithCode(code());
     else if (session.token) enterApp();
     else showLogin();
   }
