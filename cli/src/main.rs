@@ -746,8 +746,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             let client = api()?;
             let (mut counts, mut errors) = (std::collections::BTreeMap::new(), Vec::new());
+            let mut progress = render::Progress::new("submitted", lines.len(), "envelopes");
             for (n, chunk) in lines.chunks(SUBMIT_CHUNK).enumerate() {
                 let r = client.post("/v1/messages", serde_json::json!({ "envelopes": chunk }))?;
+                progress.advance(chunk.len());
                 for (i, item) in r["results"].as_array().into_iter().flatten().enumerate() {
                     match item["status"].as_str() {
                         Some(s) => *counts.entry(s.to_owned()).or_insert(0u64) += 1,
@@ -758,6 +760,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+            progress.finish();
             let refused = errors.len();
             show(serde_json::json!({
                 "accepted": counts.get("accepted").copied().unwrap_or(0),

@@ -937,6 +937,61 @@ pub fn federation(v: &Value) -> String {
     out
 }
 
+/// Progress of a long client-side job on standard error: a line at most every 2 s while it
+/// lasts (percentage, rate, time left), and a summary at the end if it took that long.
+pub struct Progress {
+    what: &'static str,
+    unit: &'static str,
+    total: usize,
+    done: usize,
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    /// A job of `total` units.
+    pub fn new(what: &'static str, total: usize, unit: &'static str) -> Self {
+        let now = std::time::Instant::now();
+        Progress { what, unit, total, done: 0, started: now, last: now }
+    }
+
+    /// `n` more units done.
+    pub fn advance(&mut self, n: usize) {
+        self.done += n;
+        if self.last.elapsed() >= std::time::Duration::from_secs(2) && self.done < self.total {
+            self.last = std::time::Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let rate = self.done as f64 / secs;
+            let left = (self.total - self.done) as f64 / rate.max(0.001);
+            eprintln!(
+                "{} {} of {} {} ({} %), {}/s, about {} left",
+                self.what,
+                count(self.done as u64),
+                count(self.total as u64),
+                self.unit,
+                self.done * 100 / self.total.max(1),
+                count(rate.round() as u64),
+                duration((left * 1000.0) as u64)
+            );
+        }
+    }
+
+    /// The job is over.
+    pub fn finish(&self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs >= 2.0 {
+            eprintln!(
+                "{} {} {} in {}, {}/s",
+                self.what,
+                count(self.done as u64),
+                self.unit,
+                duration((secs * 1000.0) as u64),
+                count((self.done as f64 / secs).round() as u64)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
