@@ -948,6 +948,7 @@ pub struct Progress {
     last: std::time::Instant,
 }
 
+#[allow(clippy::disallowed_methods)] // a client job's progress is read against the local clock
 impl Progress {
     /// A job of `total` units.
     pub fn new(what: &'static str, total: usize, unit: &'static str) -> Self {
