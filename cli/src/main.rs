@@ -818,16 +818,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            show(api()?.post(
-                "/v1/federation/create",
-                serde_json::json!({"name": name, "members": members, "dev_timing": dev_timing,
-                    "charter": charter}),
-            )?)
+            let headline = format!("Founded the federation {name}; this node is its first member.");
+            done(
+                api()?.post(
+                    "/v1/federation/create",
+                    serde_json::json!({"name": name, "members": members, "dev_timing": dev_timing,
+                        "charter": charter}),
+                )?,
+                cli.json,
+                &headline,
+            )
         }
-        Command::Federation(FederationCmd::Join { federation, bootstrap }) => show(api()?.post(
-            "/v1/federation/join",
-            serde_json::json!({"federation": federation, "bootstrap": bootstrap}),
-        )?),
+        Command::Federation(FederationCmd::Join { federation, bootstrap }) => done(
+            api()?.post(
+                "/v1/federation/join",
+                serde_json::json!({"federation": federation, "bootstrap": bootstrap}),
+            )?,
+            cli.json,
+            "Following the federation; its messages arrive by sync (kosctl status shows progress).",
+        ),
         Command::Federation(FederationCmd::Show) => {
             human(api()?.get("/v1/federation")?, cli.json, render::federation)
         }
@@ -849,7 +858,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("{name} is required (as a flag or in --file)");
                 }
             }
-            show(api()?.post("/v1/proposals", serde_json::to_value(&args)?)?)
+            let v = api()?.post("/v1/proposals", serde_json::to_value(&args)?)?;
+            let headline = format!(
+                "Proposal created. `kosctl show {}` follows it.",
+                v["id"].as_str().unwrap_or("ID")
+            );
+            done(v, cli.json, &headline)
         }
         Command::Proposals { status, kind, author } => {
             let mut v = api()?.get("/v1/proposals")?;
@@ -866,10 +880,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let v = api()?.get(&format!("/v1/proposals/{id}"))?;
             human(v, cli.json, render::proposal)
         }
-        Command::Comment { id, text, kind, parent } => show(api()?.post(
-            &format!("/v1/proposals/{id}/comment"),
-            serde_json::json!({"text": text, "kind": kind, "parent": parent}),
-        )?),
+        Command::Comment { id, text, kind, parent } => done(
+            api()?.post(
+                &format!("/v1/proposals/{id}/comment"),
+                serde_json::json!({"text": text, "kind": kind, "parent": parent}),
+            )?,
+            cli.json,
+            "Comment posted.",
+        ),
         Command::Revise { id, args } => {
             let mut args = *args;
             if args.kind.is_none() {
@@ -880,19 +898,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("{name} is required");
                 }
             }
-            show(api()?.post(&format!("/v1/proposals/{id}/revise"), serde_json::to_value(&args)?)?)
+            let v =
+                api()?.post(&format!("/v1/proposals/{id}/revise"), serde_json::to_value(&args)?)?;
+            done(v, cli.json, "Revision published.")
         }
-        Command::Sponsor { id } => {
-            show(api()?.post(&format!("/v1/proposals/{id}/sponsor"), serde_json::json!({}))?)
+        Command::Sponsor { id } => done(
+            api()?.post(&format!("/v1/proposals/{id}/sponsor"), serde_json::json!({}))?,
+            cli.json,
+            "Sponsored.",
+        ),
+        Command::Withdraw { id, reason } => done(
+            api()?.post(
+                &format!("/v1/proposals/{id}/withdraw"),
+                serde_json::json!({"reason": reason}),
+            )?,
+            cli.json,
+            "Withdrawn.",
+        ),
+        Command::Vote { id, choice, reason } => {
+            let headline = format!("Vote recorded: {choice}. `kosctl tally {id}` shows the count.");
+            done(
+                api()?.post(
+                    &format!("/v1/proposals/{id}/vote"),
+                    serde_json::json!({"choice": choice, "reason": reason}),
+                )?,
+                cli.json,
+                &headline,
+            )
         }
-        Command::Withdraw { id, reason } => show(api()?.post(
-            &format!("/v1/proposals/{id}/withdraw"),
-            serde_json::json!({"reason": reason}),
-        )?),
-        Command::Vote { id, choice, reason } => show(api()?.post(
-            &format!("/v1/proposals/{id}/vote"),
-            serde_json::json!({"choice": choice, "reason": reason}),
-        )?),
         Command::Delegate { to, scope } => {
             show(api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?)
         }
@@ -1184,6 +1217,17 @@ fn import(
 }
 
 /// Prints `v` as JSON, or as `render` lays it out for people.
+/// A change done: a sentence for people, then the answer's fields (`--json`: the answer).
+fn done(v: serde_json::Value, json: bool, headline: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{headline}");
+        print!("{}", render::generic(&v));
+    }
+    Ok(())
+}
+
 fn human(
     v: serde_json::Value,
     json: bool,

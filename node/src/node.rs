@@ -1126,7 +1126,8 @@ pub fn open_state(
     // Every stored message is verified again (one thread per core): the store is not trusted
     // with deciding what is valid.
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let progress = flags.progress.clone();
+    // An empty store has no long work to show.
+    let progress = if store.is_empty() { Default::default() } else { flags.progress.clone() };
     progress.start(VERIFY_TASK, store.len() as u64, "messages", now_ms());
     let msgs = store.messages_parallel_with(threads, &|done, total| {
         progress.update(VERIFY_TASK, done as u64, total as u64, now_ms());

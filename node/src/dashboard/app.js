@@ -30,9 +30,7 @@
       else if (v === true) el[k] = true;
       else el.setAttribute(k, String(v));
     }
-    for (const kid of kids.flat(Infinity)) {
-      if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : String(kid));
-    }
+    el.append(...kids.flat(Infinity).filter((k) => k != null && k !== false));
     return el;
   }
 
@@ -44,10 +42,8 @@
     const a = document.activeElement;
     const key = a && root.contains(a) ? a.getAttribute('data-key') : null;
     fn();
-    if (key && !root.contains(document.activeElement)) {
-      const el = root.querySelector(`[data-key="${CSS.escape(key)}"]`);
-      if (el) el.focus({ preventScroll: true });
-    }
+    const again = key && !root.contains(document.activeElement) && root.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again) again.focus({ preventScroll: true });
   }
 
   // ---------------------------------------------------------------- formatting (as kosctl)
@@ -55,9 +51,8 @@
   /** Milli-units as a number of votes: 9, 4.5, 0.333 (cli/src/render.rs `number`). */
   function number(milli) {
     const m = Math.max(0, Math.round(Number(milli) || 0));
-    const whole = Math.floor(m / 1000);
     const frac = m % 1000;
-    return frac === 0 ? String(whole) : `${whole}.${String(frac).padStart(3, '0').replace(/0+$/, '')}`;
+    return `${Math.floor(m / 1000)}${frac ? `.${String(frac).padStart(3, '0').replace(/0+$/, '')}` : ''}`;
   }
   const weight = (milli) => `${number(milli)} ${Math.round(milli) === 1000 ? 'vote' : 'votes'}`;
   /** A fraction as a percentage with at most one decimal: 30 %, 33.4 %. */
@@ -82,12 +77,9 @@
   /** A duration in its two largest units: 3 h 12 min, 45 s, 2 d 4 h. */
   function duration(ms) {
     const s = Math.floor(Math.max(0, ms) / 1000);
-    const d = Math.floor(s / 86400), hr = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
-    const sec = s % 60;
-    if (d) return hr ? `${d} d ${hr} h` : `${d} d`;
-    if (hr) return m ? `${hr} h ${m} min` : `${hr} h`;
-    if (m) return sec ? `${m} min ${sec} s` : `${m} min`;
-    return `${sec} s`;
+    const units = [[Math.floor(s / 86400), 'd'], [Math.floor(s / 3600) % 24, 'h'], [Math.floor(s / 60) % 60, 'min'], [s % 60, 's']];
+    const first = Math.max(0, units.findIndex(([n]) => n > 0));
+    return units.slice(first, first + 2).filter(([n]) => n > 0).map(([n, u]) => `${n} ${u}`).join(' ') || '0 s';
   }
   const relative = (ms, now = Date.now()) => (ms >= now ? `in ${duration(ms - now)}` : `${duration(now - ms)} ago`);
   /** A <time>: relative text, the date in its tooltip (or the other way round). */
@@ -172,12 +164,12 @@
 
   // ---------------------------------------------------------------- session and API
 
+  // The session token lives in this tab's sessionStorage only.
   const session = {
-    get token() { try { return sessionStorage.getItem(SESSION_KEY); } catch (_) { return null; } },
-    set(t) { try { sessionStorage.setItem(SESSION_KEY, t); } catch (_) { /* private mode */ } },
-    clear() { try { sessionStorage.removeItem(SESSION_KEY); } catch (_) { /* private mode */ } },
+    get token() { return sessionStorage.getItem(SESSION_KEY); },
+    set: (t) => sessionStorage.setItem(SESSION_KEY, t),
+    clear: () => sessionStorage.removeItem(SESSION_KEY),
   };
-
   const apiError = (status, message) => Object.assign(new Error(message), { status });
 
   /** One API call: JSON in and out, the session as bearer; errors carry the node's one line. */
@@ -204,19 +196,14 @@
   /** A GET that answers null instead of failing on 409 (this node follows no federation yet). */
   const getOrNull = (path) => get(path).catch((e) => { if (e.status === 409) return null; throw e; });
 
-  async function openSession(body) {
-    const r = await api('POST', '/v1/session', body);
-    session.set(r.token);
-  }
+  const openSession = async (body) => session.set((await api('POST', '/v1/session', body)).token);
 
   /** The login form (and nothing else), with a message: an error unless `info`. */
   function showLogin(message, info) {
     showApp(false);
     put($('#view'));
     const box = $('#login-error');
-    box.hidden = !message;
-    box.textContent = message || '';
-    box.className = `alert ${info ? 'alert-info' : 'alert-error'}`;
+    Object.assign(box, { hidden: !message, textContent: message || '', className: `alert ${info ? 'alert-info' : 'alert-error'}` });
     box.setAttribute('role', info ? 'status' : 'alert');
     document.title = 'Sign in · kOS';
     $('#login-token').focus();
@@ -234,22 +221,18 @@
     showLogin(message, info);
   }
 
-  function enterApp() {
+  /** Signed in: the view in the hash; focus goes to its heading after the login form. */
+  function enterApp(fromForm) {
     showApp(true);
     live.sig = '';
-    route(true);
+    route(!fromForm);
     poll();
   }
 
   /** A sign-in link opened in this tab: drop the code from the address bar before anything. */
-  async function signInWithCode(code) {
+  function signInWithCode(code) {
     history.replaceState(null, '', location.pathname + location.search);
-    try {
-      await openSession({ code });
-      enterApp();
-    } catch (e) {
-      showLogin(e.message);
-    }
+    openSession({ code }).then(enterApp, (e) => showLogin(e.message));
   }
 
   // ---------------------------------------------------------------- polling and refresh
@@ -277,17 +260,13 @@
 
   function renderStatus(s, error) {
     const el = $('#node-status');
+    const dot = h('span', { class: 'dot', 'aria-hidden': 'true' });
     el.classList.toggle('is-down', !s);
-    if (!s) { put(el, h('span', { class: 'dot', 'aria-hidden': 'true' }), `Node unreachable (${error}) — retrying`); return; }
+    if (!s) return put(el, dot, `Node unreachable (${error}) — retrying`);
     const peers = (s.peers || []).length;
-    put(el,
-      h('span', { class: 'dot', 'aria-hidden': 'true' }),
-      h('span', {}, 'Node ', ident(s.peer_id, 8, 4)),
-      h('span', {}, `${peers} peer${peers === 1 ? '' : 's'}`),
-      h('span', {}, `${s.messages} messages`),
-      s.pending ? h('span', {}, `${s.pending} pending`) : null,
-      s.state_hash ? h('span', { class: 'hide-sm' }, 'state ', ident(s.state_hash, 8, 4)) : h('span', {}, 'no federation'),
-    );
+    return put(el, dot, h('span', {}, 'Node ', ident(s.peer_id, 8, 4)), h('span', { text: `${peers} peer${peers === 1 ? '' : 's'}` }),
+      h('span', { text: `${s.messages} messages` }), s.pending ? h('span', { text: `${s.pending} pending` }) : null,
+      s.state_hash ? h('span', { class: 'hide-sm' }, 'state ', ident(s.state_hash, 8, 4)) : h('span', { text: 'no federation' }));
   }
 
   let current = null; // { route, view, root, parts, focus }
@@ -314,15 +293,14 @@
       cur.rendered = true;
     } catch (e) {
       if (cur !== current || !session.token) return;
-      const box = h('p', { class: 'alert alert-error', role: 'alert' }, `Could not load this page: ${e.message}`);
-      if (cur.rendered) { const old = $('.view-error', cur.root); if (old) old.remove(); box.classList.add('view-error'); cur.root.prepend(box); }
-      else put(cur.root, h('h1', { tabindex: '-1', text: cur.view.title(cur.route) }), box);
+      // A view already shown keeps its content under the error; a first load shows just it.
+      const box = h('p', { class: 'alert alert-error view-error', role: 'alert' }, `Could not load this page: ${e.message}`);
+      if (!cur.rendered) put(cur.root, h('h1', { tabindex: '-1', text: cur.view.title(cur.route) }));
+      else if ($('.view-error', cur.root)) $('.view-error', cur.root).remove();
+      cur.root.prepend(box);
     }
-    if (cur.focus && cur === current) {
-      cur.focus = false;
-      const h1 = $('h1', cur.root);
-      if (h1) h1.focus({ preventScroll: true });
-    }
+    if (cur.focus && cur === current && $('h1', cur.root)) $('h1', cur.root).focus({ preventScroll: true });
+    cur.focus = false;
   }
 
   // ---------------------------------------------------------------- router
@@ -338,10 +316,8 @@
     const r = parseRoute();
     const view = VIEWS[r.name];
     const section = r.name === 'proposal' ? 'proposals' : r.name;
-    for (const a of document.querySelectorAll('#nav a')) {
-      if (a.dataset.route === section) a.setAttribute('aria-current', 'page');
-      else a.removeAttribute('aria-current');
-    }
+    for (const a of document.querySelectorAll('#nav a')) a.toggleAttribute('aria-current', a.dataset.route === section);
+    for (const a of document.querySelectorAll('#nav a[aria-current]')) a.setAttribute('aria-current', 'page');
     setNav(false);
     const root = h('div', { class: 'view' }, h('p', { class: 'loading', text: 'Loading…' }));
     put($('#view'), root);
@@ -375,63 +351,32 @@
 
   /** A horizontal gauge: fills [{frac, cls}], markers [{at, cls, label}] drawn as lines across. */
   function gauge({ label, value, fills, markers = [], testid, alt, note }) {
-    const bar = h('div', { class: 'fills' });
-    for (const f of fills) {
-      const el = h('div', { class: `fill ${f.cls}` });
-      el.style.width = `${clamp01(f.frac) * 100}%`;
-      bar.append(el);
-    }
-    const track = h('div', { class: 'track', role: 'img', 'aria-label': alt || `${label}: ${value}` }, bar);
-    for (const m of markers) {
-      const el = h('div', { class: `marker ${m.cls}`, title: m.label });
-      el.style.left = `${clamp01(m.at) * 100}%`;
-      track.append(el);
-    }
+    // Widths and positions through the CSSOM (the CSP forbids style attributes).
+    const sized = (el, prop, frac) => { el.style[prop] = `${clamp01(frac) * 100}%`; return el; };
+    const track = h('div', { class: 'track', role: 'img', 'aria-label': alt || `${label}: ${value}` },
+      h('div', { class: 'fills' }, fills.map((f) => sized(h('div', { class: `fill ${f.cls}` }), 'width', f.frac))),
+      markers.map((m) => sized(h('div', { class: `marker ${m.cls}`, title: m.label }), 'left', m.at)));
     return h('div', { class: 'gauge', testid },
       h('div', { class: 'gauge-head' }, h('span', { class: 'gauge-label', text: label }), h('span', { class: 'gauge-value', text: value })),
-      track,
-      markers.length || note ? h('p', { class: 'legend' }, markers.map((m) => h('span', { class: `key ${m.cls}` }, m.label)), note ? h('span', { text: note }) : null) : null);
+      track, markers.length || note ? h('p', { class: 'legend' }, markers.map((m) => h('span', { class: `key ${m.cls}`, text: m.label })), note) : null);
   }
 
-  /** The participation gauge of a tally, with the quorum line. */
-  function participationGauge(t, testid) {
-    const q = t.quorum_weight;
-    const met = q != null && t.participation >= q;
-    return gauge({
-      label: 'Participation', testid,
-      value: `${weight(t.participation)} of ${number(t.eligible)} eligible (${pct(share(t.participation, t.eligible))})`,
-      fills: [{ frac: share(t.participation, t.eligible), cls: met ? 'fill-part' : 'fill-part-low' }],
-      markers: q != null ? [{ at: share(q, t.eligible), cls: 'mark-quorum', label: `quorum ${weight(q)} — ${met ? 'met' : 'not met yet'}` }] : [],
-    });
-  }
+  /** A gauge of part/whole with one marker line (the quorum, a threshold) at `at` (0..1). */
+  const ratioGauge = (label, testid, part, whole, cls, value, at, mark, markCls = 'mark-threshold', note) => gauge({
+    label, testid, value, note, fills: [{ frac: share(part, whole), cls }],
+    markers: at != null ? [{ at, cls: markCls, label: mark }] : [],
+  });
 
-  /** The finality gauge: attested weight toward 2/3 of the eligible weight. */
-  function finalityGauge(f) {
-    const done = !!f.final;
-    return gauge({
-      label: done ? 'Final' : 'Attestations toward final',
-      testid: 'finality',
-      value: `${weight(f.attested)} attested of ${number(f.eligible)} eligible`,
-      fills: [{ frac: share(f.attested, f.eligible), cls: done ? 'fill-good' : 'fill-attest' }],
-      markers: [{ at: share(f.needed, f.eligible), cls: 'mark-threshold', label: `final at ${weight(f.needed)} (2/3)` }],
-      note: done && f.final_at_ms ? `final since ${date(f.final_at_ms)}` : null,
-    });
-  }
-
-  /** The compact tally of a proposal in a list: one stacked bar with the quorum line. */
+  /** The compact tally of a proposal in a list: one stacked bar (per choice, or the
+   *  participation for option ballots) with the quorum line. */
   function miniTally(p) {
     const t = p.tally;
     const labels = choiceLabels(p, t.totals.length);
-    const binary = isBinary(p.rule);
-    const fills = binary
-      ? labels.map((l, i) => ({ frac: share(t.totals[i], t.eligible), cls: l.cls }))
-      : [{ frac: share(t.participation, t.eligible), cls: 'fill-part' }];
     const totals = labels.map((l, i) => `${l.name} ${number(t.totals[i])}`).join(' · ');
-    return h('div', { class: 'mini' }, gauge({
-      label: `${totals}`, value: `${pct(share(t.participation, t.eligible))} voted`, fills,
-      markers: t.quorum_weight != null ? [{ at: share(t.quorum_weight, t.eligible), cls: 'mark-quorum', label: `quorum ${number(t.quorum_weight)}` }] : [],
-      alt: `${totals}; participation ${number(t.participation)} of ${number(t.eligible)}`,
-    }));
+    const fills = isBinary(p.rule) ? labels.map((l, i) => ({ frac: share(t.totals[i], t.eligible), cls: l.cls })) : [{ frac: share(t.participation, t.eligible), cls: 'fill-part' }];
+    const markers = t.quorum_weight != null ? [{ at: share(t.quorum_weight, t.eligible), cls: 'mark-quorum', label: `quorum ${number(t.quorum_weight)}` }] : [];
+    return h('div', { class: 'mini' }, gauge({ label: totals, value: `${pct(share(t.participation, t.eligible))} voted`, fills, markers,
+      alt: `${totals}; participation ${number(t.participation)} of ${number(t.eligible)}` }));
   }
 
   /** When a listed proposal's next step is due. */
@@ -461,25 +406,18 @@
 
   function groupByPhase(list) {
     const order = Object.fromEntries(PHASES.map(([k], i) => [k, i]));
-    const groups = new Map();
-    for (const p of [...list].sort((a, b) => (order[a.status] ?? 99) - (order[b.status] ?? 99) || b.created_ms - a.created_ms)) {
-      if (!groups.has(p.status)) groups.set(p.status, []);
-      groups.get(p.status).push(p);
-    }
-    return groups;
+    const sorted = [...list].sort((a, b) => (order[a.status] ?? 99) - (order[b.status] ?? 99) || b.created_ms - a.created_ms);
+    return sorted.reduce((groups, p) => groups.set(p.status, [...(groups.get(p.status) || []), p]), new Map());
   }
 
+  /** The immune system's recent actions: the blocks in force, and the audit log's blocks,
+   *  quarantines and refusals. */
   function immuneEvents(peers, audit) {
-    return h('div', { class: 'immune', testid: 'immune' },
-      (peers.blocks || []).length
-        ? table([
-          ['Blocked peer', (b) => ident(b.peer_id, 12, 6)],
-          ['Reason', (b) => b.reason || '—'],
-          ['Until', (b) => (b.until_ms ? when(b.until_ms, { dateFirst: true }) : 'unblocked by the operator')],
-        ], peers.blocks, 'blocks-table', 'Blocked peers')
-        : empty('No peer is blocked.'),
-      h('h3', { class: 'subhead', text: 'Recent immune events' }),
-      auditList((audit.entries || []).filter((e) => IMMUNE.test(e.event)).slice(-12).reverse(), 'immune-log', 'No block, quarantine or refusal in the recent audit log.'));
+    const blocks = peers.blocks || [];
+    return h('div', { class: 'immune', testid: 'immune' }, blocks.length ? table([['Blocked peer', (b) => ident(b.peer_id, 12, 6)], ['Reason', (b) => b.reason || '—'],
+      ['Until', (b) => (b.until_ms ? when(b.until_ms, { dateFirst: true }) : 'unblocked by the operator')]], blocks, 'blocks-table', 'Blocked peers') : empty('No peer is blocked.'),
+    h('h3', { class: 'subhead', text: 'Recent immune events' }),
+    auditList((audit.entries || []).filter((e) => IMMUNE.test(e.event)).slice(-12).reverse(), 'immune-log', 'No block, quarantine or refusal in the recent audit log.'));
   }
 
   /** Audit entries, newest first as given; long ids shortened unless `full` (the audit page). */
@@ -531,14 +469,12 @@
   const proposals = {
     title: () => 'Proposals',
     async load() {
-      const list = await getOrNull('/v1/proposals');
-      const all = list ? list.proposals : [];
+      const all = ((await getOrNull('/v1/proposals')) || { proposals: [] }).proposals;
       return { all, details: await activeDetails(all) };
     },
     render(cur, d) {
       const groups = groupByPhase(d.all);
-      put(cur.root,
-        pageHead('Proposals', `${d.all.length} proposal${d.all.length === 1 ? '' : 's'}, grouped by phase; tallies update live.`),
+      put(cur.root, pageHead('Proposals', `${d.all.length} proposal${d.all.length === 1 ? '' : 's'}, grouped by phase; tallies update live.`),
         groups.size ? null : empty('No proposals yet: kosctl propose creates one.'),
         [...groups].map(([status, list]) => h('section', { class: 'phase', 'aria-labelledby': `ph-${status}` },
           h('h2', { id: `ph-${status}` }, statusBadge(status), h('span', { class: 'count', text: ` ${list.length}` })),
@@ -555,36 +491,23 @@
       if (!cur.parts) buildProposal(cur);
       const P = cur.parts;
       document.title = `${p.title} · kOS`;
-      put(P.head, ...proposalHead(p));
-      put(P.tally, ...tallyBody(p));
       updateVotePanel(cur, p);
-      put(P.about, h('h2', { id: 'h-about', text: 'Proposal' }),
-        h('p', { class: 'prose', text: p.description || '(no description)' }),
+      // Everything but the two forms is redrawn from the data.
+      const about = [h('h2', { id: 'h-about', text: 'Proposal' }), h('p', { class: 'prose', text: p.description || '(no description)' }),
         dl([['Action', actionLine(p.action)],
           (p.options || []).length ? ['Options', h('ol', { class: 'options', start: '0' }, p.options.map((o) => h('li', { text: o })))] : null,
-          ['Sponsors', `${(p.sponsors || []).length} of ${p.sponsors_needed} needed`],
-          p.withdrawn ? ['Withdrawn', ident(p.withdrawn, 10, 6)] : null]));
-      put(P.thread, ...discussion(cur, p));
-      put(P.revisions, ...revisions(p));
-      put(P.timeline, ...timeline(p));
-      put(P.rules, ...rules(p));
+          ['Sponsors', `${(p.sponsors || []).length} of ${p.sponsors_needed} needed`], p.withdrawn ? ['Withdrawn', ident(p.withdrawn, 10, 6)] : null])];
+      for (const [el, kids] of [[P.head, proposalHead(p)], [P.tally, tallyBody(p)], [P.about, about], [P.thread, discussion(cur, p)],
+        [P.revisions, revisions(p)], [P.timeline, timeline(p)], [P.rules, rules(p)]]) put(el, kids);
     },
   };
 
   function buildProposal(cur) {
-    const P = (cur.parts = {});
-    P.head = h('div', { class: 'phead' });
-    P.tally = h('section', { class: 'card', 'aria-labelledby': 'h-tally', testid: 'tally' });
-    P.vote = buildVotePanel(cur);
-    P.about = h('section', { class: 'card', 'aria-labelledby': 'h-about' });
-    P.thread = h('div', {});
-    P.comment = buildCommentForm(cur);
-    P.revisions = h('section', { class: 'card', 'aria-labelledby': 'h-revisions', testid: 'revisions' });
-    P.timeline = h('section', { class: 'card', 'aria-labelledby': 'h-timeline', testid: 'timeline' });
-    P.rules = h('section', { class: 'card', 'aria-labelledby': 'h-rules' });
+    const sec = (id, testid) => h('section', { class: 'card', 'aria-labelledby': id, testid });
+    const P = (cur.parts = { head: h('div', { class: 'phead' }), tally: sec('h-tally', 'tally'), vote: buildVotePanel(), about: sec('h-about'),
+      thread: h('div'), comment: buildCommentForm(cur), revisions: sec('h-revisions', 'revisions'), timeline: sec('h-timeline', 'timeline'), rules: sec('h-rules') });
     put(cur.root, P.head, h('div', { class: 'pgrid' },
-      h('div', { class: 'pmain' }, P.tally, P.vote.panel, P.about,
-        h('section', { class: 'card', 'aria-labelledby': 'h-discussion' }, P.thread, P.comment.form), P.revisions),
+      h('div', { class: 'pmain' }, P.tally, P.vote.panel, P.about, h('section', { class: 'card', 'aria-labelledby': 'h-discussion' }, P.thread, P.comment.form), P.revisions),
       h('div', { class: 'pside' }, P.timeline, P.rules)));
   }
 
@@ -604,69 +527,57 @@
 
   function tallyBody(p) {
     const t = p.tally;
+    const f = p.finality;
     const head = h('h2', { id: 'h-tally', text: 'Tally' });
-    if (!t) {
-      const why = ['discussion', 'seeking_sponsors'].includes(p.status) ? 'Voting has not opened yet: the tally appears when it does.' : 'No tally for this proposal.';
-      return [head, empty(why)];
-    }
-    const final = p.finality && p.finality.final;
+    if (!t) return [head, empty(['discussion', 'seeking_sponsors'].includes(p.status) ? 'Voting has not opened yet: the tally appears when it does.' : 'No tally for this proposal.')];
     const labels = choiceLabels(p, t.totals.length);
     const binary = isBinary(p.rule);
+    // One bar per choice, against the eligible weight; the option that wins is marked.
     const bars = labels.map((l, i) => {
       const total = t.totals[i] || 0;
-      const won = !binary && t.winner === l.index;
-      const g = gauge({
-        label: l.name, value: `${weight(total)} · ${pct(share(total, t.participation))}`,
-        fills: [{ frac: share(total, t.eligible), cls: l.cls }],
-        alt: `${l.name}: ${weight(total)} of ${number(t.eligible)} eligible`,
-      });
-      if (won) $('.gauge-label', g).append(' ', badge(final ? 'winner' : 'leading', 'good'));
+      const g = gauge({ label: l.name, value: `${weight(total)} · ${pct(share(total, t.participation))}`, fills: [{ frac: share(total, t.eligible), cls: l.cls }] });
+      if (!binary && t.winner === l.index) $('.gauge-label', g).append(' ', badge(f.final ? 'winner' : 'leading', 'good'));
       return h('div', { class: 'bar', testid: `bar-${l.key}`, 'data-total': String(total), 'data-label': l.name }, g);
     });
-    const extra = [];
+    const q = t.quorum_weight;
+    const gauges = [ratioGauge('Participation', 'participation', t.participation, t.eligible, q == null || t.participation >= q ? 'fill-part' : 'fill-part-low',
+      `${weight(t.participation)} of ${number(t.eligible)} eligible (${pct(share(t.participation, t.eligible))})`,
+      q != null ? share(q, t.eligible) : null, `quorum ${weight(q)} — ${t.participation >= q ? 'met' : 'not met yet'}`, 'mark-quorum')];
     if (binary && t.totals.length === 4) {
+      // Approval against the rule's threshold, and the veto share against the veto line.
       const [yes, no, , veto] = t.totals;
-      const info = ruleInfo(p.voting.rule);
-      const decided = yes + no + veto;
-      extra.push(gauge({
-        label: 'Approval (yes of yes + no + veto)', testid: 'approval',
-        value: decided ? pct(share(yes, decided)) : '—',
-        fills: [{ frac: share(yes, decided), cls: 'fill-yes' }],
-        markers: info.threshold != null ? [{ at: info.threshold, cls: 'mark-threshold', label: `threshold: ${info.needs}` }] : [],
-      }));
+      const rule = ruleInfo(p.voting.rule);
       const vt = ratio(p.voting.veto);
-      extra.push(gauge({
-        label: 'Veto (of participation)', testid: 'veto',
-        value: t.participation ? pct(share(veto, t.participation)) : '—',
-        fills: [{ frac: share(veto, t.participation), cls: 'fill-veto' }],
-        markers: vt != null ? [{ at: vt, cls: 'mark-threshold', label: `vetoed above ${pct(vt)}` }] : [],
-      }));
+      gauges.push(ratioGauge('Approval (yes of yes + no + veto)', 'approval', yes, yes + no + veto, 'fill-yes',
+        yes + no + veto ? pct(share(yes, yes + no + veto)) : '—', rule.threshold, `threshold: ${rule.needs}`));
+      gauges.push(ratioGauge('Veto (of participation)', 'veto', veto, t.participation, 'fill-veto',
+        t.participation ? pct(share(veto, t.participation)) : '—', vt, `vetoed above ${pct(vt)}`));
     }
-    const rounds = (t.rounds || []).length > 1
-      ? h('ul', { class: 'rounds', 'aria-label': 'Instant-runoff rounds' }, t.rounds.map((r, i) => h('li', {}, `Round ${i + 1}: `, labels.map((l, j) => `${l.name} ${number(r[j])}`).join(' · '))))
-      : null;
+    if ((t.rounds || []).length > 1) {
+      gauges.push(h('ul', { class: 'rounds', 'aria-label': 'Instant-runoff rounds' },
+        t.rounds.map((r, i) => h('li', { text: `Round ${i + 1}: ${labels.map((l, j) => `${l.name} ${number(r[j])}`).join(' · ')}` }))));
+    }
+    gauges.push(ratioGauge(f.final ? 'Final' : 'Attestations toward final', 'finality', f.attested, f.eligible, f.final ? 'fill-good' : 'fill-attest',
+      `${weight(f.attested)} attested of ${number(f.eligible)} eligible`, share(f.needed, f.eligible), `final at ${weight(f.needed)} (2/3)`,
+      'mark-threshold', f.final && f.final_at_ms ? `final since ${date(f.final_at_ms)}` : null));
     return [head,
       h('p', { class: 'muted' }, `Revision ${t.revision} · ${t.counted} ballot${t.counted === 1 ? '' : 's'} counted · outcome `,
-        badge(`${words(t.outcome)}${final ? '' : ' so far'}`, TONE[t.outcome] || 'info', 'outcome')),
-      h('div', { class: 'bars' }, bars),
-      participationGauge(t, 'participation'),
-      extra, rounds, finalityGauge(p.finality)];
+        badge(`${words(t.outcome)}${f.final ? '' : ' so far'}`, TONE[t.outcome] || 'info', 'outcome')),
+      h('div', { class: 'bars' }, bars), gauges];
   }
 
-  // The vote panel is built once; its ballot is rebuilt only when the status or the ballot's
-  // shape changes, and the reason field is never rebuilt.
+  // The vote panel is built once per page; its ballot is rebuilt only when the status or the
+  // ballot's shape changes, and the reason field never is.
   function buildVotePanel() {
-    const reason = h('textarea', { id: 'vote-reason', testid: 'vote-reason', rows: '2', maxlength: '2000' });
-    const reasonLabel = h('label', { for: 'vote-reason', text: 'Reason (optional, published with the ballot)' });
     const V = {
       ballot: h('div', { class: 'ballot' }),
-      reason, reasonLabel,
-      reasonField: h('div', { class: 'field' }, reasonLabel, reason),
+      reason: h('textarea', { id: 'vote-reason', testid: 'vote-reason', rows: '1', maxlength: '2000' }),
+      reasonLabel: h('label', { for: 'vote-reason' }),
       result: h('p', { class: 'result', testid: 'vote-result', role: 'status', 'aria-live': 'polite' }),
-      key: null,
     };
+    V.reasonField = h('div', { class: 'field' }, V.reasonLabel, V.reason);
     V.panel = h('section', { class: 'card vote', 'aria-labelledby': 'h-vote', testid: 'vote-panel' },
-      h('h2', { id: 'h-vote', text: 'Your vote' }), V.ballot, V.reasonField, V.result);
+      h('h2', { id: 'h-vote', text: 'Your vote' }), V.reasonField, V.ballot, V.result);
     return V;
   }
 
@@ -675,50 +586,39 @@
     const key = [p.status, p.rule, (p.options || []).join('\u0000'), p.voting.secret, p.voting.reasoning].join('|');
     if (key === V.key) return;
     V.key = key;
-    V.reasonLabel.textContent = p.voting.reasoning ? 'Reason (required by this proposal, published with the ballot)' : 'Reason (optional, published with the ballot)';
-    const open = p.status === 'voting';
-    V.reasonField.hidden = !open;
-    if (!open) {
-      const why = {
-        discussion: 'Voting has not opened yet.', seeking_sponsors: 'The proposal needs sponsors before voting opens.',
-        reveal: 'Voting is over: committed ballots are being revealed.',
-      }[p.status] || 'Voting is closed.';
-      put(V.ballot, h('p', { class: 'muted', testid: 'vote-closed', text: why }));
-      return;
+    V.reasonLabel.textContent = `Reason (${p.voting.reasoning ? 'required by this proposal' : 'optional'}, published with the ballot)`;
+    V.reasonField.hidden = p.status !== 'voting';
+    if (p.status !== 'voting') {
+      const why = { discussion: 'Voting has not opened yet.', seeking_sponsors: 'The proposal needs sponsors before voting opens.',
+        reveal: 'Voting is over: committed ballots are being revealed.' }[p.status];
+      return put(V.ballot, h('p', { class: 'muted', testid: 'vote-closed', text: why || 'Voting is closed.' }));
     }
     const send = (choice, label) => castVote(cur, p, choice, label);
     const secret = p.voting.secret ? h('p', { class: 'hint', text: 'Secret ballot: the vote is committed now and revealed by this node when voting ends.' }) : null;
     if (isBinary(p.rule)) {
-      put(V.ballot, h('div', { class: 'choices', role: 'group', 'aria-label': 'Choice' },
+      const rule = ruleInfo(p.voting.rule);
+      return put(V.ballot, h('div', { class: 'choices', role: 'group', 'aria-label': 'Choice' },
         BINARY.map((c) => h('button', { type: 'button', class: `btn choice choice-${c}`, testid: `vote-${c}`, onclick: () => send(c, c) }, cap(c)))),
-      h('p', { class: 'hint', text: `${ruleInfo(p.voting.rule).name}: ${ruleInfo(p.voting.rule).needs} of yes + no + veto; vetoed above ${pct(ratio(p.voting.veto) || 0)} of participation.` }), secret);
-      return;
+      h('p', { class: 'hint', text: `${rule.name}: ${rule.needs} of yes + no + veto; vetoed above ${pct(ratio(p.voting.veto) || 0)} of participation.` }), secret);
     }
+    // Option ballots: checkboxes (approval) or a rank per option (instant runoff).
     const ranked = p.rule === 'instant_runoff';
-    const inputs = p.options.map((name, i) => ranked
-      ? h('select', { id: `rank-${i}`, testid: `vote-rank-${i}`, 'aria-label': `Rank of ${name}` },
-        h('option', { value: '', text: 'not ranked' }), p.options.map((_, r) => h('option', { value: String(r + 1), text: `choice ${r + 1}` })))
-      : h('input', { type: 'checkbox', id: `approve-${i}`, testid: `vote-option-${i}`, value: String(i) }));
-    const rows = p.options.map((name, i) => ranked
-      ? h('div', { class: 'opt' }, h('label', { for: `rank-${i}`, text: name }), inputs[i])
-      : h('div', { class: 'opt' }, inputs[i], h('label', { for: `approve-${i}`, text: name })));
+    const inputs = p.options.map((name, i) => (ranked
+      ? h('select', { id: `opt-${i}`, testid: `vote-rank-${i}` }, h('option', { value: '', text: 'not ranked' }),
+        p.options.map((_, r) => h('option', { value: String(r + 1), text: `choice ${r + 1}` })))
+      : h('input', { type: 'checkbox', id: `opt-${i}`, testid: `vote-option-${i}`, value: String(i) })));
     const submit = () => {
-      let picked;
-      if (ranked) {
-        const ranks = inputs.map((s, i) => [Number(s.value), i]).filter(([r]) => r > 0).sort((a, b) => a[0] - b[0]);
-        if (new Set(ranks.map(([r]) => r)).size !== ranks.length) return say(V, 'Two options have the same rank.', false);
-        picked = ranks.map(([, i]) => i);
-        if (!picked.length) return say(V, 'Rank at least one option.', false);
-        send(`rank:${picked.join(',')}`, picked.map((i) => p.options[i]).join(' > '));
-      } else {
-        picked = inputs.filter((c) => c.checked).map((c) => Number(c.value));
-        if (!picked.length) return say(V, 'Approve at least one option.', false);
-        send(`approve:${picked.join(',')}`, picked.map((i) => p.options[i]).join(', '));
-      }
-      return null;
+      const picked = ranked
+        ? inputs.map((el, i) => [Number(el.value), i]).filter(([r]) => r > 0).sort((a, b) => a[0] - b[0])
+        : inputs.filter((el) => el.checked).map((el) => [0, Number(el.value)]);
+      if (!picked.length) return say(V, ranked ? 'Rank at least one option.' : 'Approve at least one option.', false);
+      if (ranked && new Set(picked.map(([r]) => r)).size !== picked.length) return say(V, 'Two options have the same rank.', false);
+      const idx = picked.map(([, i]) => i);
+      return send(`${ranked ? 'rank' : 'approve'}:${idx.join(',')}`, idx.map((i) => p.options[i]).join(ranked ? ' > ' : ', '));
     };
-    put(V.ballot, h('fieldset', { class: 'options-ballot' },
-      h('legend', { text: ranked ? 'Rank the options you support (choice 1 first)' : 'Approve any number of options' }), rows),
+    return put(V.ballot, h('fieldset', { class: 'options-ballot' },
+      h('legend', { text: ranked ? 'Rank the options you support (choice 1 first)' : 'Approve any number of options' }),
+      p.options.map((name, i) => h('div', { class: 'opt' }, ranked ? null : inputs[i], h('label', { for: `opt-${i}`, text: name }), ranked ? inputs[i] : null))),
     h('button', { type: 'button', class: 'btn btn-primary', testid: 'vote-submit', onclick: submit }, ranked ? 'Cast ranked ballot' : 'Cast approval ballot'), secret);
   }
 
@@ -727,35 +627,40 @@
     box.result.className = `result ${ok ? 'result-ok' : 'result-error'}`;
   }
 
-  async function castVote(cur, p, choice, label) {
-    const V = cur.parts.vote;
-    const reason = V.reason.value.trim();
-    if (p.voting.reasoning && !reason) { say(V, 'This proposal requires a reason with every ballot.', false); V.reason.focus(); return; }
-    const buttons = [...V.ballot.querySelectorAll('button')];
+  /** Sends a ballot or a comment with its buttons disabled; refreshes the view when done. */
+  async function post(box, buttons, path, body, sending, done, refused) {
     buttons.forEach((b) => { b.disabled = true; });
-    say(V, 'Sending your vote…', true);
+    say(box, sending, true);
     try {
-      const r = await api('POST', `/v1/proposals/${p.id}/vote`, { choice, reason: reason || undefined });
-      say(V, r.committed
-        ? `Ballot committed: ${label}. This node reveals it when voting ends.`
-        : `Vote recorded: ${label} (message ${short(r.id, 10, 0)}).`, true);
-      V.reason.value = '';
+      say(box, done(await api('POST', path, body)), true);
       refresh();
+      return true;
     } catch (e) {
-      if (session.token) say(V, `Vote refused: ${e.message}`, false);
+      if (session.token) say(box, `${refused}: ${e.message}`, false);
+      return false;
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
     }
   }
 
+  async function castVote(cur, p, choice, label) {
+    const V = cur.parts.vote;
+    const reason = V.reason.value.trim();
+    if (p.voting.reasoning && !reason) { V.reason.focus(); return say(V, 'This proposal requires a reason with every ballot.', false); }
+    const ok = await post(V, [...V.ballot.querySelectorAll('button')], `/v1/proposals/${p.id}/vote`, { choice, reason: reason || undefined },
+      'Sending your vote…', (r) => (r.committed ? `Ballot committed: ${label}. This node reveals it when voting ends.`
+        : `Vote recorded: ${label} (message ${short(r.id, 10, 0)}).`), 'Vote refused');
+    if (ok) V.reason.value = '';
+    return ok;
+  }
+
   // The comment form is built once per proposal page: a refresh never touches what is typed.
   function buildCommentForm(cur) {
-    const C = { parent: null };
+    const C = { parent: null, replyText: h('span') };
     C.text = h('textarea', { id: 'comment-text', testid: 'comment-text', rows: '4', maxlength: '10000', required: true });
     C.kind = h('select', { id: 'comment-kind', testid: 'comment-kind' },
       ['comment', 'suggestion', 'objection', 'support', 'summary'].map((k) => h('option', { value: k, text: cap(k) })));
-    C.replyText = h('span', {});
-    C.reply = h('p', { class: 'replying', testid: 'comment-replying', hidden: true }, C.replyText, ' ',
+    C.reply = h('p', { class: 'replying', testid: 'comment-replying', hidden: true }, C.replyText,
       h('button', { type: 'button', class: 'btn btn-quiet', testid: 'comment-cancel-reply', onclick: () => setReply(C, null) }, 'Cancel reply'));
     C.result = h('p', { class: 'result', testid: 'comment-result', role: 'status', 'aria-live': 'polite' });
     C.submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'comment-submit' }, 'Post comment');
@@ -768,19 +673,11 @@
     C.form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       const text = C.text.value.trim();
-      if (!text) { say(C, 'Write something first.', false); C.text.focus(); return; }
-      C.submit.disabled = true;
-      say(C, 'Posting…', true);
-      try {
-        await api('POST', `/v1/proposals/${cur.route.id}/comment`, { text, kind: C.kind.value, parent: C.parent ? C.parent.id : undefined });
+      if (!text) { C.text.focus(); return; }
+      const body = { text, kind: C.kind.value, parent: C.parent ? C.parent.id : undefined };
+      if (await post(C, [C.submit], `/v1/proposals/${cur.route.id}/comment`, body, 'Posting…', () => 'Comment posted.', 'Comment refused')) {
         C.text.value = '';
         setReply(C, null);
-        say(C, 'Comment posted.', true);
-        refresh();
-      } catch (e) {
-        if (session.token) say(C, `Comment refused: ${e.message}`, false);
-      } finally {
-        C.submit.disabled = false;
       }
     });
     return C;
@@ -789,11 +686,10 @@
   function setReply(C, comment) {
     C.parent = comment;
     C.reply.hidden = !comment;
-    if (comment) {
-      const gist = String(comment.text || '').slice(0, 60);
-      C.replyText.textContent = `Replying to ${short(comment.author)}: “${gist}${(comment.text || '').length > 60 ? '…' : ''}”`;
-      C.text.focus();
-    }
+    if (!comment) return;
+    const gist = String(comment.text || '');
+    C.replyText.textContent = `Replying to ${short(comment.author)}: “${gist.slice(0, 60)}${gist.length > 60 ? '…' : ''}”`;
+    C.text.focus();
   }
 
   function discussion(cur, p) {
@@ -810,7 +706,8 @@
       ident(c.author), c.author === me() ? h('span', { class: 'muted', text: 'this node' }) : null,
       when(c.created_ms), c.revision !== p.revision ? h('span', { class: 'muted', text: `on revision ${c.revision}` }) : null),
     h('p', { class: 'comment-text prose', text: c.text == null ? '(text not in this node’s store)' : c.text }),
-    h('button', { type: 'button', class: 'btn btn-quiet reply', 'data-key': `reply:${c.id}`, 'aria-label': `Reply to the comment by ${short(c.author)}`, onclick: () => setReply(C, c) }, 'Reply')))),
+    h('button', { type: 'button', class: 'btn btn-quiet reply', 'data-key': `reply:${c.id}`,
+      'aria-label': `Reply to the comment by ${short(c.author)}`, onclick: () => setReply(C, c) }, 'Reply')))),
     (p.comments_total || 0) > list.length ? h('p', { class: 'muted', text: `${p.comments_total - list.length} more not shown.` }) : null];
   }
 
@@ -847,36 +744,25 @@
   }
 
   function timeline(p) {
-    const t = p.timeline;
-    const now = Date.now();
-    const steps = [
-      ['Proposed', t.created_ms],
-      ['Discussion ends, voting opens', t.discussion_end_ms],
-      ['Voting closes', t.voting_end_ms],
-      t.reveal_end_ms != null ? ['Reveal window closes', t.reveal_end_ms] : null,
-      p.finality.final_at_ms != null ? ['Final', p.finality.final_at_ms] : null,
-      p.execution ? [p.execution.due ? `Executed${p.execution.result === 'ok' ? '' : ` — failed: ${p.execution.result}`}` : 'Executes', p.execution.at_ms] : null,
-    ].filter(Boolean).sort((a, b) => a[1] - b[1]);
-    const nextAt = steps.find(([, at]) => at > now);
-    const next = t.next || {};
+    const t = p.timeline, e = p.execution, now = Date.now(), next = t.next || {};
+    const steps = [['Proposed', t.created_ms], ['Discussion ends, voting opens', t.discussion_end_ms], ['Voting closes', t.voting_end_ms],
+      t.reveal_end_ms != null && ['Reveal window closes', t.reveal_end_ms], p.finality.final_at_ms != null && ['Final', p.finality.final_at_ms],
+      e && [e.due ? `Executed${e.result === 'ok' ? '' : ` — failed: ${e.result}`}` : 'Executes', e.at_ms]].filter(Boolean).sort((a, b) => a[1] - b[1]);
+    const upcoming = steps.find(([, at]) => at > now);
     return [h('h2', { id: 'h-timeline', text: 'Timeline' }),
       h('p', { class: 'next-box' }, h('span', { class: 'next-label', text: 'What comes next' }), h('strong', { text: cap(next.event || '—') }),
         next.at_ms != null ? when(next.at_ms, { dateFirst: true }) : null),
-      h('ol', { class: 'steps' }, steps.map((s) => h('li', { class: s === nextAt ? 'step next' : s[1] <= now ? 'step done' : 'step' },
+      h('ol', { class: 'steps' }, steps.map((s) => h('li', { class: s === upcoming ? 'step next' : s[1] <= now ? 'step done' : 'step' },
         h('span', { class: 'step-label', text: s[0] }), when(s[1], { dateFirst: true }))))];
   }
 
   function rules(p) {
     const v = p.voting;
     return [h('h2', { id: 'h-rules', text: 'Voting rules' }), dl([
-      ['Rule', `${ruleInfo(v.rule).name}${isBinary(v.rule) ? ` — ${ruleInfo(v.rule).needs}` : ''}`],
-      ['Weighting', cap(v.weighting)],
-      ['Quorum', `${pct(ratio(v.quorum) || 0)} of the eligible weight`],
-      ['Veto', `above ${pct(ratio(v.veto) || 0)} of participation`],
-      ['Ballot', v.secret ? 'secret (commit, then reveal)' : 'public'],
-      ['Early close', v.early_close ? 'yes, once the outcome cannot change' : 'no'],
-      ['Reason', v.reasoning ? 'required with every ballot' : 'optional'],
-    ])];
+      ['Rule', `${ruleInfo(v.rule).name}${isBinary(v.rule) ? ` — ${ruleInfo(v.rule).needs}` : ''}`], ['Weighting', cap(v.weighting)],
+      ['Quorum', `${pct(ratio(v.quorum) || 0)} of the eligible weight`], ['Veto', `above ${pct(ratio(v.veto) || 0)} of participation`],
+      ['Ballot', v.secret ? 'secret (commit, then reveal)' : 'public'], ['Early close', v.early_close ? 'yes, once the outcome cannot change' : 'no'],
+      ['Reason', v.reasoning ? 'required with every ballot' : 'optional']])];
   }
 
   // ---- federation, peers, audit
@@ -912,10 +798,12 @@
             ['Voting', t.default_voting_ms != null ? `${duration(t.default_voting_ms)} by default, at most ${duration(t.max_voting_ms)}` : null],
             ['Reveal window', t.reveal_ms != null ? duration(t.reveal_ms) : null],
             ['Governing bodies', (f.bodies || []).length ? h('ul', { class: 'plain' }, f.bodies.map((b) => h('li', {}, `${cap(b.kind)}: `, b.members.map((m) => ident(m))))) : 'none'],
-            ['Voting defaults', (f.defaults || []).length ? h('ul', { class: 'plain' }, f.defaults.map((d) => h('li', { text: `${cap(d.kind)}: ${vc(d.config || {})}` }))) : 'the protocol’s'],
+            ['Voting defaults', (f.defaults || []).length
+              ? h('ul', { class: 'plain' }, f.defaults.map((d) => h('li', { text: `${cap(d.kind)}: ${vc(d.config || {})}` }))) : 'the protocol’s'],
           ])),
           card('Configuration in force', 'h-config', config.length
-            ? table([['Key', ([k]) => h('span', { class: 'mono', text: k })], ['Value', ([, v]) => h('span', { class: 'mono wrap', text: typeof v === 'string' ? v : JSON.stringify(v) })]], config, 'config-table', 'Configuration')
+            ? table([['Key', ([k]) => h('span', { class: 'mono', text: k })],
+              ['Value', ([, v]) => h('span', { class: 'mono wrap', text: typeof v === 'string' ? v : JSON.stringify(v) })]], config, 'config-table', 'Configuration')
             : empty('No configuration key has been set.'))));
     },
   };
@@ -932,8 +820,8 @@
       const known = Object.fromEntries((p.known || []).map((k) => [k.peer_id, k.addrs || []]));
       const blocked = new Set((p.blocks || []).map((b) => b.peer_id));
       const connected = new Set(p.connected || []);
-      // Connected peers first, then those known by address only.
-      const ids = [...connected, ...Object.keys(known).filter((id) => !connected.has(id))];
+      // Connected peers first, then those known by address or blocked.
+      const ids = [...new Set([...connected, ...Object.keys(known), ...blocked])];
       put(cur.root,
         pageHead('Peers', `${connected.size} connected · ${blocked.size} blocked`),
         card('Peers', 'h-peers', ids.length ? table([
@@ -950,7 +838,8 @@
             : empty('No local trust set: kosctl trust sets it.'),
           h('h3', { class: 'subhead', text: 'Advisory reputation (never changes trust by itself)' }),
           (p.reputation || []).length
-            ? table([['Subject', (r) => ident(r.subject)], ['Score', (r) => String(r.advisory_score), 'num'], ['Reports', (r) => String((r.sources || []).length), 'num']], p.reputation, 'reputation-table', 'Reputation')
+            ? table([['Subject', (r) => ident(r.subject)], ['Score', (r) => String(r.advisory_score), 'num'],
+              ['Reports', (r) => String((r.sources || []).length), 'num']], p.reputation, 'reputation-table', 'Reputation')
             : empty('No reputation reports received.')),
           card('This node', 'h-self', dl([
             ['Member', s.member ? ident(s.member, 10, 6) : '—'],
@@ -968,19 +857,13 @@
     render(cur, d) {
       // The filter is built once: refreshes redraw the list under it, never the inputs.
       if (!cur.parts) {
-        const P = (cur.parts = {});
-        P.filter = h('input', { id: 'audit-filter', type: 'search', testid: 'audit-filter', autocomplete: 'off' });
-        P.immune = h('input', { id: 'audit-immune', type: 'checkbox', testid: 'audit-immune' });
-        P.list = h('div', {});
-        P.count = h('p', { class: 'muted', role: 'status' });
         const redraw = () => audit.render(cur, cur.data);
-        P.filter.addEventListener('input', redraw);
-        P.immune.addEventListener('change', redraw);
+        const P = (cur.parts = { list: h('div'), count: h('p', { class: 'muted', role: 'status' }),
+          filter: h('input', { id: 'audit-filter', type: 'search', testid: 'audit-filter', autocomplete: 'off', oninput: redraw }),
+          immune: h('input', { id: 'audit-immune', type: 'checkbox', testid: 'audit-immune', onchange: redraw }) });
         put(cur.root, pageHead('Audit log', 'The node’s append-only, hash-chained log: the last 500 entries, newest first.'),
-          h('div', { class: 'card filters' },
-            h('div', { class: 'field field-grow' }, h('label', { for: 'audit-filter', text: 'Filter' }), P.filter),
-            h('div', { class: 'check' }, P.immune, h('label', { for: 'audit-immune', text: 'Immune system only' }))),
-          P.count, P.list);
+          h('div', { class: 'card filters' }, h('div', { class: 'field field-grow' }, h('label', { for: 'audit-filter', text: 'Filter' }), P.filter),
+            h('div', { class: 'check' }, P.immune, h('label', { for: 'audit-immune', text: 'Immune system only' }))), P.count, P.list);
       }
       cur.data = d;
       const q = cur.parts.filter.value.trim().toLowerCase();
@@ -995,23 +878,12 @@
   // ---------------------------------------------------------------- start
 
   function start() {
-    $('#login-form').addEventListener('submit', async (ev) => {
+    $('#login-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
-      const input = $('#login-token');
-      const button = $('[data-testid="login-submit"]');
-      button.disabled = true;
-      try {
-        await openSession({ token: input.value.trim() });
-        input.value = '';
-        enterApp();
-      } catch (e) {
-        showLogin(e.message);
-      } finally {
-        button.disabled = false;
-      }
+      openSession({ token: $('#login-token').value.trim() }).then(() => { $('#login-token').value = ''; enterApp(true); }, (e) => showLogin(e.message));
     });
     $('#signout').addEventListener('click', async () => {
-      try { await api('DELETE', '/v1/session'); } catch (_) { /* ended anyway */ }
+      await api('DELETE', '/v1/session').catch(() => null);
       signedOut('Signed out.', true);
     });
     $('#nav-toggle').addEventListener('click', () => setNav($('#nav-toggle').getAttribute('aria-expanded') !== 'true'));
