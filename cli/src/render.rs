@@ -661,10 +661,15 @@ fn progress_line(t: &Value) -> String {
     let unit = s(&t["unit"]);
     let rate = t["rate_per_sec"].as_f64().unwrap_or(0.0);
     if let (Some(end), Some(start)) = (t["finished_ms"].as_u64(), t["started_ms"].as_u64()) {
+        let took = end.saturating_sub(start);
+        let took = if took < 10_000 {
+            format!("{}.{} s", took / 1000, took % 1000 / 100)
+        } else {
+            duration(took)
+        };
         return format!(
-            "done: {} {unit} in {} ({} ago)",
+            "done: {} {unit} in {took} ({} ago)",
             count(done),
-            duration(end.saturating_sub(start).max(1)),
             duration(now_ms().saturating_sub(end))
         );
     }

@@ -1051,6 +1051,9 @@ struct SecretBallot {
 
 /// Builds and starts the core thread.
 pub fn spawn(core: Core) -> anyhow::Result<(CoreHandle, std::thread::JoinHandle<()>)> {
+    // The gauges read right from the start, not from the first housekeeping round.
+    core.metrics.stored_messages.set(core.store.len() as i64);
+    core.metrics.pending_messages.set(core.engine.as_ref().map_or(0, Engine::pending_len) as i64);
     let (tx, rx) = crossbeam_channel::bounded(CORE_QUEUE);
     let join = std::thread::Builder::new()
         .name("kos-core".into())

@@ -107,9 +107,11 @@ impl Progress {
     /// Every task, as `status` shows it.
     pub fn json(&self, now: u64) -> Value {
         let tasks = self.lock();
+        // In the order they started.
+        let mut list: Vec<(&&str, &Task)> = tasks.iter().collect();
+        list.sort_by_key(|(name, t)| (t.started_ms, **name));
         Value::Array(
-            tasks
-                .iter()
+            list.into_iter()
                 .map(|(name, t)| {
                     let (rate, eta) = rate_eta(t, now);
                     json!({
@@ -189,6 +191,8 @@ mod tests {
         // A total that grows as work is found never falls below what is done.
         p.start("sync", 10, "messages", 0);
         p.update("sync", 40, 20, 1_000);
-        assert_eq!(p.json(1_000)[1]["total"], 40);
+        let all = p.json(1_000);
+        assert_eq!(all[0]["task"], "sync", "in the order they started");
+        assert_eq!(all[0]["total"], 40);
     }
 }
