@@ -48,7 +48,7 @@ fn vault_and_usage_errors_are_one_clear_line() {
     assert!(err.contains("run `kosd init` first"), "{err}");
 
     let err = run("kosd", &["--data-dir", data, "init"], &[]).fails(1);
-    assert!(err.contains("KOS_PASSPHRASE is not set"), "{err}");
+    assert!(err.contains("no vault passphrase: set KOS_PASSPHRASE"), "{err}");
     assert!(!std::path::Path::new(data).join("vault.bin").exists(), "nothing was written");
 
     run("kosd", &["--data-dir", data, "init"], &[("KOS_PASSPHRASE", "right")]).ok();
