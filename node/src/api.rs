@@ -162,8 +162,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         use axum::extract::rejection::JsonRejection;
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
+        match Json::<Value>::from_request(req, state).await {
+            // Every request body is an object: serde would otherwise fill a struct from an
+            // array field by field, and `[]` would pass for a body whose fields are optional.
+            Ok(Json(v)) if !v.is_object() => Err(bad("the request body must be a JSON object")),
+            Ok(Json(v)) => serde_json::from_value::<T>(v)
+                .map(Body)
+                .map_err(|e| bad(format!("invalid request: {}", scrub(&e.to_string())))),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "send a JSON body with Content-Type: application/json".into(),
@@ -1702,12 +1707,41 @@ async fn revise(
 fn query_param(query: Option<&str>, name: &str, what: &str) -> Result<Option<String>, ApiError> {
     let mut value = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some((n, v)) if n == name => value = Some(v.to_owned()),
+        match pair.split_once('=').map(|(n, v)| (percent_decode(n), percent_decode(v))) {
+            Some((Some(n), Some(v))) if n == name => value = Some(v),
+            Some((Some(n), None)) if n == name => {
+                return Err(bad(format!("{name} is not valid percent-encoded UTF-8")));
+            }
             _ => return Err(bad(format!("the only query parameter is {name}={what}"))),
         }
     }
     Ok(value)
+}
+
+/// A query component with its `%XX` escapes (and `+` for a space) decoded; `None` if an escape is
+/// malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The did:key in the query's only parameter `name` (`?name=did:key:…`), if given.
@@ -1799,6 +1833,21 @@ async fn audit_verify(AxState(ctx): AxState<Ctx>) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = Some("member=did%3Akey%3Az6Mk");
+        assert_eq!(query_param(q, "member", "DID").ok().flatten().as_deref(), Some("did:key:z6Mk"));
+        let raw = Some("address=klp://worker/tasks");
+        assert_eq!(
+            query_param(raw, "address", "A").ok().flatten().as_deref(),
+            Some("klp://worker/tasks")
+        );
+        for bad in ["member=%zz", "member=%4", "member=%ff%fe", "other=1"] {
+            assert!(query_param(Some(bad), "member", "DID").is_err(), "{bad}");
+        }
+        assert_eq!(percent_decode("a+b%20c").as_deref(), Some("a b c"));
+    }
 
     #[test]
     fn loopback_names() {

@@ -153,7 +153,12 @@ impl Sessions {
     /// An asset by file name (`index.html` for the directory itself).
     pub fn asset(&self, name: &str) -> Response {
         let Some((file, mime, embedded)) = ASSETS.iter().find(|(f, _, _)| *f == name) else {
-            return (StatusCode::NOT_FOUND, "no such file").into_response();
+            // The API's one error form, like every other unknown path.
+            return (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({ "error": "no such dashboard file" })),
+            )
+                .into_response();
         };
         let body = match &self.asset_dir {
             Some(dir) => match std::fs::read_to_string(dir.join(file)) {

@@ -132,6 +132,10 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
     expect(api.raw("POST", "/v1/connect", &[], br#"{"addr": "x"}"#), 415);
     let e = expect(api.post("/v1/connect", &json!({"addr": 7})), 400);
     assert!(e.contains("invalid"), "{e}");
+    // An array is not a body, even where every field is optional (it would withdraw).
+    let e = expect(api.post(&format!("/v1/proposals/{p}/withdraw"), &json!([])), 400);
+    assert!(e.contains("JSON object"), "{e}");
+    expect(api.post("/v1/delegate", &json!([null, null])), 400);
     let huge = "A".repeat(1 << 20);
     let (code, body) = api.post("/v1/connect", &json!({ "addr": huge }));
     assert_eq!(code, 413, "{body}");
@@ -168,6 +172,10 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
     let e = expect(api.get(&format!("/v1/resolve?address=peer://{}", a.peer_id())), 400);
     assert!(e.contains("peer://"), "{e}");
     expect(api.get("/v1/resolve"), 400);
+    // Query values are percent-decoded, as every HTTP client sends them.
+    let e = expect(api.get("/v1/resolve?address=klp%3A%2F%2Fnobody-at-all%2Fx"), 404);
+    assert!(e.contains("no directory record"), "{e}");
+    expect(api.get("/v1/resolve?address=klp%3"), 400);
     let e = expect(api.get("/v1/resolve?address=klp://nobody-at-all/x"), 404);
     assert!(e.contains("no directory record"), "{e}");
     let e = expect(
