@@ -305,6 +305,7 @@ fn router(ctx: Ctx) -> Router {
         })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn(json_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(ctx)
 }
@@ -405,6 +406,26 @@ fn loopback_name(host: &str) -> bool {
     };
     name.eq_ignore_ascii_case("localhost")
         || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Every error is `{"error": "one line"}`: an error response another layer made in plain text
+/// (axum's rejection of a path that is not UTF-8, say) is replaced by that form, with its status.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let what = match status {
+        StatusCode::BAD_REQUEST => "invalid request: the path or query is not valid".to_owned(),
+        other => other.canonical_reason().unwrap_or("request failed").to_lowercase(),
+    };
+    ApiError(status, what).into_response()
 }
 
 /// Host and Origin checks, and the request timeout.
@@ -1969,7 +1990,9 @@ struct SendReq {
 fn inner_payload(kind: &str, body: Value) -> Result<Payload, ApiError> {
     let t = kos_protocol::MessageType::from_name(kind)
         .ok_or_else(|| bad(format!("unknown message type {}", clip(kind))))?;
-    let bad_body = |e: serde_json::Error| bad(format!("invalid {kind} payload: {e}"));
+    // Serde quotes the offending value: never echo it.
+    let bad_body =
+        |e: serde_json::Error| bad(format!("invalid {kind} payload: {}", scrub(&e.to_string())));
     let p = match t {
         kos_protocol::MessageType::TaskRequest => {
             Payload::TaskRequest(serde_json::from_value(body).map_err(bad_body)?)

@@ -354,6 +354,13 @@ impl<R: WireResponse + 'static, const MAX_REQUEST: usize> request_response::Code
 #[allow(missing_debug_implementations)] // libp2p's behaviours are not Debug
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    // The behaviours that deny connections come first: the derive asks each behaviour in field
+    // order, and one that has already registered a connection another then denies keeps a stale
+    // entry (request-response asserts on it when the peer is later blocked again).
+    /// Connection limits.
+    pub limits: libp2p::connection_limits::Behaviour,
+    /// Peers this node refuses to talk to (operator blocks and the immune system).
+    pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
     /// Gossip of governance messages.
     pub gossipsub: gossipsub::Behaviour,
     /// Peer discovery.
@@ -368,10 +375,6 @@ pub struct Behaviour {
     pub direct: request_response::Behaviour<DirectCodec>,
     /// Chunks of vector transfers.
     pub vector: request_response::Behaviour<VectorCodec>,
-    /// Connection limits.
-    pub limits: libp2p::connection_limits::Behaviour,
-    /// Peers this node refuses to talk to (operator blocks and the immune system).
-    pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
 }
 
 /// Builds the swarm for `key`.

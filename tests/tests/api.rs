@@ -126,6 +126,8 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
     assert!(e.contains("parent"), "{e}");
     expect(api.get(&format!("/v1/proposals/{unknown}")), 404);
     expect(api.get(&format!("/v1/proposals/{unknown}/tally")), 404);
+    // A path that is not UTF-8 is an error in the API's one form too.
+    expect(api.get("/v1/messages/%FF"), 400);
 
     // Bodies: not JSON, not declared JSON, the wrong shape, too large.
     expect(api.raw("POST", "/v1/connect", &[("Content-Type", "application/json")], b"{nope"), 400);
@@ -188,6 +190,16 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
         400,
     );
     assert!(e.contains("cannot be sent as a direct message"), "{e}");
+    // A payload of the wrong shape is refused without quoting what was sent.
+    let e = expect(
+        api.post(
+            "/v1/send",
+            &json!({"address": "klp://x/y", "type": "TASK_REQUEST",
+                    "payload": {"inputs": "SECRET-VALUE-123", "task_id": "t"}}),
+        ),
+        400,
+    );
+    assert!(e.contains("invalid TASK_REQUEST payload") && !e.contains("SECRET"), "{e}");
     let e = expect(
         api.post(
             "/v1/send",
@@ -253,4 +265,36 @@ fn half_open_connections_are_closed() {
     }
     // And it still serves everyone else.
     assert_eq!(api.get("/v1/status").0, 200);
+}
+
+/// Blocking a live peer, letting it try again, unblocking, and blocking it again leaves the node
+/// running (the block list once ran after the request-response behaviours had registered the
+/// connection it denied, and a debug assertion in request-response ended the process).
+#[test]
+fn blocking_again_a_peer_that_came_back_keeps_the_node_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    let (api_a, api_b) = (Api::of(&a), Api::of(&b));
+    let addr = a.bootstrap_addr();
+    let peer_b = b.peer_id();
+    let connected = |n: &Node, p: &str| {
+        n.status()["peers"].as_array().is_some_and(|l| l.iter().any(|x| x == p))
+    };
+    assert_eq!(api_b.post("/v1/connect", &json!({"addr": addr})).0, 200);
+    kos_tests::wait_for(30, "a connection", || connected(&a, &peer_b).then_some(()));
+    for round in 0..3 {
+        assert_eq!(api_a.post("/v1/block", &json!({"peer": peer_b})).0, 200, "round {round}");
+        // B dials again: refused while blocked.
+        let _ = api_b.post("/v1/connect", &json!({"addr": addr}));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(api_a.post("/v1/unblock", &json!({"peer": peer_b})).0, 200);
+        assert_eq!(api_b.post("/v1/connect", &json!({"addr": addr})).0, 200);
+        kos_tests::wait_for(30, "the connection back", || connected(&a, &peer_b).then_some(()));
+    }
+    assert_eq!(api_a.post("/v1/block", &json!({"peer": peer_b})).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Still answering.
+    assert_eq!(api_a.get("/v1/status").0, 200);
+    assert!(!connected(&a, &peer_b));
 }
