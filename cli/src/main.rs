@@ -252,7 +252,7 @@ enum Command {
     )]
     Completions {
         /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
+        shell: kos_clidoc::Shell,
     },
     /// Write the manual pages (kosctl.1 and one page per command).
     Man {
@@ -581,31 +581,6 @@ fn write_out(v: &serde_json::Value, out: Option<&std::path::Path>) -> anyhow::Re
     Ok(())
 }
 
-/// The manual page of `cmd` to standard output, or of `cmd` and each of its subcommands
-/// (`kosctl-vote.1`, …) into `dir`.
-fn write_man_pages(cmd: clap::Command, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let Some(dir) = dir else {
-        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(Into::into);
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut cmd = cmd;
-    cmd.build();
-    let name = cmd.get_name().to_owned();
-    let mut pages = vec![(name.clone(), cmd.clone())];
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
-        let full = format!("{name}-{}", sub.get_name());
-        pages.push((full.clone(), sub.clone().name(full)));
-    }
-    for (file, page) in pages {
-        let path = dir.join(format!("{file}.1"));
-        let mut bytes = Vec::new();
-        clap_mangen::Man::new(page).render(&mut bytes)?;
-        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
 /// One example per command, shown at the end of its `--help` and in its manual page.
 const EXAMPLES: &[(&str, &str)] = &[
     ("status", "kosctl status\n  kosctl --data-dir /var/lib/kos status --json"),
@@ -697,23 +672,22 @@ fn command() -> clap::Command {
     cmd
 }
 
+/// `man`: the pages, and the files written on standard error.
+fn man_pages(cmd: clap::Command, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    for path in kos_clidoc::write_man_pages(cmd, out).context("cannot write the manual pages")? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let api = || client::Client::new(&cli.data_dir, cli.api.as_deref(), cli.token.as_deref());
     let show = |v: serde_json::Value| client::print(&v, cli.json);
 
     match cli.command {
-        Command::Completions { shell } => {
-            // Into memory first: a closed pipe is an error to report, not a panic.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command(), "kosctl", &mut script);
-            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(e).context("cannot write the completion script")
-                }
-                _ => Ok(()),
-            }
-        }
-        Command::Man { out } => write_man_pages(command(), out.as_deref()),
+        Command::Completions { shell } => kos_clidoc::print_completions(shell, command())
+            .context("cannot write the completion script"),
+        Command::Man { out } => man_pages(command(), out.as_deref()),
         Command::Dashboard => {
             let v = api()?.post("/v1/dashboard/link", serde_json::json!({}))?;
             if cli.json {

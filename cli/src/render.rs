@@ -767,20 +767,35 @@ pub fn status(v: &Value) -> String {
     out
 }
 
+/// The width a cell takes on a terminal: its characters, without colour escape codes.
+fn width(cell: &str) -> usize {
+    let mut n = 0;
+    let mut escape = false;
+    for c in cell.chars() {
+        match (escape, c) {
+            (false, '\x1b') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
 /// A table: a bold header row, columns as wide as their widest cell (the last one free).
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let n = header.len();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate().take(n) {
-            widths[i] = widths[i].max(c.chars().count());
+            widths[i] = widths[i].max(width(c));
         }
     }
     let render = |cells: Vec<String>| {
         let mut line = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 < cells.len() {
-                let pad = widths[i].saturating_sub(c.chars().count()) + 2;
+                let pad = widths[i].saturating_sub(width(c)) + 2;
                 line.push_str(c);
                 line.push_str(&" ".repeat(pad));
             } else {
@@ -847,17 +862,9 @@ pub fn peers(v: &Value) -> String {
             } else {
                 "known".into()
             };
-            // Pad before painting: escape codes have no width.
-            let pad = 9usize.saturating_sub(if r.block.is_some() {
-                7
-            } else if r.connected {
-                9
-            } else {
-                5
-            });
             vec![
                 p.clone(),
-                format!("{state}{}", " ".repeat(pad)),
+                state,
                 r.score.map_or("—".into(), |x| format!("{x:.1}")),
                 r.trust.clone().unwrap_or_else(|| "—".into()),
                 if r.addrs == 0 { "—".into() } else { r.addrs.to_string() },
@@ -1001,6 +1008,12 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_codes_take_no_width() {
+        assert_eq!(width("\x1b[32mconnected\x1b[0m"), 9);
+        assert_eq!(width("known"), 5);
+    }
 
     #[test]
     fn dates_and_durations() {

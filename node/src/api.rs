@@ -459,13 +459,17 @@ async fn guard(req: Request, next: Next) -> Response {
     }
 }
 
-/// The bearer token's grant: the API token, a dashboard session, or nothing.
-fn grant(ctx: &Ctx, req: &Request) -> Option<Grant> {
-    let t = req
-        .headers()
+/// The request's bearer token.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))?;
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The bearer token's grant: the API token, a dashboard session, or nothing.
+fn grant(ctx: &Ctx, req: &Request) -> Option<Grant> {
+    let t = bearer(req)?;
     if constant_time_eq(t.as_bytes(), ctx.token.as_bytes()) {
         Some(Grant::Full)
     } else if ctx.sessions.is_live(t, now_ms()) {
@@ -614,13 +618,7 @@ async fn session_open(AxState(ctx): AxState<Ctx>, Body(req): Body<SessionReq>) -
 }
 
 async fn session_close(AxState(ctx): AxState<Ctx>, req: Request) -> ApiResult {
-    let t = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    Ok(Json(json!({ "closed": ctx.sessions.close(t) })))
+    Ok(Json(json!({ "closed": ctx.sessions.close(bearer(&req).unwrap_or_default()) })))
 }
 
 async fn dashboard_link(AxState(ctx): AxState<Ctx>) -> ApiResult {
@@ -633,6 +631,8 @@ async fn dashboard_link(AxState(ctx): AxState<Ctx>) -> ApiResult {
 }
 
 async fn metrics(AxState(ctx): AxState<Ctx>) -> Response {
+    // Read when scraped (the store's summary cache counts it): never a round behind.
+    ctx.metrics.stored_messages.set(ctx.store.len() as i64);
     let text = ctx.metrics.encode();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

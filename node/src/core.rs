@@ -892,7 +892,6 @@ impl Core {
     fn housekeeping(&mut self) {
         self.refresh_policy();
         let m = &self.metrics;
-        m.stored_messages.set(self.store.len() as i64);
         m.pending_messages.set(self.engine.as_ref().map_or(0, Engine::pending_len) as i64);
         if let Err(e) = self.store.checkpoint() {
             warn!("checkpoint: {e}");
@@ -1051,8 +1050,7 @@ struct SecretBallot {
 
 /// Builds and starts the core thread.
 pub fn spawn(core: Core) -> anyhow::Result<(CoreHandle, std::thread::JoinHandle<()>)> {
-    // The gauges read right from the start, not from the first housekeeping round.
-    core.metrics.stored_messages.set(core.store.len() as i64);
+    // The gauge reads right from the start, not from the first housekeeping round.
     core.metrics.pending_messages.set(core.engine.as_ref().map_or(0, Engine::pending_len) as i64);
     let (tx, rx) = crossbeam_channel::bounded(CORE_QUEUE);
     let join = std::thread::Builder::new()

@@ -68,7 +68,7 @@ enum Command {
     #[command(after_help = "Example:\n  kosd completions bash > /etc/bash_completion.d/kosd")]
     Completions {
         /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
+        shell: kos_clidoc::Shell,
     },
     /// Write the manual pages (kosd.1 and one page per command).
     #[command(after_help = "Example:\n  kosd man --out /usr/local/share/man/man1 && man kosd")]
@@ -382,41 +382,35 @@ fn settings(
             file.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect())
         }
     };
-    let in_file = (
-        file.listen.is_some(),
-        file.bootstrap.is_some(),
-        file.api.is_some(),
-        file.name.is_some(),
-        file.sync_interval_secs.is_some(),
-        file.max_connections.is_some(),
-        file.author_burst.is_some(),
-        file.author_per_minute.is_some(),
-        file.vector_kib_per_sec.is_some(),
-    );
     let listen_text = pick(
         &args.listen,
-        file.listen,
+        file.listen.clone(),
         &["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"],
     );
-    note("listen", Some("KOS_LISTEN"), in_file.0, serde_json::json!(listen_text));
+    note("listen", Some("KOS_LISTEN"), file.listen.is_some(), serde_json::json!(listen_text));
     let listen = listen_text
         .iter()
         .map(|a| a.parse().with_context(|| format!("invalid listen address {a}")))
         .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
-    let bootstrap_text = pick(&args.bootstrap, file.bootstrap, &[]);
-    note("bootstrap", Some("KOS_BOOTSTRAP"), in_file.1, serde_json::json!(bootstrap_text));
+    let bootstrap_text = pick(&args.bootstrap, file.bootstrap.clone(), &[]);
+    note(
+        "bootstrap",
+        Some("KOS_BOOTSTRAP"),
+        file.bootstrap.is_some(),
+        serde_json::json!(bootstrap_text),
+    );
     let bootstrap = bootstrap_text
         .iter()
         .map(|a| a.parse().with_context(|| format!("invalid bootstrap address {a}")))
         .collect::<anyhow::Result<Vec<libp2p::Multiaddr>>>()?;
-    let api = args.api.clone().or(file.api).unwrap_or_else(|| "127.0.0.1:7700".into());
-    note("api", Some("KOS_API"), in_file.2, serde_json::json!(api));
+    let api = args.api.clone().or(file.api.clone()).unwrap_or_else(|| "127.0.0.1:7700".into());
+    note("api", Some("KOS_API"), file.api.is_some(), serde_json::json!(api));
     let api: std::net::SocketAddr =
         api.parse().with_context(|| format!("invalid API address {api}"))?;
     if !api.ip().is_loopback() {
         bail!("the control API only listens on loopback addresses, not {api}");
     }
-    let name = match args.name.clone().or(file.name) {
+    let name = match args.name.clone().or(file.name.clone()) {
         Some(n) => match n.parse::<kos_protocol::Host>() {
             Ok(kos_protocol::Host::Name(canonical)) => Some(canonical),
             _ => bail!(
@@ -425,11 +419,16 @@ fn settings(
         },
         None => None,
     };
-    note("name", Some("KOS_NAME"), in_file.3, serde_json::json!(name));
+    note("name", Some("KOS_NAME"), file.name.is_some(), serde_json::json!(name));
     let sync_secs = args.sync_interval_secs.or(file.sync_interval_secs).unwrap_or(10).max(1);
-    note("sync_interval_secs", Some("KOS_SYNC_INTERVAL"), in_file.4, sync_secs.into());
+    note(
+        "sync_interval_secs",
+        Some("KOS_SYNC_INTERVAL"),
+        file.sync_interval_secs.is_some(),
+        sync_secs.into(),
+    );
     let max_connections = args.max_connections.or(file.max_connections).unwrap_or(128);
-    note("max_connections", None, in_file.5, max_connections.into());
+    note("max_connections", None, file.max_connections.is_some(), max_connections.into());
     let quota = core::Quota {
         burst: args.author_burst.or(file.author_burst).unwrap_or(limits::AUTHOR_BURST).max(1),
         per_minute: args
@@ -438,10 +437,15 @@ fn settings(
             .unwrap_or(limits::AUTHOR_PER_MINUTE)
             .max(1),
     };
-    note("author_burst", None, in_file.6, quota.burst.into());
-    note("author_per_minute", None, in_file.7, quota.per_minute.into());
+    note("author_burst", None, file.author_burst.is_some(), quota.burst.into());
+    note("author_per_minute", None, file.author_per_minute.is_some(), quota.per_minute.into());
     let vector_kib = args.vector_kib_per_sec.or(file.vector_kib_per_sec);
-    note("vector_kib_per_sec", None, in_file.8, serde_json::json!(vector_kib));
+    note(
+        "vector_kib_per_sec",
+        None,
+        file.vector_kib_per_sec.is_some(),
+        serde_json::json!(vector_kib),
+    );
     shown.push(Setting {
         key: "data_dir",
         value: serde_json::json!(dir.display().to_string()),
@@ -738,31 +742,6 @@ fn apply_import(dir: &Path, core: &mut core::Core) -> anyhow::Result<()> {
 /// The file `kosctl import` leaves for the node's first start.
 const IMPORT_FILE: &str = "import.json";
 
-/// The manual page of `cmd` to standard output, or of `cmd` and each of its subcommands
-/// (`kosd-run.1`, …) into `dir`.
-fn write_man_pages(cmd: clap::Command, dir: Option<&Path>) -> anyhow::Result<()> {
-    let Some(dir) = dir else {
-        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(Into::into);
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut cmd = cmd;
-    cmd.build();
-    let name = cmd.get_name().to_owned();
-    let mut pages = vec![(name.clone(), cmd.clone())];
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
-        let full = format!("{name}-{}", sub.get_name());
-        pages.push((full.clone(), sub.clone().name(full)));
-    }
-    for (file, page) in pages {
-        let path = dir.join(format!("{file}.1"));
-        let mut bytes = Vec::new();
-        clap_mangen::Man::new(page).render(&mut bytes)?;
-        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
 fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let dir = &cli.data_dir;
     // The matches of the subcommand that takes `kosd run`'s flags: where each value came from.
@@ -782,18 +761,17 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Repair => repair(dir),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "kosd", &mut script);
-            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(e).context("cannot write the completion script")
-                }
-                _ => Ok(()),
-            }
+            kos_clidoc::print_completions(shell, Cli::command())
+                .context("cannot write the completion script")
         }
         Command::Man { out } => {
             use clap::CommandFactory;
-            write_man_pages(Cli::command(), out.as_deref())
+            for path in kos_clidoc::write_man_pages(Cli::command(), out.as_deref())
+                .context("cannot write the manual pages")?
+            {
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
         }
         Command::Init { insecure_plain_key } => {
             if has_data(dir) && !vault_path(dir).exists() {

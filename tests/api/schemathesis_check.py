@@ -34,7 +34,9 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kos_support import REPO, Failure, artifacts_dir, binary  # noqa: E402
+
 SPEC = REPO / "docs" / "openapi.yaml"
 STARTED = time.monotonic()
 SEED = 20251123
@@ -95,19 +97,8 @@ POSITIVE_DEFAULT = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 KEY_OPERATIONS = [("POST", "/v1/id/rotate"), ("POST", "/v1/id/revoke")]
 
 
-class Failure(Exception):
-    pass
-
-
 def log(msg):
     print(f"[{time.monotonic() - STARTED:6.1f}s] {msg}", flush=True)
-
-
-def binary(name):
-    if os.environ.get(name.upper()):
-        return Path(os.environ[name.upper()])
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    return target / "debug" / name
 
 
 def clean_env():
@@ -385,7 +376,7 @@ def main():
     for b in (kosd, kosctl):
         if not b.exists():
             raise Failure(f"{b} not found: build it, or set KOSD and KOSCTL")
-    artifacts = Path(os.environ.get("KOS_ARTIFACTS") or REPO / "target" / "api-artifacts")
+    artifacts = artifacts_dir("api-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="kos-api-"))
     nodes, results = [], []

@@ -27,7 +27,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kos_support import REPO, Failure, artifacts_dir, binary  # noqa: E402
+
 TOTAL_BUDGET_S = 300  # the whole script
 WAIT_S = 60  # any single wait
 STARTED = time.monotonic()
@@ -36,19 +38,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 TRUST_WEIGHT = {"core": 5000, "trusted": 3000, "standard": 1000, "sandbox": 500, "quarantine": 0}
 
 
-class Failure(Exception):
-    pass
-
-
 def ok(msg):
     print(f"ok: {msg}", flush=True)
-
-
-def binary(name):
-    if os.environ.get(name.upper()):
-        return Path(os.environ[name.upper()])
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    return target / "debug" / name
 
 
 def remaining():
@@ -358,7 +349,7 @@ def main():
         if not b.is_file():
             print(f"FAIL: no binary at {b} (set KOSD / KOSCTL or build first)", file=sys.stderr)
             return 2
-    artifacts = Path(os.environ.get("KOS_ARTIFACTS") or REPO / "target" / "browser-artifacts")
+    artifacts = artifacts_dir("browser-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     assets = os.environ.get("KOS_DASHBOARD_DIR")
     print(f"dashboard test: {kosd}, assets {'from ' + assets if assets else 'embedded'}", flush=True)

@@ -186,6 +186,30 @@ fn human_output_status_peers_and_federation() {
     assert!(json["progress"].as_array().is_some(), "{json}");
     assert_eq!(json["core"], "ready");
 
+    // On a terminal (a pseudo-terminal from `script`), colour; under NO_COLOR, none.
+    let on_tty = |no_color: bool| {
+        let cmd = format!("{} --data-dir {} peers", bin("kosctl").display(), a.dir.display());
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let o = c.output().expect("script (util-linux)");
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let coloured = on_tty(false);
+    assert!(coloured.contains("\x1b[32mconnected\x1b[0m"), "{coloured:?}");
+    // Colour codes take no room: the columns after STATE line up with the header's.
+    let head =
+        coloured.lines().next().expect("header").replace("\x1b[1m", "").replace("\x1b[0m", "");
+    let row = coloured.lines().nth(1).expect("row").replace("\x1b[32m", "").replace("\x1b[0m", "");
+    let state_end = row.find("connected").expect("state") + "connected".len();
+    let next = state_end + row[state_end..].find(|c: char| c != ' ').expect("a score column");
+    assert_eq!(head.find("SCORE"), Some(next), "{head}\n{row}");
+    let plain = on_tty(true);
+    assert!(!plain.contains('\x1b') && plain.contains("connected"), "{plain:?}");
+
     // Errors stay one line, with no escape codes in a pipe.
     let err = run("kosctl", &["--data-dir", "/nonexistent/kos", "status"], &[]).fails(1);
     assert!(err.starts_with("kosctl: error: cannot read"), "{err}");
