@@ -704,7 +704,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status => human(api()?.get("/v1/status")?, cli.json, render::status),
         Command::Reveal { id } => {
-            show(api()?.post(&format!("/v1/proposals/{id}/reveal"), serde_json::json!({}))?)
+            let v = api()?.post(&format!("/v1/proposals/{id}/reveal"), serde_json::json!({}))?;
+            let n = v["revealed"].as_array().map_or(0, Vec::len);
+            let headline = if n == 0 {
+                "Nothing to reveal: this node has no committed ballot on it left unrevealed."
+                    .to_owned()
+            } else {
+                format!("Revealed this node's ballot; `kosctl tally {id}` now counts it.")
+            };
+            done(v, cli.json, &headline)
         }
         Command::Submit { file } => {
             let text = if file.as_os_str() == "-" {
@@ -901,7 +909,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Delegate { to, scope } => {
-            show(api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?)
+            let v = api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?;
+            let scope = scope.as_deref().unwrap_or("all");
+            let headline = match &to {
+                Some(to) => format!(
+                    "Delegated to {to} for {scope}: its ballot carries this node's weight unless \
+                     this node votes itself. `kosctl delegations` shows the chain."
+                ),
+                None => format!("Delegation for {scope} revoked: this node's weight is its own."),
+            };
+            done(v, cli.json, &headline)
         }
         Command::Tally { id } => {
             let client = api()?;

@@ -41,50 +41,7 @@ fn percent(ratio: &str) -> String {
     }
 }
 
-/// Days since 1970-01-01 to a civil date (proleptic Gregorian).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// A UTC date and time: `2026-11-23 06:10:00 UTC`.
-pub fn date(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let (y, mo, d) = civil(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
-}
-
-/// A duration in the two largest units: `3 h 12 min`, `45 s`, `2 d 4 h`.
-pub fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec} s"),
-        (0, 0, _) if sec == 0 => format!("{m} min"),
-        (0, 0, _) => format!("{m} min {sec} s"),
-        (0, _, 0) => format!("{h} h"),
-        (0, _, _) => format!("{h} h {m} min"),
-        (_, 0, _) => format!("{d} d"),
-        _ => format!("{d} d {h} h"),
-    }
-}
-
-/// A time relative to `now`: `2026-11-23 06:10:00 UTC (in 3 h 12 min)` or `(5 min ago)`.
-pub fn when(ms: u64, now: u64) -> String {
-    if ms >= now {
-        format!("{} (in {})", date(ms), duration(ms - now))
-    } else {
-        format!("{} ({} ago)", date(ms), duration(now - ms))
-    }
-}
+pub use kos_protocol::time::{date, duration, when};
 
 #[allow(clippy::disallowed_methods)] // relative times ("in 3 h") are read against the local clock
 fn now_ms() -> u64 {
@@ -243,6 +200,18 @@ fn tally_block(out: &mut String, p: &Value, t: &Value, fin: Option<&Value>) {
             percent(s(&p["voting"]["veto"]))
         );
     }
+    let rounds: Vec<Vec<u64>> = t["rounds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r.as_array().into_iter().flatten().filter_map(Value::as_u64).collect())
+        .collect();
+    if !rounds.is_empty() {
+        for (i, text) in runoff_rounds(&labels, &rounds, t["winner"].as_u64()).iter().enumerate() {
+            let label = if i == 0 { "rounds" } else { "" };
+            let _ = writeln!(out, "  {label:<width$}{text}");
+        }
+    }
     let final_ = fin.is_some_and(|f| f["final"].as_bool() == Some(true));
     let _ = writeln!(
         out,
@@ -251,6 +220,44 @@ fn tally_block(out: &mut String, p: &Value, t: &Value, fin: Option<&Value>) {
         s(&t["outcome"]),
         if final_ { " (final)" } else { " (so far)" }
     );
+}
+
+/// Instant-runoff rounds in words: each round's weight per continuing option and who is
+/// eliminated (the least weight, ties eliminating the highest index, as the engine does).
+fn runoff_rounds(labels: &[String], rounds: &[Vec<u64>], winner: Option<u64>) -> Vec<String> {
+    let name = |i: usize| {
+        labels
+            .get(i)
+            .map_or(i.to_string(), |l| l.split_once(": ").map_or(l.clone(), |(_, n)| n.to_owned()))
+    };
+    let mut continuing: Vec<bool> = vec![true; rounds.first().map_or(0, Vec::len)];
+    let mut out = Vec::new();
+    for (r, totals) in rounds.iter().enumerate() {
+        let parts: Vec<String> = (0..totals.len())
+            .filter(|&i| continuing.get(i).copied().unwrap_or(false))
+            .map(|i| format!("{} {}", name(i), number(totals[i])))
+            .collect();
+        let last = r + 1 == rounds.len();
+        let end = if last {
+            match winner {
+                Some(w) => format!(" — {} wins", name(usize::try_from(w).unwrap_or(usize::MAX))),
+                None => " — no winner".to_owned(),
+            }
+        } else {
+            let loser = (0..totals.len())
+                .filter(|&i| continuing[i])
+                .min_by(|&a, &b| totals[a].cmp(&totals[b]).then(b.cmp(&a)));
+            match loser {
+                Some(i) => {
+                    continuing[i] = false;
+                    format!(" — {} eliminated", name(i))
+                }
+                None => String::new(),
+            }
+        };
+        out.push(format!("{}: {}{end}", r + 1, parts.join(", ")));
+    }
+    out
 }
 
 fn finality_block(out: &mut String, f: &Value) {
@@ -516,35 +523,34 @@ pub fn proposals(v: &Value) -> String {
     if list.is_empty() {
         return "no proposals\n".into();
     }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|p| {
+            let status = s(&p["status"]);
+            let deadline = match status {
+                "seeking_sponsors" | "discussion" => p["discussion_end_ms"].as_u64(),
+                "voting" => p["voting_end_ms"].as_u64(),
+                "reveal" => p["reveal_end_ms"].as_u64(),
+                _ => None,
+            };
+            let deadline = deadline.map_or("—".to_owned(), |d| {
+                if d >= now {
+                    format!("in {}", duration(d - now))
+                } else {
+                    format!("{} ago", duration(now - d))
+                }
+            });
+            vec![
+                s(&p["id"]).to_owned(),
+                crate::style::status(status, status),
+                s(&p["kind"]).to_owned(),
+                deadline,
+                s(&p["title"]).to_owned(),
+            ]
+        })
+        .collect();
     let mut out = String::new();
-    let head =
-        format!("{:<64}  {:<16}  {:<18}  {:<28}  TITLE", "ID", "STATUS", "KIND", "NEXT DEADLINE");
-    let _ = writeln!(out, "{}", crate::style::bold(&head));
-    for p in &list {
-        let status = s(&p["status"]);
-        let deadline = match status {
-            "seeking_sponsors" | "discussion" => p["discussion_end_ms"].as_u64(),
-            "voting" => p["voting_end_ms"].as_u64(),
-            "reveal" => p["reveal_end_ms"].as_u64(),
-            _ => None,
-        };
-        let deadline = deadline.map_or("—".to_owned(), |d| {
-            if d >= now {
-                format!("in {}", duration(d - now))
-            } else {
-                format!("{} ago", duration(now - d))
-            }
-        });
-        let _ = writeln!(
-            out,
-            "{:<64}  {}  {:<18}  {:<28}  {}",
-            s(&p["id"]),
-            crate::style::status(status, &format!("{status:<16}")),
-            s(&p["kind"]),
-            deadline,
-            s(&p["title"])
-        );
-    }
+    table(&mut out, &["ID", "STATUS", "KIND", "NEXT DEADLINE", "TITLE"], &rows);
     out
 }
 
@@ -896,12 +902,49 @@ pub fn federation(v: &Value) -> String {
             &mut out,
             "Timing",
             format!(
-                "discussion ≥ {}, voting {}–{}",
+                "discussion ≥ {}, voting {}–{} ({} unless the proposal says), reveal window {}",
                 ms("min_discussion_ms"),
                 ms("min_voting_ms"),
-                ms("max_voting_ms")
+                ms("max_voting_ms"),
+                ms("default_voting_ms"),
+                ms("reveal_ms"),
             ),
         );
+        line(
+            &mut out,
+            "",
+            format!(
+                "attestation grace {}, signed times within {} of the clock",
+                ms("grace_ms"),
+                ms("clock_skew_ms")
+            ),
+        );
+    }
+    if let Some(h) = v["hybrid"].as_object() {
+        let part = |k: &str| h.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let share = |k: &str| percent(&format!("{}/1000", part(k)));
+        line(
+            &mut out,
+            "Hybrid",
+            format!(
+                "weighting = trust {}, stake {}, role {}",
+                share("trust"),
+                share("stake"),
+                share("role")
+            ),
+        );
+    }
+    let role_weights: Vec<String> = v["role_weights"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{} {}", s(&r["role"]), weight(r["weight"].as_u64().unwrap_or(0))))
+        .collect();
+    if !role_weights.is_empty() {
+        line(&mut out, "Role weights", role_weights.join(", "));
+    }
+    if let Some(d) = v["max_delegation_depth"].as_u64() {
+        line(&mut out, "Delegation", format!("chains of up to {d} step(s)"));
     }
     out.push('\n');
     let members = v["members"].as_array().cloned().unwrap_or_default();
@@ -926,26 +969,89 @@ pub fn federation(v: &Value) -> String {
             ]
         })
         .collect();
-    let _ = writeln!(out, "{} member(s)", members.len());
+    heading(&mut out, &format!("Members ({})", members.len()));
     table(&mut out, &["MEMBER", "TRUST", "ROLES", "STAKE", "KEY"], &rows);
     let bodies = v["bodies"].as_array().cloned().unwrap_or_default();
     if !bodies.is_empty() {
         out.push('\n');
+        heading(&mut out, "Governance bodies");
         for b in &bodies {
-            let n = b["members"].as_array().map_or(0, Vec::len);
-            line(&mut out, "Body", format!("{} ({n} member(s))", s(&b["kind"])));
+            let members: Vec<&str> =
+                b["members"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            item(&mut out, s(&b["kind"]), members.join(", "));
         }
+    }
+    let voting = v["voting"].as_array().cloned().unwrap_or_default();
+    if !voting.is_empty() {
+        out.push('\n');
+        heading(&mut out, "Voting rules by proposal type");
+        let rows: Vec<Vec<String>> = voting
+            .iter()
+            .map(|c| {
+                let yes_no = |b: &Value| if b == true { "yes" } else { "no" }.to_owned();
+                let overrides: Vec<&str> = c["overrides"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let mut proposer = s(&c["proposer_trust"]).to_owned();
+                if c["kind"] == "emergency_action" {
+                    proposer.push_str(" or security_board");
+                }
+                vec![
+                    s(&c["kind"]).to_owned(),
+                    if c["source"] == "charter" { "charter" } else { "built-in" }.to_owned(),
+                    s(&c["rule"]).to_owned(),
+                    percent(s(&c["quorum"])),
+                    percent(s(&c["veto"])),
+                    s(&c["weighting"]).to_owned(),
+                    c["sponsors"].to_string(),
+                    yes_no(&c["secret"]),
+                    yes_no(&c["early_close"]),
+                    proposer,
+                    if overrides.is_empty() { "—".into() } else { overrides.join(", ") },
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "TYPE",
+                "FROM",
+                "RULE",
+                "QUORUM",
+                "VETO",
+                "WEIGHTING",
+                "SPONSORS",
+                "SECRET",
+                "EARLY CLOSE",
+                "PROPOSER",
+                "MAY OVERRIDE",
+            ],
+            &rows,
+        );
     }
     let config = v["config"].as_object().filter(|c| !c.is_empty());
     if let Some(c) = config {
         out.push('\n');
-        let _ = writeln!(out, "Configuration in force");
+        heading(&mut out, "Configuration in force");
         for (k, val) in c {
-            let _ =
-                writeln!(out, "  {k:<24}{}", val.as_str().map_or(val.to_string(), str::to_owned));
+            item(&mut out, k, val.as_str().map_or(val.to_string(), str::to_owned));
         }
     }
-    let _ = writeln!(out, "\n(--json gives voting defaults, weights and policy in full)");
+    out.push('\n');
+    match v["policy"].as_str() {
+        Some(p) => line(
+            &mut out,
+            "Policy",
+            format!(
+                "the federation's policy is in force ({} line(s); `kosctl policy show` prints it)",
+                p.lines().count()
+            ),
+        ),
+        None => line(&mut out, "Policy", "no federation policy (each node's own applies)"),
+    }
     out
 }
 
@@ -1016,14 +1122,18 @@ mod tests {
     }
 
     #[test]
-    fn dates_and_durations() {
-        assert_eq!(date(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(date(1_795_413_600_000), "2026-11-23 06:00:00 UTC");
-        assert_eq!(date(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(duration(11_520_000), "3 h 12 min");
-        assert_eq!(duration(45_000), "45 s");
-        assert_eq!(duration(187_200_000), "2 d 4 h");
-        assert_eq!(when(2_000, 1_000), "1970-01-01 00:00:02 UTC (in 1 s)");
+    fn runoff_rounds_name_who_is_eliminated() {
+        let labels: Vec<String> = ["0: north", "1: south", "2: east"].map(String::from).to_vec();
+        let rounds = vec![vec![5000, 3000, 3000], vec![8000, 3000, 0]];
+        assert_eq!(
+            runoff_rounds(&labels, &rounds, Some(0)),
+            ["1: north 5, south 3, east 3 — east eliminated", "2: north 8, south 3 — north wins"]
+        );
+        let exhausted = vec![vec![0, 0, 0]];
+        assert_eq!(
+            runoff_rounds(&labels, &exhausted, None),
+            ["1: north 0, south 0, east 0 — no winner"]
+        );
     }
 
     #[test]

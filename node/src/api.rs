@@ -23,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use kos_engine::{CertificateBundle, Engine, ReceiptBundle};
+use kos_engine::{CertificateBundle, Engine, ReceiptBundle, Status};
 use kos_protocol::{Message, MessageId, Payload, PublicKey, payload::*};
 use kos_storage::Store;
 use serde::{Deserialize, de::DeserializeOwned};
@@ -1011,6 +1011,20 @@ async fn federation_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
                 "config": d.config,
                 "overrides": d.overrides.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>()),
+            // Every proposal type's rules in force, from the charter or built in.
+            "voting": charter.map(|c| ProposalType::ALL.iter().map(|&kind| {
+                let mut v = crate::views::voting_json(&kos_engine::type_config(c, kind));
+                v["kind"] = kind.as_str().into();
+                v["source"] = if c.defaults.iter().any(|d| d.kind == kind) {
+                    "charter"
+                } else {
+                    "built_in"
+                }.into();
+                v["overrides"] = json!(kos_engine::overridable(c, kind)
+                    .iter().map(|f| f.as_str()).collect::<Vec<_>>());
+                v["proposer_trust"] = kos_engine::required_trust(kind).as_str().into();
+                v
+            }).collect::<Vec<_>>()),
             "hybrid": charter.map(|c| json!(c.hybrid)),
             "timing": charter.map(|c| json!(c.timing)),
             "role_weights": charter.map(|c| json!(c.role_weights)),
@@ -1601,6 +1615,8 @@ async fn vote(
             let (_, _, revision, config) = engine
                 .proposal(&proposal)
                 .ok_or_else(|| not_found(format!("unknown proposal {proposal}")))?;
+            voting_open(engine, &proposal, now_ms())?;
+            ballot_fits(engine, &proposal, &choice)?;
             if config.secret {
                 // Commit now; the node reveals by itself when voting ends.
                 let m = core.commit_vote(proposal, revision, choice, req.reason)?;
@@ -1612,6 +1628,69 @@ async fn vote(
         })
         .await?;
     Ok(Json(v))
+}
+
+/// Refuses a ballot outside the voting window before anything is signed, saying when voting
+/// opens or when it closed (the engine would refuse the signed ballot with bare numbers).
+fn voting_open(engine: &Engine, id: &MessageId, now: u64) -> Result<(), ApiError> {
+    use kos_protocol::time::when;
+    let Some(r) = engine.record(id) else { return Ok(()) };
+    let t = &r.body.timeline;
+    let why = match engine.status(id, now) {
+        Some(Status::Voting) | None => return Ok(()),
+        Some(Status::SeekingSponsors | Status::Discussion) => {
+            format!("voting has not opened: it opens {}", when(t.discussion_end_ms, now))
+        }
+        Some(Status::Reveal) => format!(
+            "voting closed {}; this is the reveal window (`kosctl reveal` reveals a committed ballot)",
+            when(t.voting_end_ms, now)
+        ),
+        Some(s @ (Status::Expired | Status::Withdrawn)) => {
+            format!("the proposal is {}: there is nothing to vote on", status_name(s))
+        }
+        Some(s) => {
+            format!("voting closed {} (status {})", when(t.voting_end_ms, now), status_name(s))
+        }
+    };
+    Err(ApiError(StatusCode::CONFLICT, why))
+}
+
+/// Refuses a ballot whose form does not fit the proposal's rule, saying which form does (the
+/// engine's refusal does not name the options).
+fn ballot_fits(engine: &Engine, id: &MessageId, choice: &Choice) -> Result<(), ApiError> {
+    let Some(r) = engine.record(id) else { return Ok(()) };
+    let options = r
+        .revisions
+        .iter()
+        .find(|v| v.revision == r.current_revision)
+        .map(|v| v.options.to_vec())
+        .unwrap_or_default();
+    let listed = options.iter().enumerate().map(|(i, o)| format!("{i}: {o}")).collect::<Vec<_>>();
+    let form = match r.config.rule {
+        DecisionRule::Plurality => "approve:I,J,… (approval ballot)",
+        DecisionRule::InstantRunoff => "rank:I,J,… (ranked ballot, most preferred first)",
+        _ => "yes, no, abstain or veto",
+    };
+    let fits = match (r.config.rule, choice) {
+        (DecisionRule::Plurality, Choice::Approve(v))
+        | (DecisionRule::InstantRunoff, Choice::Rank(v)) => {
+            if let Some(i) = v.iter().find(|&&i| usize::from(i) >= options.len()) {
+                return Err(bad(format!(
+                    "there is no option {i}: the options are {}",
+                    listed.join(", ")
+                )));
+            }
+            true
+        }
+        (DecisionRule::Plurality | DecisionRule::InstantRunoff, _) => false,
+        (_, c) => matches!(c, Choice::Yes | Choice::No | Choice::Abstain | Choice::Veto),
+    };
+    if fits {
+        return Ok(());
+    }
+    let over =
+        if listed.is_empty() { String::new() } else { format!(" over {}", listed.join(", ")) };
+    Err(bad(format!("this proposal is decided by {}: vote {form}{over}", rule_name(r.config.rule))))
 }
 
 /// Reveals this node's committed secret ballot on a proposal (the node also does it by itself

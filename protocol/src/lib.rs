@@ -39,6 +39,7 @@ mod envelope;
 pub mod identity;
 pub mod payload;
 pub mod seal;
+pub mod time;
 #[cfg(feature = "os-rng")]
 pub mod vault;
 

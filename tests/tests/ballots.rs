@@ -56,6 +56,15 @@ fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
             });
         }
     }
+    // A ballot of the wrong form, or naming an option that does not exist, is refused before
+    // anything is signed, naming the form that fits and the options.
+    let err = c.ctl(&["vote", &approval, "yes"]).fails(1);
+    assert!(err.contains("decided by plurality: vote approve:I,J"), "{err}");
+    assert!(err.contains("0: red, 1: green, 2: blue"), "{err}");
+    let err = c.ctl(&["vote", &ranked, "approve:1"]).fails(1);
+    assert!(err.contains("decided by instant_runoff: vote rank:I,J"), "{err}");
+    let err = c.ctl(&["vote", &ranked, "rank:1,7"]).fails(1);
+    assert!(err.contains("there is no option 7: the options are 0: north"), "{err}");
     // Approval: red 5 (a), green 3 + 1 (b, c), blue 3 (b) → red.
     a.json(&["vote", &approval, "approve:0"]);
     b.json(&["vote", &approval, "approve:1,2"]);
@@ -77,6 +86,19 @@ fn approval_and_ranked_ballots_are_decided_as_the_rules_say() {
             }
         }
     }
+    // For people: totals beside the option names, the runoff's rounds, the quorum met.
+    let text = c.human(&["tally", &ranked]);
+    for line in [
+        "1: south       8 votes  ← winner",
+        "participation  9 votes of 9 eligible — quorum 2.7 votes met",
+        "rounds         1: north 0, south 8, east 1 — south wins",
+        "outcome        approved (final)",
+    ] {
+        assert!(text.contains(line), "missing {line:?}:\n{text}");
+    }
+    // Voting is over: a late ballot is refused before it is signed, saying when voting closed.
+    let err = c.ctl(&["vote", &approval, "approve:2"]).fails(1);
+    assert!(err.contains("voting closed 20") && err.contains(" ago) (status"), "{err}");
 }
 
 #[test]

@@ -71,7 +71,56 @@ fn a_federation_from_the_example_charter_file_is_what_the_file_says_on_every_nod
         assert_eq!(f["timing"]["grace_ms"], 2000);
         assert_eq!(f["role_weights"], json!([{"role": "validator", "weight": 2000}]));
         assert_eq!(f["registry_epoch"], 0);
+        // Every type's rules in force, from the charter or built in.
+        let voting = f["voting"].as_array().expect("voting");
+        assert_eq!(voting.len(), 10, "{f}");
+        let rules = |kind: &str| voting.iter().find(|v| v["kind"] == kind).cloned().expect(kind);
+        assert_eq!(rules("configuration")["rule"], "supermajority:2/3");
+        assert_eq!(rules("configuration")["source"], "charter");
+        assert_eq!(rules("membership")["source"], "built_in");
+        assert_eq!(rules("constitutional_change")["rule"], "supermajority:2/3");
     }
+    // The same charter, for people: the file's members, bodies, rules and weights.
+    let text = b.human(&["federation", "show"]);
+    for line in [
+        "Hybrid        weighting = trust 100 %, stake 0 %, role 0 %",
+        "Role weights  validator 2 votes",
+        "Delegation    chains of up to 4 step(s)",
+        "reveal window 5 s",
+    ] {
+        assert!(text.contains(line), "missing {line:?}:\n{text}");
+    }
+    let row = |start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?}:\n{text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row("configuration "),
+        [
+            "configuration",
+            "charter",
+            "supermajority:2/3",
+            "50",
+            "%",
+            "33.4",
+            "%",
+            "hybrid",
+            "0",
+            "no",
+            "yes",
+            "trusted",
+            "weighting"
+        ]
+    );
+    assert_eq!(row("resource_allocation ")[1..4], ["charter", "plurality", "30"]);
+    assert_eq!(row("membership ")[1], "built-in");
+    let board = row("  security_board");
+    assert!(board.contains(&format!("{},", a.did()).as_str()), "{text}");
+    assert!(board.contains(&b.did().as_str()), "{text}");
+    assert!(text.contains(&format!("{}  core", a.did())), "{text}");
 
     // A proposal may not lower the bar the charter set for its type (quorum 1/2 here), and the
     // refusal names the setting; what the charter lets it override (weighting) it may change.

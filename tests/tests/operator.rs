@@ -176,7 +176,7 @@ fn human_output_status_peers_and_federation() {
 
     let fed_text = human(&a, &["federation", "show"]);
     assert!(line(&fed_text, "Federation").contains("people"), "{fed_text}");
-    assert!(fed_text.contains("2 member(s)"), "{fed_text}");
+    assert!(fed_text.contains("Members (2)"), "{fed_text}");
     let member = line(&fed_text, &b.did());
     assert!(member.contains("trusted"), "{member}");
 
