@@ -145,6 +145,7 @@ enum AuditCmd {
 
 /// `propose` flags, or a TOML file with the same keys.
 #[derive(clap::Args, Debug, serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ProposeArgs {
     /// Proposal type (configuration, membership, trust_adjustment, …).
     #[arg(long)]
@@ -794,8 +795,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(f) => {
                     let text = std::fs::read_to_string(&f)
                         .with_context(|| format!("cannot read {}", f.display()))?;
-                    let v: toml::Value = toml::from_str(&text)
-                        .with_context(|| format!("invalid charter file {}", f.display()))?;
+                    let v: toml::Value = toml::from_str(&text).map_err(|e| {
+                        anyhow::anyhow!(
+                            "invalid charter file {}: {}",
+                            f.display(),
+                            kos_clidoc::toml_error(&text, &e)
+                        )
+                    })?;
                     Some(serde_json::to_value(v).context("charter file")?)
                 }
                 None => None,
@@ -827,8 +833,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(f) = file {
                 let text = std::fs::read_to_string(&f)
                     .with_context(|| format!("cannot read {}", f.display()))?;
-                let from_file: ProposeArgs = toml::from_str(&text)
-                    .with_context(|| format!("invalid proposal file {}", f.display()))?;
+                let from_file: ProposeArgs = toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid proposal file {}: {}",
+                        f.display(),
+                        kos_clidoc::toml_error(&text, &e)
+                    )
+                })?;
                 args = merge(from_file, args);
             }
             for (name, v) in [

@@ -120,38 +120,35 @@ fn clip(s: &str) -> String {
     out
 }
 
-/// A serde error without the values it quotes (they come from the request).
+/// A serde error without the values it quotes (they come from the request): a `name` in
+/// backticks that looks like a field name or an expected variant (letters, digits, `_`, at most
+/// 32) stays; the variant the client sent, and anything else quoted, becomes `…`.
 fn scrub(msg: &str) -> String {
-    let mut out = String::new();
-    let mut quoted = false;
-    for c in msg.chars() {
-        match c {
-            '"' | '`' if !quoted => {
-                quoted = true;
-                out.push(c);
-            }
-            '"' | '`' => {
-                quoted = false;
-                out.push(c);
-            }
-            c if !quoted => out.push(c),
-            _ => {}
-        }
-    }
-    // Field names are ours and useful: keep `name` quoted with backticks.
-    let mut kept = String::new();
+    let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
-    while let Some(i) = rest.find('`') {
-        if let Some(j) = rest[i + 1..].find('`') {
-            kept.push_str(&rest[i..i + j + 2]);
-            kept.push(' ');
-            rest = &rest[i + j + 2..];
-        } else {
-            break;
-        }
+    while let Some(i) = rest.find(['"', '`']) {
+        let quote = rest[i..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let Some(j) = after.find(quote) else {
+            // An unterminated quote: drop what follows it.
+            out.push(quote);
+            out.push('…');
+            return out;
+        };
+        let inner = &after[..j];
+        // `unknown variant `X`` quotes a value the client sent; field names are keys.
+        let name = quote == '`'
+            && !out.ends_with("variant ")
+            && (1..=32).contains(&inner.len())
+            && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        out.push(quote);
+        out.push_str(if name { inner } else { "…" });
+        out.push(quote);
+        rest = &after[j + 1..];
     }
-    let out = out.replace("\"\"", "…").replace("``", "");
-    if kept.is_empty() { out } else { format!("{out} ({})", kept.trim()) }
+    out.push_str(rest);
+    out
 }
 
 /// A JSON body whose rejections are API errors.
@@ -1980,6 +1977,16 @@ mod tests {
         assert!(!scrub(e).contains("AAAA"), "{}", scrub(e));
         let e = "missing field `title` at line 1 column 2";
         assert!(scrub(e).contains("`title`"), "{}", scrub(e));
+        let e = "unknown field `colour`, expected one of `timing`, `hybrid` at line 1 column 9";
+        assert_eq!(
+            scrub(e),
+            "unknown field `colour`, expected one of `timing`, `hybrid` at line 1 column 9"
+        );
+        let e = "unknown variant `se cret!`, expected `a` at line 1 column 9";
+        assert_eq!(scrub(e), "unknown variant `…`, expected `a` at line 1 column 9");
+        assert_eq!(scrub("a \"b"), "a \"…");
+        let e = "unknown variant `SECRET`, expected one of `core`, `trusted`";
+        assert_eq!(scrub(e), "unknown variant `…`, expected one of `core`, `trusted`");
     }
 }
 

@@ -364,8 +364,13 @@ fn settings(
 ) -> anyhow::Result<(node::Settings, Vec<Setting>)> {
     let file_path = args.config.clone().unwrap_or_else(|| dir.join("kosd.toml"));
     let file: FileConfig = match std::fs::read_to_string(&file_path) {
-        Ok(text) => toml::from_str(&text)
-            .with_context(|| format!("invalid config {}", file_path.display()))?,
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid config {}: {}",
+                file_path.display(),
+                kos_clidoc::toml_error(&text, &e)
+            )
+        })?,
         Err(_) if args.config.is_none() => FileConfig::default(),
         Err(e) => bail!("cannot read {}: {e}", file_path.display()),
     };

@@ -123,9 +123,8 @@ struct Rules {
 
 impl Rules {
     fn parse(text: &str) -> Result<(PolicyFile, Rules), PolicyError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| {
-            PolicyError::Syntax(e.to_string().lines().next().unwrap_or("").to_owned())
-        })?;
+        let file: PolicyFile = toml::from_str(text)
+            .map_err(|e| PolicyError::Syntax(kos_clidoc::toml_error(text, &e)))?;
         let types = |v: &[String]| v.iter().map(|s| parse_type(s)).collect::<Result<Vec<_>, _>>();
         let peers = |v: &[String]| {
             v.iter()

@@ -223,6 +223,14 @@ fn api_misuse_is_refused_cleanly_and_changes_nothing() {
     expect(api.get("/v1/inbox/not-an-id"), 400);
     let e = expect(api.post("/v1/policy", &json!({"text": "[types]\ndeny = [\"NOPE\"]"})), 400);
     assert!(e.contains("NOPE"), "{e}");
+    let e = expect(
+        api.post(
+            "/v1/policy",
+            &json!({"text": "[types]\nallow = [\"TASK_REQUEST\"]\ncolour = 1\n"}),
+        ),
+        400,
+    );
+    assert!(e.contains("line 3, column 1: unknown field `colour`"), "{e}");
     assert!(!api.get("/v1/policy").1.contains("NOPE"));
     let outbox: Value = serde_json::from_str(&api.get("/v1/outbox").1).expect("json");
     assert_eq!(outbox["pending"], json!([]), "nothing was queued: {outbox}");

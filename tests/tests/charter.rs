@@ -150,7 +150,8 @@ fn a_federation_from_the_example_charter_file_is_what_the_file_says_on_every_nod
     // A charter file with a mistake is refused in one line, and the node follows nothing.
     let d = Node::start(dir.path().join("d"));
     for (bad, says) in [
-        ("[[members]]\ndid = \"self\"\ncolour = \"blue\"\n", "colour"),
+        ("[[members]]\ndid = \"self\"\ncolour = \"blue\"\n", "unknown field `colour`, expected"),
+        ("[timing]\ngrace_secs = \n", "line 2, column 14: "),
         ("[[members]]\ndid = \"did:key:nonsense\"\n", "did:key:nonsense"),
         ("[[defaults]]\nkind = \"configuration\"\nquorum = [3, 2]\n", "charter"),
     ] {

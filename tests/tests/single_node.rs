@@ -211,6 +211,10 @@ fn kosctl_covers_files_trust_delegation_sponsors_and_peer_addresses() {
         .expect("id")
         .to_owned();
     assert_eq!(a.json(&["show", &p])["title"], "From a file");
+    // A misspelt key is named, with where it is, in one line (not ignored).
+    std::fs::write(&file, "kind = \"configuration\"\ntitel = \"x\"\n").expect("write");
+    let err = a.ctl(&["propose", "--file", file.to_str().expect("path")]).fails(1);
+    assert!(err.contains("line 2, column 1: unknown field `titel`, expected one of"), "{err}");
     let r = a.ctl(&["propose", "--title", "no kind", "--description", "d"]);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("--kind is required"), "{r:?}");

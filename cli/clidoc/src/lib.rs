@@ -1,5 +1,6 @@
 //! Shell completions and manual pages for `kosd` and `kosctl`, generated from their command-line
-//! definitions so that they always match the binaries.
+//! definitions so that they always match the binaries; and TOML errors in one line, for the
+//! files both read (configuration, charters, proposals, policies).
 
 use std::{io::Write, path::Path};
 
@@ -46,4 +47,38 @@ pub fn write_man_pages(
         written.push(path);
     }
     Ok(written)
+}
+
+/// A TOML error in one line, where it is and what is wrong: `line 2, column 1: unknown field
+/// `titel`, expected one of …` (the error's own text spans several lines, with a source excerpt).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct File {
+        title: String,
+    }
+
+    #[test]
+    fn a_toml_error_is_one_line_that_says_where() {
+        let text = "title = \"a\"\ntitel = \"b\"\n";
+        let e = toml::from_str::<File>(text).expect_err("unknown field");
+        let line = super::toml_error(text, &e);
+        assert!(line.starts_with("line 2, column 1: unknown field `titel`"), "{line}");
+        assert!(!line.contains('\n'));
+    }
 }
