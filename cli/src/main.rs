@@ -954,10 +954,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let body: serde_json::Value =
                 serde_json::from_str(&text).context("--payload is not JSON (nor a JSON file)")?;
-            show(api()?.post(
+            let v = api()?.post(
                 "/v1/send",
                 serde_json::json!({"address": address, "type": kind, "payload": body}),
-            )?)
+            )?;
+            let headline = format!(
+                "Sealed for {address} and queued: it is kept until a next hop acknowledges it \
+                 (`kosctl outbox` shows it meanwhile)."
+            );
+            done(v, cli.json, &headline)
         }
         Command::Vector { command } => match command.unwrap_or(VectorCmd::List) {
             VectorCmd::List => show(api()?.get("/v1/vectors")?),
@@ -975,10 +980,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             InboxCmd::Show { id } => show(api()?.get(&format!("/v1/inbox/{id}"))?),
             InboxCmd::Delete { id } => show(api()?.delete(&format!("/v1/inbox/{id}"))?),
         },
-        Command::Reply { id, outputs, error } => show(api()?.post(
-            &format!("/v1/inbox/{id}/reply"),
-            serde_json::json!({"ok": error.is_none(), "outputs": outputs, "error": error}),
-        )?),
+        Command::Reply { id, outputs, error } => {
+            let v = api()?.post(
+                &format!("/v1/inbox/{id}/reply"),
+                serde_json::json!({"ok": error.is_none(), "outputs": outputs, "error": error}),
+            )?;
+            done(v, cli.json, "TASK_RESULT sealed for the requester and queued.")
+        }
         Command::Outbox => show(api()?.get("/v1/outbox")?),
         Command::Reputation { subject, delta, reason } => show(api()?.post(
             "/v1/reputation",
@@ -997,11 +1005,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Announce { text, topic } => {
             show(api()?.post("/v1/announce", serde_json::json!({"topic": topic, "text": text}))?)
         }
-        Command::Policy(PolicyCmd::Show) => show(api()?.get("/v1/policy")?),
+        Command::Policy(PolicyCmd::Show) => {
+            human(api()?.get("/v1/policy")?, cli.json, render::policy)
+        }
         Command::Policy(PolicyCmd::Apply { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            show(api()?.post("/v1/policy", serde_json::json!({"text": text}))?)
+            let v = api()?.post("/v1/policy", serde_json::json!({"text": text}))?;
+            done(v, cli.json, "The policy is in force now; `kosctl policy show` prints its rules.")
         }
         Command::Delegations { member } => {
             let path = match member {

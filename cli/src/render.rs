@@ -638,6 +638,67 @@ pub fn delegations(v: &Value) -> String {
     out
 }
 
+/// `kosctl policy show`: the rules in force, this node's and the federation's.
+pub fn policy(v: &Value) -> String {
+    let mut out = String::new();
+    let strs = |x: &Value| -> Vec<String> {
+        x.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+    };
+    let lists = |out: &mut String, label: &str, l: &Value, what: &str| {
+        let (allow, deny) = (strs(&l["allow"]), strs(&l["deny"]));
+        let mut parts = Vec::new();
+        if allow.is_empty() {
+            parts.push(format!("any {what}"));
+        } else {
+            parts.push(format!("only {}", allow.join(", ")));
+        }
+        if !deny.is_empty() {
+            parts.push(format!("never {}", deny.join(", ")));
+        }
+        item(out, label, parts.join("; "));
+    };
+    let rules = |out: &mut String, r: &Value| {
+        lists(out, "types", &r["types"], "type");
+        lists(out, "peers", &r["peers"], "peer");
+        lists(out, "senders", &r["senders"], "sender");
+        let mut trust: Vec<String> = r["min_trust"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(t, l)| format!("{t} {}", s(l)))
+            .collect();
+        if let Some(l) = r["relay_min_trust"].as_str() {
+            trust.push(format!("relaying {l}"));
+        }
+        item(out, "least trust", if trust.is_empty() { "none".into() } else { trust.join(", ") });
+        let mut quotas: Vec<String> = Vec::new();
+        if let Some(n) = r["per_peer_per_minute"].as_u64() {
+            quotas.push(format!("{n} a minute per peer"));
+        }
+        for (t, n) in r["per_type_per_minute"].as_object().into_iter().flatten() {
+            quotas.push(format!("{t} {n} a minute"));
+        }
+        item(out, "quotas", if quotas.is_empty() { "none".into() } else { quotas.join(", ") });
+    };
+    heading(&mut out, "This node's policy");
+    item(&mut out, "file", s(&v["file"]));
+    if v["local"].as_str().is_some_and(|t| !t.trim().is_empty()) {
+        rules(&mut out, &v["local_rules"]);
+    } else {
+        item(&mut out, "rules", "none: everything is allowed");
+    }
+    out.push('\n');
+    heading(&mut out, "The federation's policy");
+    if v["federation_rules"].is_object() {
+        rules(&mut out, &v["federation_rules"]);
+    } else {
+        item(&mut out, "rules", "none (a policy_update proposal sets one)");
+    }
+    let _ =
+        writeln!(out, "\nA message must pass both; a deny in either wins. --json gives the texts.");
+    out
+}
+
 /// A section heading.
 fn heading(out: &mut String, title: &str) {
     let _ = writeln!(out, "{}", crate::style::bold(title));

@@ -2511,10 +2511,13 @@ async fn outbox(AxState(ctx): AxState<Ctx>) -> ApiResult {
 async fn policy_show(AxState(ctx): AxState<Ctx>) -> ApiResult {
     let p = ctx.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (local, federation) = p.texts();
+    let (local_rules, federation_rules) = p.rules_json();
     Ok(Json(json!({
         "file": ctx.data_dir.join(crate::policy::POLICY_FILE).display().to_string(),
         "local": local,
         "federation": federation,
+        "local_rules": local_rules,
+        "federation_rules": federation_rules,
     })))
 }
 

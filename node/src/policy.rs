@@ -122,6 +122,22 @@ struct Rules {
 }
 
 impl Rules {
+    fn json(&self) -> serde_json::Value {
+        let types = |v: &[MessageType]| v.iter().map(|t| t.name()).collect::<Vec<_>>();
+        let peers = |v: &[PeerId]| v.iter().map(PeerId::to_string).collect::<Vec<_>>();
+        serde_json::json!({
+            "types": { "allow": types(&self.types_allow), "deny": types(&self.types_deny) },
+            "peers": { "allow": peers(&self.peers_allow), "deny": peers(&self.peers_deny) },
+            "senders": { "allow": self.senders_allow, "deny": self.senders_deny },
+            "min_trust": self.min_trust.iter()
+                .map(|(t, l)| (t.name(), l.as_str())).collect::<BTreeMap<_, _>>(),
+            "relay_min_trust": self.relay_min_trust.map(|l| l.as_str()),
+            "per_peer_per_minute": self.per_peer_per_minute,
+            "per_type_per_minute": self.per_type_per_minute.iter()
+                .map(|(t, n)| (t.name(), *n)).collect::<BTreeMap<_, _>>(),
+        })
+    }
+
     fn parse(text: &str) -> Result<(PolicyFile, Rules), PolicyError> {
         let file: PolicyFile = toml::from_str(text)
             .map_err(|e| PolicyError::Syntax(kos_clidoc::toml_error(text, &e)))?;
@@ -263,6 +279,12 @@ impl Policy {
     /// The node's document as written, and the federation's.
     pub fn texts(&self) -> (&str, Option<&str>) {
         (&self.local_text, self.federation_text.as_deref())
+    }
+
+    /// The rules in force, as checked (names as the file takes them): this node's, and the
+    /// federation's (`None` when it has none).
+    pub fn rules_json(&self) -> (serde_json::Value, Option<serde_json::Value>) {
+        (self.local.json(), self.federation_text.as_ref().map(|_| self.federation.json()))
     }
 
     fn both(&self) -> [(&'static str, &Rules); 2] {

@@ -65,6 +65,11 @@ fn policy_refusals_name_their_rule_and_changes_apply_without_a_restart() {
     let id = send(&a, &to, "t-2");
     let why = refusal(&a, &id);
     assert!(why.contains("needs sender trust trusted or higher (sender has none)"), "{why}");
+    // What is in force, for people: the rule as checked, not only the text.
+    let text = c.human(&["policy", "show"]);
+    assert!(text.contains("least trust             TASK_REQUEST trusted"), "{text}");
+    assert!(text.contains("types                   any type\n"), "{text}");
+    assert_eq!(c.json(&["policy", "show"])["local_rules"]["min_trust"]["TASK_REQUEST"], "trusted");
     c.json(&["trust", &format!("klp://{a_klp}"), "trusted"]);
     let id = send(&a, &to, "t-3");
     delivered(&c, &id);
