@@ -128,7 +128,7 @@ fn a_task_request_reaches_a_named_node_through_a_relay_and_its_result_comes_back
 }
 
 #[test]
-fn a_name_claimed_by_two_keys_is_a_conflict_and_announcements_and_policy_reach_gossip() {
+fn a_name_claimed_by_two_keys_is_a_conflict_and_announcements_and_policy_reach_gossip_and_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = Node::start(dir.path().join("a"));
     let b = Node::start_with(dir.path().join("b"), &["--name", "shared-name"]);
@@ -150,7 +150,7 @@ fn a_name_claimed_by_two_keys_is_a_conflict_and_announcements_and_policy_reach_g
     assert_eq!(by_id["did"], b.did());
 
     // Announcements travel on the federation's topic into members' inboxes.
-    kos_tests::found(&a, "announcements", &[(&b, "trusted")]);
+    let fed = kos_tests::found(&a, "announcements", &[(&b, "trusted")]);
     wait_for(60, "the announcement at B", || {
         a.json(&["announce", "--topic", "maintenance", "down at noon for 5 minutes"]);
         inbox(&b).into_iter().find(|m| m["type"] == "BROADCAST_ANNOUNCE")
@@ -178,6 +178,27 @@ fn a_name_claimed_by_two_keys_is_a_conflict_and_announcements_and_policy_reach_g
     });
     assert_eq!(b.json(&["show", &p])["comments_total"], 0);
     assert_eq!(a.json(&["show", &p])["comments_total"], 1);
+
+    // And on the sync path alone: a node that joins later, with COMMENT denied from its first
+    // start, gets the history by sync (the comment is older than gossipsub's message cache,
+    // 5 heartbeats of 0.5 s, so no peer can gossip it again) and refuses the comment there.
+    let commented = a.json(&["show", &p])["discussion"][0]["created_ms"].as_u64().expect("time");
+    wait_for(30, "the comment to age out of the gossip cache", || {
+        (kos_tests::now_ms() > commented + 4_000).then_some(())
+    });
+    let late = dir.path().join("e");
+    std::fs::create_dir_all(&late).expect("dir");
+    std::fs::write(late.join("klp-policy.toml"), "[types]\ndeny = [\"COMMENT\"]\n").expect("write");
+    let e = Node::start(late);
+    kos_tests::join(&a, &fed, &[&e]);
+    wait_for(60, "the proposal at E", || e.try_json(&["show", &p]));
+    wait_for(60, "the refusal on E's sync path", || {
+        e.metrics().lines().any(|l| l == "kos_policy_refusals_total{path=\"sync\"} 1").then_some(())
+    });
+    assert_eq!(e.json(&["show", &p])["comments_total"], 0);
+    assert!(
+        !e.metrics().lines().any(|l| l.starts_with("kos_policy_refusals_total{path=\"gossip\"} 1"))
+    );
 }
 
 #[test]
