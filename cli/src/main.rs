@@ -909,15 +909,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "Withdrawn.",
         ),
         Command::Vote { id, choice, reason } => {
-            let headline = format!("Vote recorded: {choice}. `kosctl tally {id}` shows the count.");
-            done(
-                api()?.post(
-                    &format!("/v1/proposals/{id}/vote"),
-                    serde_json::json!({"choice": choice, "reason": reason}),
-                )?,
-                cli.json,
-                &headline,
-            )
+            let v = api()?.post(
+                &format!("/v1/proposals/{id}/vote"),
+                serde_json::json!({"choice": choice, "reason": reason}),
+            )?;
+            let headline = if v["committed"] == true {
+                format!(
+                    "Secret ballot committed: {choice} stays on this node, sealed, until the \
+                     reveal window, when the node reveals it by itself (`kosctl reveal {id}` by hand)."
+                )
+            } else {
+                format!("Vote recorded: {choice}. `kosctl tally {id}` shows the count.")
+            };
+            done(v, cli.json, &headline)
         }
         Command::Delegate { to, scope } => {
             let v = api()?.post("/v1/delegate", serde_json::json!({"to": to, "scope": scope}))?;

@@ -222,6 +222,24 @@ fn tally_block(out: &mut String, p: &Value, t: &Value, fin: Option<&Value>) {
     );
 }
 
+/// A secret ballot's progress: how many committed, how many revealed, and that nothing counts
+/// before the reveal.
+fn secret_line(out: &mut String, p: &Value) {
+    let Some(b) = p["secret_ballot"].as_object() else { return };
+    let n = |k: &str| b.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let text = match s(&p["status"]) {
+        "seeking_sponsors" | "discussion" | "voting" => format!(
+            "{} member(s) committed, sealed: nothing is counted before the reveal window{}",
+            n("committed"),
+            p["voting_end_ms"]
+                .as_u64()
+                .map_or(String::new(), |t| format!(", which opens {}", when(t, now_ms())))
+        ),
+        _ => format!("{} of {} committed member(s) revealed", n("revealed"), n("committed")),
+    };
+    line(out, "Secret", text);
+}
+
 /// Instant-runoff rounds in words: each round's weight per continuing option and who is
 /// eliminated (the least weight, ties eliminating the highest index, as the engine does).
 fn runoff_rounds(labels: &[String], rounds: &[Vec<u64>], winner: Option<u64>) -> Vec<String> {
@@ -424,6 +442,7 @@ pub fn proposal(p: &Value) -> String {
             if result == "ok" { "ok".to_owned() } else { format!("failed: {result}") },
         );
     }
+    secret_line(&mut out, p);
     if let Some(tally) = p.get("tally").filter(|t| t.is_object()) {
         tally_block(&mut out, p, tally, p.get("finality"));
     }
@@ -488,6 +507,7 @@ pub fn proposal(p: &Value) -> String {
 pub fn tally(p: &Value, t: &Value) -> String {
     let mut out = String::new();
     line(&mut out, "Status", crate::style::status(s(&t["status"]), s(&t["status"])));
+    secret_line(&mut out, p);
     let mut tally = t["tally"].clone();
     if let (Some(q), true) = (p["tally"]["quorum_weight"].as_u64(), tally.is_object()) {
         tally["quorum_weight"] = q.into();

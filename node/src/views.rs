@@ -280,6 +280,10 @@ pub fn proposal_detail(engine: &Engine, store: &Store, id: &MessageId, now: u64)
             "member": k.to_did(), "id": m.to_string(),
         })).collect::<Vec<_>>(),
         "sponsors_needed": r.config.sponsors,
+        "secret_ballot": r.config.secret.then(|| json!({
+            "committed": r.committed,
+            "revealed": r.revealed,
+        })),
         "withdrawn": r.withdrawn.map(|w| w.to_string()),
         "revisions": revisions,
         "discussion": discussion,

@@ -141,6 +141,15 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         });
         assert_eq!(t["tally"]["participation"], 0, "a secret ballot was readable: {t}");
     }
+    // What people see meanwhile: who has committed, and that nothing counts yet.
+    wait_for(30, "both commitments counted as committed on a", || {
+        (a.json(&["show", &p])["secret_ballot"]["committed"] == 2).then_some(())
+    });
+    let text = a.human(&["tally", &p]);
+    assert!(
+        text.contains("Secret        2 member(s) committed, sealed: nothing is counted"),
+        "{text}"
+    );
     // b is killed after committing and restarted before the reveal window: it still reveals.
     b.kill();
     let b = Node::start(dir.path().join("b"));
@@ -151,6 +160,10 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         });
         assert_eq!(t["tally"]["counted"], 2, "both ballots revealed and counted: {t}");
         assert_eq!(t["final"]["outcome"], "approved", "yes (core, 5) against no (trusted, 3): {t}");
+        assert_eq!(n.json(&["show", &p])["secret_ballot"]["revealed"], 2);
+        assert!(
+            n.human(&["show", &p]).contains("Secret        2 of 2 committed member(s) revealed")
+        );
     }
 }
 

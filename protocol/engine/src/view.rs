@@ -68,6 +68,11 @@ pub struct ProposalRecord<'a> {
     /// The attested result with the most weight so far, and that weight (finality needs 2/3 of
     /// `eligible`).
     pub leading_attestation: Option<(FinalKey, u64)>,
+    /// Secret ballots: members who have committed a ballot, and those of them whose commitment
+    /// has been revealed (0 and 0 on a public ballot).
+    pub committed: usize,
+    /// See `committed`.
+    pub revealed: usize,
 }
 
 /// Where a member's vote goes for one delegation scope.
@@ -139,6 +144,8 @@ impl Engine {
                 .collect(),
             eligible: p.eligible,
             leading_attestation: p.attestations.leading(),
+            committed: p.commits.values().filter(|h| !h.0.is_empty()).count(),
+            revealed: p.reveals.keys().map(|(who, _)| who).collect::<BTreeSet<_>>().len(),
         })
     }
 
