@@ -247,6 +247,20 @@ def run(net, artifacts):
             wait_for("the comment on node-1", lambda: any(c["text"] == text for c in net.kosctl(1, "show", pid)["discussion"]))
             ok("node-1 has the comment")
 
+            # The federation page lists every proposal type's voting rules, as kosctl does.
+            page.evaluate("location.hash = '#/federation'")
+            page.wait_for_selector("[data-testid=voting-table] tbody tr")
+            rows = page.locator("[data-testid=voting-table] tbody tr")
+            expected = len(net.kosctl(0, "federation", "show")["voting"])
+            if rows.count() != expected or expected != 10:
+                raise Failure(f"voting rules: {rows.count()} rows on the page, {expected} from the API")
+            alloc = rows.filter(has_text="Resource allocation").inner_text()
+            if "Simple majority" not in alloc or "rule, weighting" not in alloc.lower():
+                raise Failure(f"resource allocation's rules: {alloc!r}")
+            ok("the federation page lists the voting rules of all 10 proposal types")
+            page.evaluate("location.hash = '#/proposal/" + pid + "'")
+            page.wait_for_selector("[data-testid=bar-yes]")
+
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(artifacts / "dashboard-desktop.png"))
             page.set_viewport_size({"width": 390, "height": 844})

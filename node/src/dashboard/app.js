@@ -799,13 +799,20 @@
             ['Voting', t.default_voting_ms != null ? `${duration(t.default_voting_ms)} by default, at most ${duration(t.max_voting_ms)}` : null],
             ['Reveal window', t.reveal_ms != null ? duration(t.reveal_ms) : null],
             ['Governing bodies', (f.bodies || []).length ? h('ul', { class: 'plain' }, f.bodies.map((b) => h('li', {}, `${cap(b.kind)}: `, b.members.map((m) => ident(m))))) : 'none'],
-            ['Voting defaults', (f.defaults || []).length
-              ? h('ul', { class: 'plain' }, f.defaults.map((d) => h('li', { text: `${cap(d.kind)}: ${vc(d.config || {})}` }))) : 'the protocol’s'],
           ])),
           card('Configuration in force', 'h-config', config.length
             ? table([['Key', ([k]) => h('span', { class: 'mono', text: k })],
               ['Value', ([, v]) => h('span', { class: 'mono wrap', text: typeof v === 'string' ? v : JSON.stringify(v) })]], config, 'config-table', 'Configuration')
-            : empty('No configuration key has been set.'))));
+            : empty('No configuration key has been set.'))),
+          card('Voting rules by proposal type', 'h-voting', (f.voting || []).length ? table([
+            ['Type', (c) => cap(c.kind)],
+            ['Rules', (c) => vc(c)],
+            ['Veto above', (c) => pct(ratio(c.veto) || 0), 'num'],
+            ['Sponsors', (c) => String(c.sponsors ?? 0), 'num'],
+            ['Proposer', (c) => `${words(c.proposer_trust)}${c.kind === 'emergency_action' ? ' or Security Board' : ''}`],
+            ['May override', (c) => ((c.overrides || []).length ? c.overrides.map(words).join(', ') : '—')],
+            ['From', (c) => (c.source === 'charter' ? badge('charter', 'info') : badge('built in', 'quiet'))],
+          ], f.voting, 'voting-table', 'Voting rules') : empty('The charter has not arrived yet.')));
     },
   };
 
