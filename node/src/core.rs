@@ -202,6 +202,10 @@ pub struct Core {
     policy_head: Option<(Option<kos_protocol::payload::Digest>, usize)>,
     /// Where the node's identity is sealed (rewritten by a key rotation).
     pub vault: Option<VaultFile>,
+    /// The directory holding this node's committed secret ballots until their reveal
+    /// (`<data-dir>/secret-ballots`): a file each, outside the store, so that a store rebuilt
+    /// from the journal can still reveal them. `None`: the store's metadata only.
+    pub secret_ballots: Option<std::path::PathBuf>,
 }
 
 /// The vault file and how to seal it again.
@@ -325,6 +329,7 @@ impl Core {
             policy_audits: Buckets::new(POLICY_AUDITS_PER_MINUTE, POLICY_AUDITS_PER_MINUTE),
             policy_head: None,
             vault: None,
+            secret_ballots: None,
         }
     }
 
@@ -781,7 +786,16 @@ impl Core {
             kos_protocol::vote_commitment(&federation, &proposal, &me, revision, &salt, &choice);
         let record =
             SecretBallot { revision, salt: hex::encode(salt), choice: choice.clone(), reason };
-        self.store.set_meta(&secret_key(&proposal), &serde_json::to_vec(&record)?)?;
+        let bytes = serde_json::to_vec(&record)?;
+        // Durable before the commitment exists: in its own file, and in the store.
+        if let Some(dir) = &self.secret_ballots {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join(format!("{proposal}.json"));
+            kos_storage::write_durable(&path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        self.store.set_meta(&secret_key(&proposal), &bytes)?;
         self.store.flush()?;
         let commit =
             kos_protocol::payload::VoteCommit { proposal, revision, commitment, federation };
@@ -793,16 +807,14 @@ impl Core {
     pub fn reveal(&mut self, only: Option<MessageId>) -> anyhow::Result<Vec<Message>> {
         let now = now_ms();
         let mut out = Vec::new();
-        for (key, value) in self.store.meta_with_prefix(SECRET_PREFIX)? {
-            let Some(proposal) =
-                key.strip_prefix(SECRET_PREFIX).and_then(|h| h.parse::<MessageId>().ok())
-            else {
-                continue;
-            };
+        for (proposal, value) in self.stored_secret_ballots()? {
             if only.is_some_and(|o| o != proposal) {
                 continue;
             }
-            let Ok(record) = serde_json::from_slice::<SecretBallot>(&value) else { continue };
+            let Ok(record) = serde_json::from_slice::<SecretBallot>(&value) else {
+                warn!(%proposal, "an unreadable secret ballot record is kept, not revealed");
+                continue;
+            };
             let Some(engine) = self.engine.as_ref() else { break };
             let federation = engine.federation();
             let Some((_, body, _, _)) = engine.proposal(&proposal) else { continue };
@@ -810,7 +822,7 @@ impl Core {
                 (body.timeline.voting_end_ms, body.timeline.reveal_end_ms.unwrap_or(0));
             if now >= reveal_end {
                 warn!(%proposal, "the reveal window of a secret ballot passed before it was revealed");
-                self.store.remove_meta(&key)?;
+                self.forget_secret_ballot(&proposal)?;
                 continue;
             }
             if now < end {
@@ -830,7 +842,7 @@ impl Core {
                 federation,
             };
             let m = self.create(Payload::VoteReveal(reveal), None)?;
-            self.store.remove_meta(&key)?;
+            self.forget_secret_ballot(&proposal)?;
             out.push(m);
         }
         if let Some(p) = only
@@ -839,6 +851,49 @@ impl Core {
             bail!("no secret ballot of this node waits to be revealed for {p}");
         }
         Ok(out)
+    }
+
+    /// This node's committed secret ballots, by proposal: the files in `secret_ballots` and
+    /// the store's records (one source is enough; a file wins where both hold one).
+    fn stored_secret_ballots(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<MessageId, Vec<u8>>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (key, value) in self.store.meta_with_prefix(SECRET_PREFIX)? {
+            if let Some(p) = key.strip_prefix(SECRET_PREFIX).and_then(|h| h.parse().ok()) {
+                out.insert(p, value);
+            }
+        }
+        let Some(dir) = &self.secret_ballots else { return Ok(out) };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(p) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            let Ok(p) = p.parse::<MessageId>() else { continue };
+            let bytes = std::fs::read(entry.path())
+                .with_context(|| format!("cannot read {}", entry.path().display()))?;
+            out.insert(p, bytes);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a secret ballot once revealed (or too late to reveal): its file and its record.
+    fn forget_secret_ballot(&mut self, proposal: &MessageId) -> anyhow::Result<()> {
+        if let Some(dir) = &self.secret_ballots {
+            let path = dir.join(format!("{proposal}.json"));
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        self.store.remove_meta(&secret_key(proposal))?;
+        Ok(())
     }
 
     /// (5) Signs and publishes the attestations that are due.

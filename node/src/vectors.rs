@@ -168,11 +168,7 @@ pub struct Vectors {
 
 /// Writes `bytes` to `path` atomically and durably (temporary file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VectorError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    kos_storage::write_durable(path, bytes).map_err(io(path))
 }
 
 fn hex_digest(d: &Digest) -> String {

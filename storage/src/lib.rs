@@ -38,6 +38,30 @@ pub use node_store::{
     MIN_FREE_BYTES, Manifest, ManifestError, OpenOptions, OpenReport, WARN_FREE_BYTES,
 };
 
+/// Replaces `path` with `bytes` atomically and durably: a temporary file beside it (readable by
+/// the owner only), fsynced, renamed over `path`, and the directory fsynced. After a crash the
+/// file holds either the old bytes or the new ones.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 

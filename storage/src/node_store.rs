@@ -79,23 +79,9 @@ impl Manifest {
 
     /// Replaces the manifest atomically (temporary file, fsync, rename).
     pub fn write(&self, data_dir: &Path) -> Result<(), StoreError> {
-        let tmp = data_dir.join(format!("{MANIFEST}.tmp"));
-        let ioerr = |p: &Path| {
-            let p = p.display().to_string();
-            move |source| StoreError::Io { path: p, source }
-        };
-        {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp).map_err(ioerr(&tmp))?;
-            f.write_all(self.encode().as_bytes()).map_err(ioerr(&tmp))?;
-            f.sync_all().map_err(ioerr(&tmp))?;
-        }
         let dst = data_dir.join(MANIFEST);
-        std::fs::rename(&tmp, &dst).map_err(ioerr(&dst))?;
-        if let Ok(d) = std::fs::File::open(data_dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::write_durable(&dst, self.encode().as_bytes())
+            .map_err(|source| StoreError::Io { path: dst.display().to_string(), source })
     }
 }
 

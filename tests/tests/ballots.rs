@@ -150,9 +150,15 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         text.contains("Secret        2 member(s) committed, sealed: nothing is counted"),
         "{text}"
     );
-    // b is killed after committing and restarted before the reveal window: it still reveals.
+    // b is killed after committing, loses its sled store (rebuilt from the journal at the next
+    // start) and is restarted before the reveal window: it still reveals, from the ballot's own
+    // file.
     b.kill();
+    assert!(dir.path().join("b/secret-ballots").read_dir().expect("ballots").count() == 1);
+    std::fs::remove_dir_all(dir.path().join("b/store")).expect("remove b's store");
     let b = Node::start(dir.path().join("b"));
+    // The peer book went with the store: b is pointed at a again, as an operator would.
+    b.json(&["connect", &a.bootstrap_addr()]);
     for n in [&a, &b] {
         let t = wait_for(120, "the revealed, final tally", || {
             let t = n.try_json(&["tally", &p])?;
@@ -161,6 +167,7 @@ fn a_secret_ballot_stays_unreadable_until_reveal_and_a_killed_node_still_reveals
         assert_eq!(t["tally"]["counted"], 2, "both ballots revealed and counted: {t}");
         assert_eq!(t["final"]["outcome"], "approved", "yes (core, 5) against no (trusted, 3): {t}");
         assert_eq!(n.json(&["show", &p])["secret_ballot"]["revealed"], 2);
+        assert_eq!(dir.path().join("b/secret-ballots").read_dir().expect("dir").count(), 0);
         assert!(
             n.human(&["show", &p]).contains("Secret        2 of 2 committed member(s) revealed")
         );
