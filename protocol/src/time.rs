@@ -22,6 +22,19 @@ pub fn date(ms: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// A UTC date and time to the millisecond: `2026-11-23 06:10:00.781 UTC`.
+pub fn date_ms(ms: u64) -> String {
+    let d = date(ms);
+    let (day_time, _) = d.split_at(d.len() - " UTC".len());
+    format!("{day_time}.{:03} UTC", ms % 1000)
+}
+
+/// A duration to the millisecond when it is short (`0.150 s`, `12.004 s`), else as
+/// [`duration`].
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 60_000 { format!("{}.{:03} s", ms / 1000, ms % 1000) } else { duration(ms) }
+}
+
 /// A duration in the two largest units: `3 h 12 min`, `45 s`, `2 d 4 h`.
 pub fn duration(ms: u64) -> String {
     let s = ms / 1000;
@@ -60,5 +73,8 @@ mod tests {
         assert_eq!(duration(187_200_000), "2 d 4 h");
         assert_eq!(when(10_000, 4_000), "1970-01-01 00:00:10 UTC (in 6 s)");
         assert_eq!(when(4_000, 10_000), "1970-01-01 00:00:04 UTC (6 s ago)");
+        assert_eq!(date_ms(1_795_450_583_781), "2026-11-23 16:16:23.781 UTC");
+        assert_eq!(duration_ms(150), "0.150 s");
+        assert_eq!(duration_ms(61_000), "1 min 1 s");
     }
 }

@@ -207,7 +207,7 @@ pub enum Refusal {
     #[error("options do not fit the decision rule")]
     OptionsMismatch,
     /// Signed time outside the window in which this message is allowed.
-    #[error("signed time {created_ms} outside [{start_ms}, {end_ms})")]
+    #[error("{}", window_text(*created_ms, *start_ms, *end_ms))]
     OutsideWindow {
         /// Signed time.
         created_ms: u64,
@@ -341,6 +341,27 @@ pub enum Status {
     Executed,
     /// Final and approved, but its action could not be applied.
     ExecutionFailed,
+}
+
+/// An [`Refusal::OutsideWindow`] in words, to the millisecond: how far outside, and where the
+/// window opens or closed.
+fn window_text(created: u64, start: u64, end: u64) -> String {
+    use kos_protocol::time::{date_ms, duration_ms};
+    if created < start {
+        format!(
+            "signed at {}, {} before its window opens at {}",
+            date_ms(created),
+            duration_ms(start - created),
+            date_ms(start)
+        )
+    } else {
+        format!(
+            "signed at {}, {} after its window closed at {}",
+            date_ms(created),
+            duration_ms(created.saturating_sub(end)),
+            date_ms(end)
+        )
+    }
 }
 
 /// The minimum proposer trust for each proposal type (SPEC 4.2). Emergency actions also accept

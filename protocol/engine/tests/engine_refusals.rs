@@ -46,6 +46,20 @@ fn votes_outside_the_window() {
         Refusal::OutsideWindow { created_ms: 0, start_ms: 0, end_ms: 0 }.verdict(),
         Verdict::Reject
     );
+    // In words, to the millisecond (the refusal is what an operator reads in the audit log).
+    let said = |created_ms, start_ms, end_ms| {
+        Refusal::OutsideWindow { created_ms, start_ms, end_ms }.to_string()
+    };
+    assert_eq!(
+        said(1_795_450_583_781, 1_795_450_553_631, 1_795_450_583_631),
+        "signed at 2026-11-23 16:16:23.781 UTC, 0.150 s after its window closed at \
+         2026-11-23 16:16:23.631 UTC"
+    );
+    assert_eq!(
+        said(1_795_450_553_000, 1_795_450_553_631, 1_795_450_583_631),
+        "signed at 2026-11-23 16:15:53.000 UTC, 0.631 s before its window opens at \
+         2026-11-23 16:15:53.631 UTC"
+    );
 }
 
 #[test]
