@@ -258,6 +258,24 @@ def run(net, artifacts):
             if "Simple majority" not in alloc or "rule, weighting" not in alloc.lower():
                 raise Failure(f"resource allocation's rules: {alloc!r}")
             ok("the federation page lists the voting rules of all 10 proposal types")
+
+            # A secret ballot from the page: committed, sealed (nothing counted), then revealed by
+            # the node when voting ends and counted.
+            sid = net.kosctl(0, "propose", "--kind", "configuration", "--title", "Sealed limit",
+                             "--description", "A secret ballot.", "--key", "limit", "--value", "3",
+                             "--secret", "--discussion-secs", "1", "--voting-secs", "12")["id"]
+            wait_for("the secret ballot to open", lambda: net.kosctl(0, "show", sid)["status"] == "voting")
+            page.evaluate("r => { location.hash = r }", "#/proposal/" + sid)
+            page.wait_for_selector("[data-testid=proposal-title] >> text=Sealed limit")
+            page.click("[data-testid=vote-yes]")
+            page.wait_for_selector("[data-testid=vote-result] >> text=/committed/i")
+            page.wait_for_selector("[data-testid=secret-progress] >> text=/1 committed · 0 revealed/")
+            if net.kosctl(0, "tally", sid)["tally"]["participation"] != 0:
+                raise Failure("a secret ballot was counted before its reveal")
+            ok("secret ballot from the page: committed, nothing counted before the reveal")
+            page.wait_for_selector("[data-testid=secret-progress] >> text=/1 committed · 1 revealed/", timeout=60_000)
+            counted = wait_for("the revealed ballot counted", lambda: (lambda t: t if t["tally"]["counted"] == 1 else None)(net.kosctl(2, "tally", sid)))
+            ok(f"node-0 revealed it by itself when voting ended; node-2 counts {counted['tally']['counted']} ballot")
             page.evaluate("location.hash = '#/proposal/" + pid + "'")
             page.wait_for_selector("[data-testid=bar-yes]")
 

@@ -518,7 +518,7 @@
       h('h1', { tabindex: '-1', testid: 'proposal-title', text: p.title }),
       h('p', { class: 'badges' }, statusBadge(p.status), badge(cap(p.kind)), badge(`scope ${p.scope}`),
         badge(`revision ${p.revision}`), p.voting.secret ? badge('secret ballot', 'info') : null,
-        p.secret_ballot ? badge(`${p.secret_ballot.committed} committed · ${p.secret_ballot.revealed} revealed`, 'info') : null),
+        p.secret_ballot ? badge(`${p.secret_ballot.committed} committed · ${p.secret_ballot.revealed} revealed`, 'info', 'secret-progress') : null),
       h('p', { class: 'next', testid: 'next-step' }, h('strong', { text: 'Next: ' }), next.event || '—',
         next.at_ms != null ? [' — ', when(next.at_ms, { dateFirst: true })] : null),
       h('p', { class: 'meta muted' }, 'By ', ident(p.author, 10, 6), p.author === me() ? ' (this node)' : '',
