@@ -991,7 +991,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             done(v, cli.json, "TASK_RESULT sealed for the requester and queued.")
         }
-        Command::Outbox => show(api()?.get("/v1/outbox")?),
+        Command::Outbox => human(api()?.get("/v1/outbox")?, cli.json, render::outbox),
         Command::Reputation { subject, delta, reason } => show(api()?.post(
             "/v1/reputation",
             serde_json::json!({"subject": subject, "delta": delta, "reason": reason}),

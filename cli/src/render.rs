@@ -658,6 +658,53 @@ pub fn delegations(v: &Value) -> String {
     out
 }
 
+/// `kosctl outbox`: what waits for a next hop, and what was given up, with why.
+pub fn outbox(v: &Value) -> String {
+    let now = now_ms();
+    let mut out = String::new();
+    let short = |id: &str| id.chars().take(16).collect::<String>();
+    for (key, title, empty) in [
+        ("pending", "Waiting for a next hop", "nothing waits"),
+        ("failed", "Given up", "nothing given up"),
+    ] {
+        let list = v[key].as_array().cloned().unwrap_or_default();
+        heading(&mut out, &format!("{title} ({})", list.len()));
+        if list.is_empty() {
+            let _ = writeln!(out, "  {empty}");
+        } else {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|e| {
+                    let to = match e["relayed_for"].as_str() {
+                        Some(from) => {
+                            format!("{} (relayed for peer {}…)", s(&e["to"]), short(from))
+                        }
+                        None => s(&e["to"]).to_owned(),
+                    };
+                    let next = match (key, e["next_ms"].as_u64()) {
+                        ("pending", Some(t)) if t > now => format!("in {}", duration(t - now)),
+                        ("pending", _) => "now".to_owned(),
+                        _ => "—".to_owned(),
+                    };
+                    vec![
+                        short(s(&e["id"])),
+                        to,
+                        e["attempts"].to_string(),
+                        e["queued_ms"].as_u64().map_or("—".into(), |t| {
+                            format!("{} ago", duration(now.saturating_sub(t)))
+                        }),
+                        next,
+                        e["last_error"].as_str().unwrap_or("—").to_owned(),
+                    ]
+                })
+                .collect();
+            table(&mut out, &["ID", "TO", "TRIES", "QUEUED", "NEXT TRY", "LAST ERROR"], &rows);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// `kosctl policy show`: the rules in force, this node's and the federation's.
 pub fn policy(v: &Value) -> String {
     let mut out = String::new();

@@ -118,6 +118,11 @@ fn a_task_request_reaches_a_named_node_through_a_relay_and_its_result_comes_back
         let out = b.try_json(&["outbox"])?;
         out["pending"].as_array()?.iter().any(|p| p["id"] == late.as_str()).then_some(())
     });
+    // For people: B's outbox shows it waiting, held for A.
+    let held = b.human(&["outbox"]);
+    let row = held.lines().find(|l| l.starts_with(&late[..16])).unwrap_or_else(|| panic!("{held}"));
+    assert!(row.contains(&format!("(relayed for peer {}…)", &a.peer_id()[..16])), "{held}");
+    assert!(held.starts_with("Waiting for a next hop (1)"), "{held}");
     let c = Node::start_with(dir.path().join("c"), &["--name", "worker-c"]);
     let got = wait_for(120, "the late request in C's inbox", || {
         inbox(&c).into_iter().find(|m| m["id"] == late.as_str())
