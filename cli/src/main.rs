@@ -981,7 +981,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Inbox { command } => match command.unwrap_or(InboxCmd::List) {
             InboxCmd::List => human(api()?.get("/v1/inbox")?, cli.json, render::inbox),
-            InboxCmd::Show { id } => show(api()?.get(&format!("/v1/inbox/{id}"))?),
+            InboxCmd::Show { id } => {
+                human(api()?.get(&format!("/v1/inbox/{id}"))?, cli.json, render::inbox_message)
+            }
             InboxCmd::Delete { id } => show(api()?.delete(&format!("/v1/inbox/{id}"))?),
         },
         Command::Reply { id, outputs, error } => {

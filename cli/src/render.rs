@@ -617,6 +617,19 @@ pub fn inbox(v: &Value) -> String {
     out
 }
 
+/// `kosctl inbox show ID`: the message as in the list, how it came, and the envelope's size.
+pub fn inbox_message(v: &Value) -> String {
+    let mut out = inbox(&serde_json::json!({ "messages": [v] }));
+    out.pop(); // the list's blank line between messages
+    if let Some(target) = v["target"].as_str() {
+        line(&mut out, "Addressed to", target);
+    }
+    line(&mut out, "From peer", s(&v["from_peer"]));
+    let bytes = v["envelope"].as_str().map_or(0, |h| h.len() / 2);
+    line(&mut out, "Envelope", format!("{bytes} bytes, sealed to this node (--json gives it)"));
+    out
+}
+
 /// `kosctl delegations`.
 pub fn delegations(v: &Value) -> String {
     let mut out = String::new();

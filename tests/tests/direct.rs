@@ -82,6 +82,15 @@ fn a_task_request_reaches_a_named_node_through_a_relay_and_its_result_comes_back
     assert_eq!(got["sender"], a.did(), "{got}");
     let shown = c.json(&["inbox", "show", &id]);
     assert_eq!(shown["from_peer"], b.peer_id(), "it came through B: {shown}");
+    let text = c.human(&["inbox", "show", &id]);
+    for line in [
+        "Type          TASK_REQUEST".to_owned(),
+        format!("Input         {secret}"),
+        format!("From peer     {}", b.peer_id()),
+        format!("Addressed to  klp://{}/tasks", c_status["klp_id"].as_str().expect("klp id")),
+    ] {
+        assert!(text.contains(&line), "missing {line:?}:\n{text}");
+    }
 
     // B held only ciphertext: nothing under its data directory contains the plaintext, and its
     // inbox is empty. Only C's key opens the envelope.
