@@ -1609,11 +1609,14 @@ async fn vote(
         .call(move |core| {
             let engine = engine(core)?;
             let federation = engine.federation();
-            let (_, _, revision, config) = engine
+            let (_, body, revision, config) = engine
                 .proposal(&proposal)
                 .ok_or_else(|| not_found(format!("unknown proposal {proposal}")))?;
-            voting_open(engine, &proposal, now_ms())?;
-            ballot_fits(engine, &proposal, &choice)?;
+            // Refused before anything is signed, with reasons a person can act on.
+            let now = now_ms();
+            voting_open(engine.status(&proposal, now), &body.timeline, now)?;
+            let options = engine.options(&proposal, revision).unwrap_or_default();
+            ballot_fits(config.rule, options, &choice)?;
             if config.secret {
                 // Commit now; the node reveals by itself when voting ends.
                 let m = core.commit_vote(proposal, revision, choice, req.reason)?;
@@ -1627,13 +1630,11 @@ async fn vote(
     Ok(Json(v))
 }
 
-/// Refuses a ballot outside the voting window before anything is signed, saying when voting
-/// opens or when it closed (the engine would refuse the signed ballot with bare numbers).
-fn voting_open(engine: &Engine, id: &MessageId, now: u64) -> Result<(), ApiError> {
+/// A ballot outside the voting window, in words: when voting opens, or when it closed (the
+/// engine judges the signed ballot by its signed time; this answers before signing).
+fn voting_open(status: Option<Status>, t: &Timeline, now: u64) -> Result<(), ApiError> {
     use kos_protocol::time::when;
-    let Some(r) = engine.record(id) else { return Ok(()) };
-    let t = &r.body.timeline;
-    let why = match engine.status(id, now) {
+    let why = match status {
         Some(Status::Voting) | None => return Ok(()),
         Some(Status::SeekingSponsors | Status::Discussion) => {
             format!("voting has not opened: it opens {}", when(t.discussion_end_ms, now))
@@ -1652,42 +1653,30 @@ fn voting_open(engine: &Engine, id: &MessageId, now: u64) -> Result<(), ApiError
     Err(ApiError(StatusCode::CONFLICT, why))
 }
 
-/// Refuses a ballot whose form does not fit the proposal's rule, saying which form does (the
-/// engine's refusal does not name the options).
-fn ballot_fits(engine: &Engine, id: &MessageId, choice: &Choice) -> Result<(), ApiError> {
-    let Some(r) = engine.record(id) else { return Ok(()) };
-    let options = r
-        .revisions
-        .iter()
-        .find(|v| v.revision == r.current_revision)
-        .map(|v| v.options.to_vec())
-        .unwrap_or_default();
-    let listed = options.iter().enumerate().map(|(i, o)| format!("{i}: {o}")).collect::<Vec<_>>();
-    let form = match r.config.rule {
-        DecisionRule::Plurality => "approve:I,J,… (approval ballot)",
-        DecisionRule::InstantRunoff => "rank:I,J,… (ranked ballot, most preferred first)",
-        _ => "yes, no, abstain or veto",
-    };
-    let fits = match (r.config.rule, choice) {
-        (DecisionRule::Plurality, Choice::Approve(v))
-        | (DecisionRule::InstantRunoff, Choice::Rank(v)) => {
-            if let Some(i) = v.iter().find(|&&i| usize::from(i) >= options.len()) {
-                return Err(bad(format!(
-                    "there is no option {i}: the options are {}",
-                    listed.join(", ")
-                )));
-            }
-            true
+/// The engine's ballot-form check ([`kos_engine::ballot_form`]), its refusal put in terms of
+/// the proposal: the form that fits, and the options by number and name.
+fn ballot_fits(rule: DecisionRule, options: &[String], choice: &Choice) -> Result<(), ApiError> {
+    let listed =
+        || options.iter().enumerate().map(|(i, o)| format!("{i}: {o}")).collect::<Vec<_>>();
+    match kos_engine::ballot_form(rule, options, choice) {
+        Ok(()) => Ok(()),
+        Err(kos_engine::Refusal::NoSuchOption(i)) => {
+            Err(bad(format!("there is no option {i}: the options are {}", listed().join(", "))))
         }
-        (DecisionRule::Plurality | DecisionRule::InstantRunoff, _) => false,
-        (_, c) => matches!(c, Choice::Yes | Choice::No | Choice::Abstain | Choice::Veto),
-    };
-    if fits {
-        return Ok(());
+        Err(_) => {
+            let form = match rule {
+                DecisionRule::Plurality => "approve:I,J,… (approval ballot)",
+                DecisionRule::InstantRunoff => "rank:I,J,… (ranked ballot, most preferred first)",
+                _ => "yes, no, abstain or veto",
+            };
+            let over = if options.is_empty() {
+                String::new()
+            } else {
+                format!(" over {}", listed().join(", "))
+            };
+            Err(bad(format!("this proposal is decided by {}: vote {form}{over}", rule_name(rule))))
+        }
     }
-    let over =
-        if listed.is_empty() { String::new() } else { format!(" over {}", listed.join(", ")) };
-    Err(bad(format!("this proposal is decided by {}: vote {form}{over}", rule_name(r.config.rule))))
 }
 
 /// Reveals this node's committed secret ballot on a proposal (the node also does it by itself

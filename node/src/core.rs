@@ -202,10 +202,6 @@ pub struct Core {
     policy_head: Option<(Option<kos_protocol::payload::Digest>, usize)>,
     /// Where the node's identity is sealed (rewritten by a key rotation).
     pub vault: Option<VaultFile>,
-    /// The directory holding this node's committed secret ballots until their reveal
-    /// (`<data-dir>/secret-ballots`): a file each, outside the store, so that a store rebuilt
-    /// from the journal can still reveal them. `None`: the store's metadata only.
-    pub secret_ballots: Option<std::path::PathBuf>,
 }
 
 /// The vault file and how to seal it again.
@@ -329,7 +325,6 @@ impl Core {
             policy_audits: Buckets::new(POLICY_AUDITS_PER_MINUTE, POLICY_AUDITS_PER_MINUTE),
             policy_head: None,
             vault: None,
-            secret_ballots: None,
         }
     }
 
@@ -787,16 +782,21 @@ impl Core {
         let record =
             SecretBallot { revision, salt: hex::encode(salt), choice: choice.clone(), reason };
         let bytes = serde_json::to_vec(&record)?;
-        // Durable before the commitment exists: in its own file, and in the store.
-        if let Some(dir) = &self.secret_ballots {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let path = dir.join(format!("{proposal}.json"));
-            kos_storage::write_durable(&path, &bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+        // Durable before the commitment exists, outside the store (a store rebuilt from the
+        // journal would not have it); a store without a data directory keeps it itself.
+        match self.secret_ballots_dir() {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                let path = dir.join(format!("{proposal}.json"));
+                kos_storage::write_durable(&path, &bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            None => {
+                self.store.set_meta(&secret_key(&proposal), &bytes)?;
+                self.store.flush()?;
+            }
         }
-        self.store.set_meta(&secret_key(&proposal), &bytes)?;
-        self.store.flush()?;
         let commit =
             kos_protocol::payload::VoteCommit { proposal, revision, commitment, federation };
         self.create(Payload::VoteCommit(commit), None)
@@ -853,8 +853,15 @@ impl Core {
         Ok(out)
     }
 
-    /// This node's committed secret ballots, by proposal: the files in `secret_ballots` and
-    /// the store's records (one source is enough; a file wins where both hold one).
+    /// `<data-dir>/secret-ballots`: a committed secret ballot waits there, a file each, until
+    /// its reveal.
+    fn secret_ballots_dir(&self) -> Option<std::path::PathBuf> {
+        self.store.data_dir().map(|d| d.join("secret-ballots"))
+    }
+
+    /// This node's committed secret ballots, by proposal: the files in the secret-ballot
+    /// directory, and records in the store's metadata (stores without a data directory, and
+    /// ballots committed by a build that kept them there).
     fn stored_secret_ballots(
         &self,
     ) -> anyhow::Result<std::collections::BTreeMap<MessageId, Vec<u8>>> {
@@ -864,8 +871,8 @@ impl Core {
                 out.insert(p, value);
             }
         }
-        let Some(dir) = &self.secret_ballots else { return Ok(out) };
-        let entries = match std::fs::read_dir(dir) {
+        let Some(dir) = self.secret_ballots_dir() else { return Ok(out) };
+        let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
@@ -883,7 +890,7 @@ impl Core {
 
     /// Forgets a secret ballot once revealed (or too late to reveal): its file and its record.
     fn forget_secret_ballot(&mut self, proposal: &MessageId) -> anyhow::Result<()> {
-        if let Some(dir) = &self.secret_ballots {
+        if let Some(dir) = self.secret_ballots_dir() {
             let path = dir.join(format!("{proposal}.json"));
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

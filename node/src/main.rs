@@ -645,7 +645,6 @@ fn run_node(dir: &Path, args: &RunArgs, origins: Origins) -> anyhow::Result<()> 
         let mut the_core = core::Core::new(opened, metrics.clone(), to_net.clone(), settings.quota);
         the_core.policy = Some(policy.clone());
         the_core.vault = Some(vault_file);
-        the_core.secret_ballots = Some(dir.join("secret-ballots"));
         the_core.progress = progress.clone();
         let (core, core_thread) = core::spawn(the_core)?;
         tokio::spawn(reload_on_hangup(

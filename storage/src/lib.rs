@@ -381,6 +381,11 @@ impl Store {
         })
     }
 
+    /// The node's data directory, when opened with [`Store::open_node`].
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
     /// Free bytes on the data directory's disk, if known.
     pub fn free_space(&self) -> Option<u64> {
         self.data_dir.as_ref().and_then(|d| fs2::available_space(d).ok())

@@ -243,6 +243,11 @@ impl Engine {
         Some((p.author, &p.body, p.current_revision(), &p.config))
     }
 
+    /// The options of revision `revision` of a known proposal.
+    pub fn options(&self, id: &ProposalId, revision: u32) -> Option<&[String]> {
+        self.proposals.get(id).filter(|p| p.active)?.options(revision)
+    }
+
     /// Ids of known (active) proposals.
     pub fn proposals(&self) -> impl Iterator<Item = &ProposalId> {
         self.proposals.values().filter(|p| p.active).map(|p| &p.id)

@@ -61,7 +61,14 @@ fn in_window(created: u64, start: u64, end: u64) -> Result<(), Refusal> {
 fn check_ballot(p: &ProposalState, revision: u32, choice: &Choice) -> Result<(), Refusal> {
     let options =
         p.options(revision).ok_or(Refusal::Pending(Dependency::Revision(p.id, revision)))?;
-    let indices = match (p.config.rule, choice) {
+    ballot_form(p.config.rule, options, choice)
+}
+
+/// Whether a ballot's form fits the decision rule and names only options that exist:
+/// yes/no/abstain/veto under a binary rule, `approve` under plurality, `rank` under instant
+/// runoff ([`Refusal::WrongBallot`], [`Refusal::NoSuchOption`] otherwise).
+pub fn ballot_form(rule: DecisionRule, options: &[String], choice: &Choice) -> Result<(), Refusal> {
+    let indices = match (rule, choice) {
         (r, Choice::Yes | Choice::No | Choice::Abstain | Choice::Veto) if r.is_binary() => {
             return Ok(());
         }

@@ -55,6 +55,7 @@ pub use certificate::{
 pub use chain::{Execution, Inverse};
 pub use finality::{Certificate, Final, FinalKey};
 pub use hash::STATE_DOMAIN;
+pub use judge::ballot_form;
 pub use keys::{End as KeyEnd, KeyRecord, Keys, Retirement, Signer};
 pub use registry::{REGISTRY_DOMAIN, Registry};
 pub use tally::{Count, ProofStep, merkle_proof, merkle_root, verify_merkle_proof};
