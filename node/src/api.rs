@@ -1458,14 +1458,26 @@ async fn tally(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiR
         Ok(Json(json!({
             "status": engine.status(&id, now).map(status_name),
             "tally": engine.tally(&id, now).as_ref().map(tally_json),
-            "attestations": engine.attestations(&id).into_iter().map(|(who, k, at)| json!({
-                "member": who.to_did(),
+            "attestations": engine.attestations(&id).into_iter().map(|a| json!({
+                "member": a.member.to_did(),
+                "phase": match a.phase {
+                    AttestationPhase::Prepare => "prepare",
+                    AttestationPhase::Commit => "commit",
+                },
+                "round": a.round,
+                "outcome": a.key.outcome.as_str(),
+                "votes_root": a.key.votes_root.to_string(),
+                "revision": a.key.revision,
+                "at_ms": a.at_ms,
+            })).collect::<Vec<_>>(),
+            "prepare_quorum": engine.prepare_quorum(&id).map(|(round, k)| json!({
+                "round": round,
                 "outcome": k.outcome.as_str(),
                 "votes_root": k.votes_root.to_string(),
                 "revision": k.revision,
-                "at_ms": at,
-            })).collect::<Vec<_>>(),
+            })),
             "final": fin.map(|f| json!({
+                "round": f.round,
                 "outcome": f.key.outcome.as_str(),
                 "votes_root": f.key.votes_root.to_string(),
                 "revision": f.key.revision,

@@ -1051,10 +1051,44 @@ pub struct Delegation {
     pub federation: FederationId,
 }
 
-/// TALLY_ATTESTATION: a member node's signed tally of a closed proposal.
+/// The phase of a TALLY_ATTESTATION in its round (`docs/governance.md` §6).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AttestationPhase {
+    /// A member's candidate result for the round: its lock (the result of the highest-round
+    /// prepare quorum it has seen), else its own tally.
+    Prepare,
+    /// The member saw more than 2/3 of the weight prepare this result in this round. More than
+    /// 2/3 of the weight committing one result in one round is a certificate. The encoding
+    /// omits it (an attestation without `phase` is a commit).
+    #[default]
+    Commit,
+}
+
+impl AttestationPhase {
+    /// Whether this is [`AttestationPhase::Commit`] (the encoding omits it).
+    pub fn is_commit(&self) -> bool {
+        *self == AttestationPhase::Commit
+    }
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// TALLY_ATTESTATION: a member node's signed tally of a closed proposal, as a prepare or a
+/// commit of one attestation round.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TallyAttestation {
+    /// Prepare or commit (omitted: commit).
+    #[serde(default, skip_serializing_if = "AttestationPhase::is_commit")]
+    pub phase: AttestationPhase,
+    /// The attestation round, from 0 (omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub round: u32,
     /// Counted milli-weight per choice: `[yes, no, abstain, veto]` for binary rules, per option
     /// otherwise (first-round counts for ranked choice).
     pub totals: Vec<u64>,

@@ -188,52 +188,148 @@ impl Engine {
         }
     }
 
-    /// The attestations this node's identity `me` should sign now: for each closed proposal past
-    /// its grace period, without a certificate, on which `me` is an eligible member whose latest
-    /// attestation differs from its current tally. Only proposals without a certificate are
-    /// looked at.
+    /// The attestations this node's identity `me` should sign now (`docs/governance.md` §6):
+    /// for each closed proposal past its grace period, without a certificate, on which `me` is
+    /// an eligible member — at most one prepare and one commit per round:
+    ///
+    /// - a **commit** in round `q` of the highest prepare quorum (round `q`, result `K`) if `me`
+    ///   has not committed in round `q` nor prepared in a round after `q`;
+    /// - a **prepare** in the current round `r` (one per `grace_ms` since the proposal closed
+    ///   plus grace) if `me` has not prepared in round `r` or later and the quorum's round is
+    ///   below `r`: of `K` (the lock) if there is a quorum, else of its own tally.
+    ///
+    /// Only proposals without a certificate are looked at.
     pub fn attestations_due(&self, me: &PublicKey, now_ms: u64) -> Vec<TallyAttestation> {
         // `me` signs at `now_ms`: a retired key attests nothing; a rotated-to one for its member.
         let Ok(signer) = self.signer(me, now_ms) else { return Vec::new() };
         let me = &signer.member;
-        let grace = self.grace();
-        self.unsettled
-            .iter()
-            .filter_map(|id| self.proposals.get(id))
-            .filter(|p| p.active && now_ms >= p.voting_start())
-            .filter(|p| now_ms >= self.effective_close(p).saturating_add(grace))
-            .filter(|p| matches!(self.status_of(p, now_ms), Status::Closed))
-            .filter(|p| {
-                p.registry.member(me).is_some_and(|m| {
+        let mut out = Vec::new();
+        for p in self.unsettled.iter().filter_map(|id| self.proposals.get(id)) {
+            let Some(round) = self.attestation_round(p, now_ms) else { continue };
+            if !matches!(self.status_of(p, now_ms), Status::Closed)
+                || !p.registry.member(me).is_some_and(|m| {
                     m.trust != TrustLevel::Quarantine
                         && p.registry.weight(m, p.config.weighting) > 0
                 })
-            })
+            {
+                continue;
+            }
+            out.extend(self.due_for(p, me, round));
+        }
+        out
+    }
+
+    /// The attestation round at `now_ms` of an active proposal past its close and grace.
+    pub(crate) fn attestation_round(&self, p: &ProposalState, now_ms: u64) -> Option<u32> {
+        if !p.active || now_ms < p.voting_start() {
+            return None;
+        }
+        let start = self.effective_close(p).saturating_add(self.grace());
+        let since = now_ms.checked_sub(start)?;
+        Some(u32::try_from(since / self.round_ms()).unwrap_or(u32::MAX))
+    }
+
+    /// When the next attestation round of some unsettled proposal begins, after `now_ms`.
+    pub(crate) fn next_round_at(&self, now_ms: u64) -> Option<u64> {
+        let round_ms = self.round_ms();
+        self.unsettled
+            .iter()
+            .filter_map(|id| self.proposals.get(id))
+            .filter(|p| p.active)
             .filter_map(|p| {
-                let t = self.tally_of(p);
-                let key = crate::FinalKey {
-                    revision: t.revision,
-                    votes_root: t.votes_root,
-                    outcome: t.count.outcome,
-                    winner: t.count.winner,
-                };
-                if p.attestations.latest_of(me) == Some(&key) {
-                    return None;
-                }
-                Some(TallyAttestation {
-                    totals: t.count.totals.clone(),
-                    winner: t.count.winner,
-                    counted: u32::try_from(t.counted.len()).unwrap_or(u32::MAX),
-                    outcome: t.count.outcome,
-                    eligible: t.count.eligible,
-                    proposal: p.id,
-                    revision: t.revision,
-                    federation: self.federation,
-                    votes_root: t.votes_root,
-                    participation: t.count.participation,
-                })
+                let start = self.effective_close(p).saturating_add(self.grace());
+                let r = self.attestation_round(p, now_ms)?;
+                Some(start.saturating_add((u64::from(r) + 1).saturating_mul(round_ms)))
             })
-            .collect()
+            .min()
+    }
+
+    /// The length of an attestation round: the grace period (at least 1 ms).
+    pub(crate) fn round_ms(&self) -> u64 {
+        self.grace().max(1)
+    }
+
+    /// What `me` owes on proposal `p` in attestation round `round`.
+    fn due_for(&self, p: &ProposalState, me: &PublicKey, round: u32) -> Vec<TallyAttestation> {
+        use AttestationPhase::{Commit, Prepare};
+        let att = &p.attestations;
+        let own = || {
+            let t = self.tally_of(p);
+            let key = crate::FinalKey {
+                revision: t.revision,
+                votes_root: t.votes_root,
+                outcome: t.count.outcome,
+                winner: t.count.winner,
+            };
+            let detail = crate::finality::Detail {
+                totals: t.count.totals.clone(),
+                counted: u32::try_from(t.counted.len()).unwrap_or(u32::MAX),
+                eligible: t.count.eligible,
+                participation: t.count.participation,
+            };
+            (key, detail)
+        };
+        let make = |phase, r, key: crate::FinalKey| {
+            let (own_key, own_detail) = own();
+            let detail = if own_key == key {
+                own_detail
+            } else {
+                att.detail(&key).cloned().unwrap_or(own_detail)
+            };
+            TallyAttestation {
+                phase,
+                round: r,
+                totals: detail.totals,
+                winner: key.winner,
+                counted: detail.counted,
+                outcome: key.outcome,
+                eligible: detail.eligible,
+                proposal: p.id,
+                revision: key.revision,
+                federation: self.federation,
+                votes_root: key.votes_root,
+                participation: detail.participation,
+            }
+        };
+        let last_prepare = att.last_round(me, Prepare);
+        let lock = att.lock();
+        let mut out = Vec::new();
+        match self.weakening {
+            crate::Weakening::ReattestFreely => {
+                // The old rule: a commit of the own tally whenever it changed.
+                let (key, _) = own();
+                let latest = att.last_round(me, Commit);
+                let same = latest
+                    .and_then(|r| att.signed(me, Commit, r))
+                    .is_some_and(|k| k.contains(&key));
+                if !same && latest.is_none_or(|r| r < round) {
+                    out.push(make(Commit, round, key));
+                }
+                return out;
+            }
+            crate::Weakening::IgnoreLock | crate::Weakening::None => {}
+        }
+        // Commit the highest prepare quorum, unless `me` prepared after its round.
+        let mut committed = None;
+        if let Some((q, key)) = lock
+            && last_prepare.is_none_or(|r| r <= q)
+            && att.signed(me, Commit, q).is_none()
+        {
+            out.push(make(Commit, q, key));
+            committed = Some(q);
+        }
+        // Prepare in this round: the lock if any (its round must be below this one), else the
+        // own tally.
+        let free = last_prepare.is_none_or(|r| r < round);
+        let below = lock.is_none_or(|(q, _)| q < round) && committed.is_none_or(|q| q < round);
+        if free && below {
+            let key = match lock {
+                Some((_, key)) if self.weakening != crate::Weakening::IgnoreLock => key,
+                _ => own().0,
+            };
+            out.push(make(Prepare, round, key));
+        }
+        out
     }
 
     /// A known proposal: its author, its body, the revision in force and its voting

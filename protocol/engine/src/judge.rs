@@ -342,13 +342,17 @@ impl Engine {
             }
             Payload::TallyAttestation(a) => {
                 let grace = self.grace();
+                let round_ms = self.round_ms();
                 let p = self.known_proposal(&a.proposal)?;
                 eligible_voter(p, &author)?;
                 // A static bound (independent of which votes have arrived): the earliest moment
-                // voting can close, plus grace.
+                // voting can close, plus grace, plus one grace period per round.
                 let earliest_close =
                     if p.config.early_close { p.voting_start() } else { p.closes_at() };
-                in_window(created, earliest_close.saturating_add(grace), u64::MAX)?;
+                let opens = earliest_close
+                    .saturating_add(grace)
+                    .saturating_add(u64::from(a.round).saturating_mul(round_ms));
+                in_window(created, opens, u64::MAX)?;
                 if p.options(a.revision).is_none() {
                     return Err(Refusal::Pending(Dependency::Revision(a.proposal, a.revision)));
                 }
@@ -366,11 +370,25 @@ impl Engine {
                 let weight = p.weight(&author);
                 let (eligible, registry, weighting) =
                     (p.eligible, Arc::clone(&p.registry), p.config.weighting);
+                let view = crate::AttestationView {
+                    member: author,
+                    phase: a.phase,
+                    round: a.round,
+                    key,
+                    at_ms: created,
+                };
+                let detail = crate::finality::Detail {
+                    totals: a.totals.clone(),
+                    counted: a.counted,
+                    eligible: a.eligible,
+                    participation: a.participation,
+                };
                 let changed = p.attestations.insert(
                     author,
                     order(msg.header().seq),
                     created,
-                    key,
+                    view,
+                    detail,
                     weight,
                     eligible,
                     |k| registry.member(k).map_or(0, |m| registry.weight(m, weighting)),

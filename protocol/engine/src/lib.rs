@@ -19,9 +19,10 @@
 //! - the registry chain is a function of the message set: final, approved proposals execute at
 //!   `max(final_at, close + grace) + execution delay` (signed times only), in `(time, proposal
 //!   id)` order;
-//! - finality is monotone: a *certificate* is attestations from members holding ≥ 2/3 of the
-//!   eligible weight for one (revision, votes root, outcome, winner); once a key is certified it
-//!   stays certified, and re-attestations never undo it;
+//! - finality is a two-phase round protocol (prepare, then commit, with prepare quorums as
+//!   locks): a *certificate* is commits from members holding more than 2/3 of the eligible
+//!   weight for one (revision, votes root, outcome, winner) in one round; it stays certified,
+//!   and while less than 1/3 of the weight breaks the rules no other result can be certified;
 //! - where several messages compete (vote changes, conflicting revisions, repeated sponsorship),
 //!   the winner is chosen by a total order on `(sequence number, message id)`, never by arrival.
 //!
@@ -53,7 +54,7 @@ pub use certificate::{
     VerifiedCertificate, VerifiedReceipt, verify_certificate, verify_receipt,
 };
 pub use chain::{Execution, Inverse};
-pub use finality::{Certificate, Final, FinalKey};
+pub use finality::{AttestationView, Certificate, Final, FinalKey, Weakening};
 pub use hash::STATE_DOMAIN;
 pub use judge::ballot_form;
 pub use keys::{End as KeyEnd, KeyRecord, Keys, Retirement, Signer};
@@ -880,6 +881,8 @@ pub struct Engine {
     last_signed: BTreeMap<PublicKey, u64>,
     /// Set when a rotation or revocation arrived after messages it invalidates.
     rebuild: bool,
+    /// A deliberately broken attestation rule (model-checker tests only).
+    weakening: finality::Weakening,
 }
 
 impl Engine {
@@ -912,6 +915,7 @@ impl Engine {
             keys_digest: std::cell::OnceCell::new(),
             last_signed: BTreeMap::new(),
             rebuild: false,
+            weakening: finality::Weakening::None,
         }
     }
 
@@ -1074,9 +1078,13 @@ impl Engine {
 
     /// The next time after `now_ms` at which some proposal's status can change by the clock
     /// alone (voting opens or closes, a reveal ends, a grace period ends, an execution falls
-    /// due). O(log n).
+    /// due) or a new attestation round of an unsettled proposal begins. O(log n + unsettled).
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
-        self.wake.range(now_ms.saturating_add(1)..).next().copied()
+        let fixed = self.wake.range(now_ms.saturating_add(1)..).next().copied();
+        match (fixed, self.next_round_at(now_ms)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Advances time: drops held messages older than [`HOLD_TTL_MS`]. The registry chain and

@@ -31,13 +31,17 @@ fn approved_proposal_becomes_final_and_executes() {
     assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::Closed));
     assert!(f.engine.attestations_due(&key(0).public(), VOTE_END).is_empty(), "not before grace");
 
-    let atts = f.attest_all(ATTEST);
-    assert_eq!(atts.len(), 3, "every member attests once");
-    // A alone (5 of 9 = 55 %) is not final; A + B (8 of 9) is.
-    f.apply(&atts[0]).expect("attestation");
+    let atts = f.attest_rounds(ATTEST);
+    assert_eq!(atts.len(), 6, "every member prepares once, then commits once");
+    // Prepares make nothing final. A's commit alone (5 of 9 = 55 %) is not final; A + B (8 of 9,
+    // more than 2/3) is.
+    f.apply_all(&atts[..3]);
+    assert_eq!(f.engine.finality(&p.id()), None);
+    assert_eq!(f.engine.prepare_quorum(&p.id()).map(|(r, _)| r), Some(0));
+    f.apply(&atts[3]).expect("attestation");
     assert_eq!(f.engine.finality(&p.id()), None);
     assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::Closed));
-    f.apply(&atts[1]).expect("attestation");
+    f.apply(&atts[4]).expect("attestation");
     let fin = f.engine.finality(&p.id()).expect("final");
     assert_eq!(fin.key.outcome, Outcome::Approved);
     assert_eq!(fin.weight, 8000);
@@ -91,7 +95,7 @@ fn membership_creates_a_registry_epoch_that_later_proposals_name() {
     );
     f.apply(&p).expect("proposal");
     f.apply_all(&[f.vote(0, &p, Choice::Yes)]);
-    let atts = f.attest_all(ATTEST);
+    let atts = f.attest_rounds(ATTEST);
 
     // The registry after execution, computed independently.
     let mut expected = f.engine.registry(T0).expect("epoch 0");
@@ -144,7 +148,7 @@ fn failed_execution_is_recorded_and_changes_nothing() {
     );
     f.apply(&p).expect("proposal");
     f.apply_all(&[f.vote(0, &p, Choice::Yes)]);
-    let atts = f.attest_all(ATTEST);
+    let atts = f.attest_rounds(ATTEST);
     f.apply_all(&atts);
     assert_eq!(f.engine.status(&p.id(), ATTEST), Some(Status::ExecutionFailed));
     let ex = f.engine.executions(ATTEST);
@@ -166,8 +170,8 @@ fn executions_run_in_voting_end_order_and_roll_back() {
         f.vote_at(0, &b, Choice::Yes, VOTE_START + 2 * S),
     ]);
     let now = ATTEST + 2 * S;
-    let atts = f.attest_all(now);
-    assert_eq!(atts.len(), 2);
+    let atts = f.attest_rounds(now);
+    assert_eq!(atts.len(), 4, "a prepare and a commit for each proposal");
     f.apply_all(&atts);
     let reg = f.engine.registry(now).expect("registry");
     assert_eq!(reg.config.get("relay.quota").map(String::as_str), Some("200"));
@@ -182,7 +186,7 @@ fn executions_run_in_voting_end_order_and_roll_back() {
     let vote = f.vote_at(0, &c, Choice::Yes, VOTE_START + 61 * S);
     f.engine.apply(&vote, Origin::Sync, now).expect("vote");
     let later = ATTEST + 61 * S;
-    let atts = f.attest_all(later);
+    let atts = f.attest_rounds(later);
     f.apply_all(&atts);
     let reg = f.engine.registry(later).expect("registry");
     assert_eq!(reg.config.get("relay.quota").map(String::as_str), Some("100"));
@@ -216,7 +220,7 @@ fn quarantine_and_trust_adjustment_change_member_records() {
         f.vote_at(1, &t, Choice::Yes, VOTE_START + 2 * S),
     ]);
     let now = ATTEST + 2 * S;
-    let atts = f.attest_all(now);
+    let atts = f.attest_rounds(now);
     f.apply_all(&atts);
     let reg: Registry = f.engine.registry(now).expect("registry");
     assert_eq!(reg.member(&key(2).public()).map(|m| m.trust), Some(Quarantine));
@@ -256,9 +260,9 @@ fn handle_reports_verdicts_and_effects_for_the_shell() {
 
 #[test]
 fn four_messages_in_any_order_give_one_state() {
-    // Three equal members. Two attest the approved configuration change (2/3: final, it executes
-    // and creates registry version 1); a later proposal pins that version; then one of the two
-    // re-attests a different root (a late vote moved its tally). Whatever the order of these four
+    // Three equal members commit the approved configuration change (final, it executes and
+    // creates registry version 1); a later proposal pins that version; then one of them commits
+    // a different root in the same round (it equivocates). Whatever the order of these five
     // messages, every node ends in one state: the result stays final, the version stays, and the
     // later proposal is accepted.
     let mut f = Fed::new(&[Core, Core, Core]);
@@ -272,14 +276,16 @@ fn four_messages_in_any_order_give_one_state() {
     f.apply(&p).expect("proposal");
     f.apply_all(&[f.vote(0, &p, Choice::Yes), f.vote(1, &p, Choice::Yes)]);
     let due = f.engine.attestations_due(&key(0).public(), ATTEST);
-    let a = due.into_iter().find(|a| a.proposal == p.id()).expect("due");
+    let mut a = due.into_iter().find(|a| a.proposal == p.id()).expect("due");
+    a.phase = AttestationPhase::Commit;
     let att0 = f.sign(0, ATTEST, kos_protocol::Payload::TallyAttestation(a.clone()));
     let att1 = f.sign(1, ATTEST, kos_protocol::Payload::TallyAttestation(a.clone()));
+    let att2 = f.sign(2, ATTEST, kos_protocol::Payload::TallyAttestation(a.clone()));
     let mut moved = a.clone();
     moved.votes_root = Digest([1; 32]);
     let att1_again = f.sign(1, ATTEST + S, kos_protocol::Payload::TallyAttestation(moved));
     let mut base = f.engine.clone();
-    for m in [&att0, &att1] {
+    for m in [&att0, &att1, &att2] {
         base.apply(m, Origin::Sync, ATTEST + 2 * S).expect("attestation");
     }
     let v1 = base.registry(ATTEST + 60 * S).expect("registry");
@@ -291,15 +297,15 @@ fn four_messages_in_any_order_give_one_state() {
         RegistryVersion { hash: v1.hash(), epoch: 1 },
         60 * S,
     );
-    let msgs = [att0, att1, att1_again, later.clone()];
+    let msgs = [att0, att1, att2, att1_again, later.clone()];
     let now = ATTEST + 200 * S;
     let mut states = std::collections::BTreeSet::new();
-    // All 24 orders.
+    // All 120 orders.
     let mut orders: Vec<Vec<usize>> = vec![vec![]];
-    for _ in 0..4 {
+    for _ in 0..5 {
         let mut next = vec![];
         for o in &orders {
-            for i in (0..4).filter(|i| !o.contains(i)) {
+            for i in (0..5).filter(|i| !o.contains(i)) {
                 let mut o = o.clone();
                 o.push(i);
                 next.push(o);
@@ -316,5 +322,5 @@ fn four_messages_in_any_order_give_one_state() {
         assert!(e.proposal(&later.id()).is_some(), "order {order:?}: later proposal missing");
         states.insert(e.state_hash(now));
     }
-    assert_eq!(states.len(), 1, "{} different states over 24 orders", states.len());
+    assert_eq!(states.len(), 1, "{} different states over 120 orders", states.len());
 }

@@ -327,6 +327,8 @@ fn electorate(f: &Fed, proposal: &ProposalId) -> Vec<PublicKey> {
 fn attestation(f: &Fed, proposal: &ProposalId, t: u64) -> Option<TallyAttestation> {
     let tally = f.engine.tally(proposal, t)?;
     Some(TallyAttestation {
+        phase: AttestationPhase::Commit,
+        round: 0,
         totals: tally.count.totals.clone(),
         winner: tally.count.winner,
         counted: u32::try_from(tally.counted.len()).unwrap_or(u32::MAX),
@@ -528,7 +530,7 @@ fn histories_cover_executions_versions_reattestations_and_equivocation() {
             equivocation += usize::from(!e.equivocators(id).is_empty());
             let latest = e.attestations(id);
             let fin = e.finality(id).map(|f| f.key);
-            changed_key += usize::from(latest.iter().any(|(_, k, _)| Some(*k) != fin));
+            changed_key += usize::from(latest.iter().any(|a| Some(a.key) != fin));
         }
     }
     eprintln!(

@@ -165,10 +165,10 @@ fn simulate_watch(seed: u64) -> (Vec<NodeResult>, usize, FinalityWatch) {
         schedule(&mut events, &mut rng, *from, m, m.header().created_ms);
     }
     for (from, m) in &late {
-        schedule(&mut events, &mut rng, *from, m, VOTE_END + 25 * S);
+        schedule(&mut events, &mut rng, *from, m, VOTE_END + 45 * S);
     }
     // Attestation rounds during and after the partition.
-    let rounds = [VOTE_END + 6 * S, VOTE_END + 20 * S];
+    let rounds = [VOTE_END + 6 * S, VOTE_END + 20 * S, VOTE_END + 35 * S];
     let mut processed = 0;
     let mut round = 0;
     loop {
@@ -194,6 +194,24 @@ fn simulate_watch(seed: u64) -> (Vec<NodeResult>, usize, FinalityWatch) {
                     node.known.insert(m.id(), m);
                 }
                 observe(&nodes, to, &mut first_final, &mut watch);
+                // Like kosd, a node signs what falls due after each message it ingests (a
+                // prepare quorum makes a commit due) — once attestation rounds have begun.
+                if round > 0 {
+                    let node = &mut nodes[to];
+                    for a in node.engine.attestations_due(&key(to).public(), at) {
+                        node.seq += 1;
+                        let m = Message::sign(
+                            &key(to),
+                            node.seq,
+                            at,
+                            None,
+                            Payload::TallyAttestation(a),
+                        )
+                        .expect("sign");
+                        let _ = node.engine.apply(&m, Origin::Local, at);
+                        schedule(&mut events, &mut rng, to, &m, at);
+                    }
+                }
                 continue;
             }
             (None, None) => break,

@@ -281,6 +281,12 @@ pub fn payload() -> impl Strategy<Value = Payload> {
                     (proposal, revision, federation, root),
                 )| {
                     Payload::TallyAttestation(TallyAttestation {
+                        phase: if counted % 2 == 0 {
+                            AttestationPhase::Commit
+                        } else {
+                            AttestationPhase::Prepare
+                        },
+                        round: counted % 3,
                         totals,
                         winner,
                         counted,
