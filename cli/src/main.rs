@@ -1047,6 +1047,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "valid": true,
                 "federation": c.federation.to_string(),
                 "proposal": c.proposal.to_string(),
+                "round": c.round,
                 "outcome": c.key.outcome.as_str(),
                 "winner": c.key.winner,
                 "revision": c.key.revision,

@@ -1501,8 +1501,9 @@ async fn tally(AxState(ctx): AxState<Ctx>, UrlPath(id): UrlPath<String>) -> ApiR
     .await
 }
 
-/// The certificate bundle of a final proposal: the signed charter, proposal and attestations
-/// (and the pinned registry version when it is not the charter's), verifiable offline.
+/// The certificate bundle of a final proposal: the signed charter, proposal and the commits of
+/// the certificate's round (and the pinned registry version when it is not the charter's: its
+/// deterministic CBOR, the very bytes whose hash is the pin), verifiable offline.
 fn certificate_bundle(core: &Core, id: &MessageId) -> Result<CertificateBundle, ApiError> {
     let engine = engine(core)?;
     if engine.proposal(id).is_none() {
@@ -1526,7 +1527,7 @@ fn certificate_bundle(core: &Core, id: &MessageId) -> Result<CertificateBundle, 
         kind: kos_engine::CERTIFICATE_KIND.to_owned(),
         charter: bytes(&engine.federation())?,
         proposal: bytes(id)?,
-        registry: (!own).then(|| hex::encode(kos_protocol::to_cbor(registry))),
+        registry: (!own).then(|| hex::encode(registry.encode())),
         attestations: cert
             .attesters
             .iter()

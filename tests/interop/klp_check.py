@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Independent second implementation of the KLP v1 wire protocol.
 
-Written only from docs/protocol.md and docs/vectors/klp-v1.json (no Rust source was read).
-It re-derives every test vector from first principles and checks the decoding/verification
-order of protocol.md §3.5.
+Written only from docs/protocol.md, docs/governance.md and docs/vectors/*.json (no Rust source
+was read). It re-derives every test vector from first principles, checks the decoding/verification
+order of protocol.md §3.5, and verifies the certificate and receipt files of
+docs/vectors/certificate-v1.json as protocol.md §10 describes (signatures, the registry bytes
+hashed as they are, weights, commits of one round from more than 2/3 of the eligible weight).
 
 Dependencies: Python 3.11 standard library + the `cryptography` package (Ed25519 signing and
 verification, X25519 scalar multiplication, AES-256-GCM). CBOR, base58btc, base32, HKDF/HPKE,
@@ -63,8 +65,9 @@ def check_eq(name: str, got, want) -> bool:
 # ---------------------------------------------------------------------------------------------
 # §1.1 Deterministic CBOR
 #
-# Value model: int (major 0/1), bytes (2), str (3), list (4), dict with str keys (5),
-# False/True (0xf4/0xf5), None (0xf6). Nothing else exists in KLP.
+# Value model: int (major 0/1), bytes (2), str (3), list (4), dict with str keys (5) — or bytes
+# keys, which only the registry's `members` map uses (§1.1) — False/True (0xf4/0xf5), None
+# (0xf6). Nothing else exists in KLP.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -239,8 +242,8 @@ class _Reader:
                 elif count == n:
                     break
                 k = self.item(depth + 1)
-                if not isinstance(k, str):
-                    raise CborMalformed("KLP map keys are text strings")
+                if not isinstance(k, (str, bytes)):
+                    raise CborMalformed("KLP map keys are text or byte strings")
                 x = self.item(depth + 1)
                 if k in out:
                     dup = True
@@ -1049,6 +1052,7 @@ BODIES = {
     )),
     10: ("DELEGATION", M(("scope", DELEGATION_SCOPE), ("delegate", KEY, "opt"), ("federation", ID))),
     11: ("TALLY_ATTESTATION", M(
+        ("phase", Enum(["prepare", "commit"]), "opt"), ("round", UInt(32), "opt"),
         ("totals", Array(UInt(), 0, 64)), ("winner", UInt(16), "opt"), ("counted", UInt(32)),
         ("outcome", OUTCOME), ("eligible", UInt()), ("proposal", ID), ("revision", UInt(32)),
         ("federation", ID), ("votes_root", DIGEST), ("participation", UInt()),
@@ -1089,6 +1093,10 @@ def decode_body(type_code: int, body: bytes, author: bytes | None = None):
         raise BadBody(f"body is not deterministic CBOR: {e}") from e
     rules: list = []
     BODIES[type_code][1].shape(v, rules, BODIES[type_code][0])
+    if type_code == 11 and (v.get("phase") == "commit" or v.get("round") == 0):
+        # §4.12: a commit omits `phase`, round 0 omits `round`; written out, the body is not the
+        # deterministic encoding of its value.
+        raise BadBody("TALLY_ATTESTATION with an explicit default phase or round")
     if type_code == 12 and author is not None:
         # KEY_ROTATION proof (§4.13); the document does not say at which step this is checked.
         msg = b"kos-klp-v1/key-rotation\x00" + author + v["new_key"]
@@ -1223,6 +1231,209 @@ def open_sealed(msg: dict, sk_r: bytes):
     if t not in BODIES or t == 513:
         raise ValueError("inner type unknown or SEALED")
     return t, b, decode_body(t, b, msg["author"]), pt
+
+
+# ---------------------------------------------------------------------------------------------
+# governance.md §2 registry, §4 weights, §6 finality, and protocol.md §10 certificate files
+# ---------------------------------------------------------------------------------------------
+
+REGISTRY_PREFIX = b"kos-klp-v1/registry\x00"
+
+
+class Dict(S):
+    """A map whose keys all follow one schema and whose values follow another (the registry's
+    members, bodies, role weights and configuration)."""
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+    def shape(self, v, rules, path):
+        if type(v) is not dict:
+            raise BadBody(f"{path}: expected map")
+        for k, x in v.items():
+            self.key.shape(k, rules, f"{path} key")
+            self.value.shape(x, rules, f"{path}[{k!r}]")
+
+
+def _ascending_keys(v):
+    return [] if all(a < b for a, b in zip(v, v[1:])) else ["not ascending"]
+
+
+REGISTRY = M(
+    ("epoch", UInt()),
+    ("bodies", Dict(BODY_KIND, Array(KEY, ascending=True))),
+    ("config", Dict(Tstr(), Tstr())),
+    ("hybrid", M(("role", UInt(32)), ("stake", UInt(32)), ("trust", UInt(32)))),
+    ("policy", Tstr(), "opt"),
+    ("members", Dict(KEY, MEMBER)),
+    ("role_weights", Dict(ROLE, UInt())),
+    ("min_protocol_version", UInt(16)),
+    rule=lambda v: [] if all(k == m["key"] for k, m in v["members"].items())
+    else ["a member is filed under another key"],
+)
+
+TRUST_WEIGHT = {"core": 5000, "trusted": 3000, "standard": 1000, "sandbox": 500, "quarantine": 0}
+
+
+def charter_registry(c):
+    """governance.md §2: version 0, from the charter."""
+    return {
+        "epoch": 0,
+        "members": {m["key"]: m for m in c["members"]},
+        "bodies": {b["kind"]: sorted(b["members"]) for b in c["bodies"]},
+        "role_weights": {r["role"]: r["weight"] for r in c["role_weights"]},
+        "hybrid": c["hybrid"],
+        "config": {},
+        "min_protocol_version": c["min_protocol_version"],
+    }
+
+
+def registry_hash_bytes(b: bytes) -> bytes:
+    return hashlib.sha256(REGISTRY_PREFIX + b).digest()
+
+
+def weight(reg, m, weighting) -> int:
+    """governance.md §4 Weights."""
+    if m["trust"] == "quarantine":
+        return 0
+    role = max((reg["role_weights"].get(r, 0) for r in m["roles"]), default=0)
+    stake = m["stake"] * 1000
+    trust = TRUST_WEIGHT[m["trust"]]
+    if weighting == "one_person_one_vote":
+        return 1000
+    if weighting == "trust":
+        return trust
+    if weighting == "stake":
+        return stake
+    if weighting == "role":
+        return role
+    h = reg["hybrid"]
+    return (h["role"] * role + h["stake"] * stake + h["trust"] * trust) // 1000
+
+
+def builtin_config(kind):
+    """governance.md §3: the built-in default voting configuration."""
+    rule = {"supermajority": [2, 3]} if kind in ("constitutional_change", "protocol_upgrade") \
+        else "simple_majority"
+    return {"rule": rule, "veto": [334, 1000], "quorum": [3, 10], "secret": False, "sponsors": 0,
+            "reasoning": False, "weighting": "trust", "early_close": False}
+
+
+class CertError(Exception):
+    def __init__(self, name: str, detail: str = ""):
+        super().__init__(f"{name}: {detail}" if detail else name)
+        self.name = name
+
+
+def _envelope(field, hex_str, type_code):
+    try:
+        raw = bytes.fromhex(hex_str)
+    except ValueError:
+        raise CertError("Hex", field)
+    try:
+        msg = decode_envelope(raw)
+    except DecodeError as e:
+        raise CertError("Message", f"{field}: {e}")
+    if msg["type"] != type_code:
+        raise CertError("WrongType", field)
+    msg["id"] = hashlib.sha256(raw).digest()
+    return msg
+
+
+def verify_certificate(bundle):
+    """protocol.md §10, written from the documents alone."""
+    if bundle.get("kind") != "kos-certificate/1":
+        raise CertError("Kind", repr(bundle.get("kind")))
+    ch = _envelope("charter", bundle["charter"], 1)
+    charter = ch["body_value"]
+    if not any(m["key"] == ch["author"] for m in charter["members"]):
+        raise CertError("CharterAuthor")
+    federation = ch["id"]
+    pr = _envelope("proposal", bundle["proposal"], 2)
+    proposal = pr["body_value"]
+    if proposal["federation"] != federation:
+        raise CertError("Mismatch", "proposal")
+    pin = proposal["registry"]["hash"]
+    reg = charter_registry(charter)
+    if registry_hash_bytes(cbor_encode(reg)) != pin:
+        if bundle.get("registry") is None:
+            raise CertError("RegistryMissing")
+        try:
+            raw = bytes.fromhex(bundle["registry"])
+        except ValueError:
+            raise CertError("Hex", "registry")
+        # The bytes are hashed as they are; they must also be exactly the deterministic CBOR of
+        # a registry version (no other encoding of the same value).
+        try:
+            reg = cbor_decode_strict(raw)
+            rules: list = []
+            REGISTRY.shape(reg, rules, "registry")
+            if rules:
+                raise InvalidBody("; ".join(rules))
+        except (CborMalformed, CborTrailing, CborNonCanonical, BadBody, InvalidBody) as e:
+            raise CertError("RegistryEncoding", str(e))
+        if registry_hash_bytes(raw) != pin:
+            raise CertError("RegistryMismatch")
+    config = proposal.get("voting") or next(
+        (d["config"] for d in charter["defaults"] if d["kind"] == proposal["kind"]), None
+    ) or builtin_config(proposal["kind"])
+
+    def w(k):
+        m = reg["members"].get(k)
+        return weight(reg, m, config["weighting"]) if m else 0
+
+    eligible = sum(w(k) for k in reg["members"])
+    tl = proposal["timeline"]
+    close = tl.get("reveal_end_ms", tl["voting_end_ms"])
+    grace = charter["timing"]["grace_ms"]
+    earliest = (tl["discussion_end_ms"] if config["early_close"] else close) + grace
+    slots: dict = {}
+    for i, a in enumerate(bundle["attestations"]):
+        msg = _envelope("attestation", a, 11)
+        att = msg["body_value"]
+        if att["federation"] != federation or att["proposal"] != pr["id"]:
+            raise CertError("Mismatch", "attestation")
+        if w(msg["author"]) == 0:
+            raise CertError("NotMember", str(i))
+        rnd = att.get("round", 0)
+        if msg["created_ms"] < earliest + rnd * grace:
+            raise CertError("TooEarly", str(i))
+        if att.get("phase", "commit") != "commit":
+            continue  # prepares never count
+        slot = (rnd, att["revision"], att["votes_root"], att["outcome"], att.get("winner"))
+        slots.setdefault(slot, set()).add(msg["author"])
+    best = max(((sum(w(k) for k in who), len(who), slot) for slot, who in slots.items()),
+               key=lambda x: x[0], default=None)
+    if best is None or not (eligible > 0 and best[0] * 3 > eligible * 2):
+        raise CertError("NoQuorum", f"{best[0] if best else 0} of {eligible}")
+    wt, n, (rnd, revision, root, outcome, winner) = best
+    return {"proposal": pr["id"], "round": rnd, "revision": revision, "votes_root": root.hex(),
+            "outcome": outcome, "winner": winner, "weight": wt, "eligible": eligible,
+            "attesters": n}
+
+
+def verify_receipt(bundle):
+    """protocol.md §10."""
+    if bundle.get("kind") != "kos-receipt/1":
+        raise CertError("Kind", repr(bundle.get("kind")))
+    cert = verify_certificate(bundle["certificate"])
+    try:
+        raw = bytes.fromhex(bundle["ballot"])
+        msg = decode_envelope(raw)
+    except (ValueError, DecodeError) as e:
+        raise CertError("Message", f"ballot: {e}")
+    if msg["type"] not in (7, 8):
+        raise CertError("WrongType", "ballot")
+    if msg["body_value"]["proposal"] != cert["proposal"]:
+        raise CertError("Mismatch", "ballot")
+    ballot = hashlib.sha256(raw).digest()
+    node = hashlib.sha256(b"\x00" + ballot).digest()
+    for step in bundle["proof"]:
+        sib = bytes.fromhex(step["sibling"])
+        node = hashlib.sha256(b"\x01" + (sib + node if step["left"] else node + sib)).digest()
+    if node.hex() != cert["votes_root"]:
+        raise CertError("NotIncluded")
+    return {"voter": did_key(msg["author"]), "ballot": ballot.hex(), "certificate": cert}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1551,6 +1762,63 @@ def run(vectors_path: Path):
                        "[types]\ndeny = [\"AGENT_MIGRATION\"]\n", {last_key: "trusted"})
     check_eq("registry epoch 2 (config, policy, a changed member): CBOR", cbor_encode(reg2), r2["cbor_hex"])
     check_eq("registry epoch 2: hash", registry_hash(reg2), r2["hash_hex"])
+
+    # --- protocol.md §10: certificate files pinned after epoch 0, and a receipt -----------------
+    C = json.loads((vectors_path.parent / "certificate-v1.json").read_text())
+    creg = C["registry"]
+    creg_bytes = H(creg["cbor_hex"])
+    check_eq("certificate vector: registry length", len(creg_bytes), creg["len"])
+    check_eq("certificate vector: SHA-256(prefix ‖ registry bytes)", registry_hash_bytes(creg_bytes),
+             creg["hash_hex"])
+    check_eq("certificate vector: registry bytes re-encoded from its diagnostic",
+             cbor_encode(parse_diag(creg["diagnostic"])), creg_bytes)
+    try:
+        cbor_decode_strict(creg_bytes)
+        check("certificate vector: registry bytes are deterministic CBOR (byte-string keys)", True)
+    except (CborMalformed, CborTrailing, CborNonCanonical) as e:
+        check("certificate vector: registry bytes are deterministic CBOR (byte-string keys)", False, str(e))
+    old_bytes = H(creg["struct_order"]["cbor_hex"])
+    check("certificate vector: the struct-order encoding hashes elsewhere",
+          registry_hash_bytes(old_bytes).hex() == creg["struct_order"]["hash_hex"] != creg["hash_hex"])
+    roles_kept = [m["roles"] for m in cbor_decode_strict(creg_bytes)["members"].values()]
+    check("certificate vector: a member's roles keep the charter's order (not sorted)",
+          ["validator", "citizen"] in roles_kept, repr(roles_kept))
+    for cv in C["certificates"]:
+        tag = f"certificate '{cv['name']}'"
+        try:
+            got = verify_certificate(cv["bundle"])
+        except CertError as e:
+            check(f"{tag} -> {'valid' if cv['valid'] else cv['error']}",
+                  not cv["valid"] and e.name == cv["error"], f"refused with {e}")
+            continue
+        want = {k: cv[k] for k in ("round", "revision", "votes_root", "outcome", "winner", "weight",
+                                   "eligible", "attesters")} if cv["valid"] else None
+        got.pop("proposal")
+        check(f"{tag} -> {'valid' if cv['valid'] else cv['error']}", got == want,
+              f"accepted as {got}, want {want or cv['error']}")
+    for rv in C["receipts"]:
+        tag = f"receipt '{rv['name']}'"
+        try:
+            got = verify_receipt(rv["bundle"])
+            check(f"{tag} verifies", got["voter"] == rv["voter"] and got["ballot"] == rv["ballot"],
+                  repr(got))
+        except CertError as e:
+            check(f"{tag} verifies", False, str(e))
+        forged = {**rv["bundle"], "proof": []}
+        try:
+            verify_receipt(forged)
+            check(f"{tag}: without its path it is refused", False, "accepted")
+        except CertError as e:
+            check(f"{tag}: without its path it is refused", e.name == "NotIncluded", str(e))
+    # An attestation that writes out its default phase or round is not deterministic (§4.12).
+    att_hex = C["certificates"][1]["bundle"]["attestations"][0]
+    att_body = decode_envelope(H(att_hex))["body_value"]
+    check("round-0 commit in the format without phase and round decodes",
+          "phase" not in att_body and "round" not in att_body)
+    for label, extra in (("phase commit", {"phase": "commit"}), ("round 0", {"round": 0})):
+        body = cbor_encode({**att_body, **extra})
+        expect_error(f"self: TALLY_ATTESTATION with explicit {label} -> BadBody",
+                     signed(11, None, body), "BadBody")
 
     ok_addrs = ["klp://ni4ahvpqlgicuhdnv66jxjdssi/tasks", "agent://ni4ahvpqlgicuhdnv66jxjdssi",
                 "peer://" + peer_id(pk1), "klp://example.org", "agent://a-b.c0"]

@@ -307,6 +307,92 @@ fn the_control_api_requires_its_token_and_stays_on_loopback() {
     assert!(r.stderr.contains("only listens on loopback"), "{r:?}");
 }
 
+/// Proposes `key = value` on `n`, votes yes from every node once voting opens, and waits until
+/// it executed everywhere.
+fn configure(nodes: &[&Node], key: &str, value: &str) -> String {
+    let p = id_of(
+        &nodes[0].json(&[
+            "propose",
+            "--kind",
+            "configuration",
+            "--title",
+            &format!("{key} = {value}"),
+            "--description",
+            "d",
+            "--key",
+            key,
+            "--value",
+            value,
+            "--discussion-secs",
+            "2",
+            "--voting-secs",
+            "4",
+        ]),
+        "id",
+    );
+    for n in nodes {
+        wait_for(60, "voting open", || {
+            (n.try_json(&["show", &p])?["status"] == "voting").then_some(())
+        });
+    }
+    for n in nodes {
+        n.json(&["vote", &p, "yes"]);
+    }
+    for n in nodes {
+        wait_for(120, "the execution", || executed(n, &p));
+    }
+    p
+}
+
+#[test]
+fn a_certificate_pinned_after_epoch_0_carries_the_exact_registry_bytes_of_its_pin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = Node::start(dir.path().join("a"));
+    let b = Node::start(dir.path().join("b"));
+    federation(&a, &[&b]);
+    configure(&[&a, &b], "limit", "3");
+    wait_for(60, "registry epoch 1", || {
+        (a.json(&["federation", "show"])["registry_epoch"] == 1).then_some(())
+    });
+    let p = configure(&[&a, &b], "limit", "4");
+
+    let file = dir.path().join("cert.json");
+    b.ctl(&["certificate", &p, "--out", file.to_str().expect("path")]).ok();
+    let mut bundle: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    let proposal = hex::decode(bundle["proposal"].as_str().expect("proposal")).expect("hex");
+    let msg = kos_protocol::Message::decode(&proposal).expect("the proposal envelope");
+    let kos_protocol::Payload::Proposal(pr) = msg.payload() else { panic!("not a proposal") };
+    assert_eq!(pr.registry.epoch, 1, "the proposal pins the version after the first execution");
+    // The file carries the pinned version's bytes, exactly: hashed as they are (computed here
+    // from governance.md §2, not by the engine), they are the pin; decoded, they re-encode to
+    // themselves.
+    let bytes = hex::decode(bundle["registry"].as_str().expect("a registry")).expect("hex");
+    let digest: [u8; 32] = {
+        use sha2::{Digest as _, Sha256};
+        Sha256::new().chain_update(b"kos-klp-v1/registry\0").chain_update(&bytes).finalize().into()
+    };
+    assert_eq!(digest, pr.registry.hash.0, "SHA-256(prefix ‖ bytes in the file) is the pin");
+    let reg = kos_engine::Registry::decode(&bytes).expect("deterministic CBOR of a registry");
+    assert_eq!(reg.epoch, 1);
+    assert_eq!(reg.config.get("limit").map(String::as_str), Some("3"));
+    assert_eq!(reg.encode(), bytes);
+    let v = b.json(&["verify-certificate", file.to_str().expect("path")]);
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["outcome"], "approved");
+    assert!(v["round"].is_u64(), "{v}");
+
+    // The same registry in struct order (with `"policy": null`), as kosd once wrote it, is
+    // refused in words.
+    bundle["registry"] = Value::String(hex::encode(kos_protocol::to_cbor(&reg)));
+    let bad = dir.path().join("struct-order.json");
+    std::fs::write(&bad, bundle.to_string()).expect("write");
+    let r = b.ctl(&["verify-certificate", bad.to_str().expect("path")]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("not the deterministic CBOR of a registry version"), "{r:?}");
+    assert!(r.stderr.contains("null"), "{r:?}");
+}
+
 #[test]
 fn certificates_and_receipts_verify_offline_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,20 +1,24 @@
 //! Certificates and inclusion receipts as files, verified offline against the charter.
 //!
 //! A certificate bundle carries the signed charter, the signed proposal, the registry version the
-//! proposal pins (when it is not the charter's own; its content hash must equal the pin) and the
-//! signed attestations. [`verify_certificate`] checks every signature, recomputes each attester's
-//! weight and the eligible weight from that registry, and accepts only if the attesters of one
-//! key hold at least 2/3 of it. A receipt bundle adds one signed ballot and its Merkle path to
-//! the certified votes root.
+//! proposal pins (when it is not the charter's own: its exact deterministic CBOR, whose content
+//! hash is the pin) and the signed commits. [`verify_certificate`] checks every signature, hashes
+//! the registry bytes as they are in the file, recomputes each committer's weight and the
+//! eligible weight from that registry, and accepts only if the commits of one round for one key
+//! come from members holding more than 2/3 of it (`docs/protocol.md` §10, `docs/governance.md`
+//! §6). Nothing is re-encoded. A receipt bundle adds one signed ballot and its Merkle path to the
+//! certified votes root.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kos_protocol::{DecodeError, Message, Payload, PublicKey, payload::*};
+use kos_protocol::{CborError, DecodeError, Message, Payload, PublicKey, payload::*};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    FinalKey, ProofStep, finality::two_thirds, registry::Registry, verify_merkle_proof,
-    voting_config,
+    FinalKey, ProofStep,
+    finality::over_two_thirds,
+    registry::{Registry, non_canonical_reason},
+    verify_merkle_proof, voting_config,
 };
 
 /// The `kind` of a certificate bundle.
@@ -32,9 +36,10 @@ pub struct CertificateBundle {
     pub charter: String,
     /// The PROPOSAL envelope.
     pub proposal: String,
-    /// The pinned registry version (deterministic CBOR), unless it is the charter's own.
+    /// The pinned registry version, unless it is the charter's own: exactly the bytes whose
+    /// hash is the pin ([`Registry::encode`]).
     pub registry: Option<String>,
-    /// The TALLY_ATTESTATION envelopes.
+    /// The TALLY_ATTESTATION envelopes: the commits of the certificate's round.
     pub attestations: Vec<String>,
 }
 
@@ -59,13 +64,15 @@ pub struct VerifiedCertificate {
     pub federation: FederationId,
     /// The proposal.
     pub proposal: ProposalId,
+    /// The attestation round whose commits certify it.
+    pub round: u32,
     /// The certified result.
     pub key: FinalKey,
-    /// Weight of the attesters of that result.
+    /// Weight of the members who committed that result in that round.
     pub weight: u64,
     /// Total eligible weight.
     pub eligible: u64,
-    /// Number of distinct attesters of that result.
+    /// Number of distinct members who committed that result in that round.
     pub attesters: usize,
 }
 
@@ -114,17 +121,43 @@ pub enum CertificateError {
     /// The proposal pins a registry version that is not in the file.
     #[error("the proposal pins registry {0}, which the file does not contain")]
     RegistryMissing(Digest),
-    /// The registry in the file does not decode or does not hash to the pin.
-    #[error("the registry in the file does not match the proposal's pin {0}")]
-    RegistryMismatch(Digest),
+    /// The registry in the file is not a registry version in its deterministic CBOR: the file
+    /// must carry exactly the bytes that were hashed, so no other encoding is accepted.
+    #[error("the registry in the file is not the deterministic CBOR of a registry version: {0}")]
+    RegistryEncoding(String),
+    /// The registry bytes in the file hash to another version than the one the proposal pins.
+    #[error("the registry in the file hashes to {found}, not to the proposal's pin {pin}")]
+    RegistryMismatch {
+        /// The proposal's pin.
+        pin: Digest,
+        /// `SHA-256(REGISTRY_DOMAIN ‖ bytes)` of the bytes in the file.
+        found: Digest,
+    },
     /// An attestation's author has no weight in the pinned registry.
     #[error("attestation {0} is by a key with no weight in the pinned registry")]
     NotMember(usize),
-    /// An attestation was signed before the proposal's grace period ended.
-    #[error("attestation {0} was signed before attestations were allowed")]
-    TooEarly(usize),
-    /// No result has attestations from 2/3 of the eligible weight.
-    #[error("no result has 2/3 of the eligible weight ({weight} of {eligible})")]
+    /// An attestation was signed before its round's attestations were allowed.
+    #[error(
+        "attestation {index} (round {round}) was signed at {}, {} before its round opened at {}",
+        kos_protocol::time::date_ms(*signed_ms),
+        kos_protocol::time::duration_ms(opens_ms - signed_ms),
+        kos_protocol::time::date_ms(*opens_ms)
+    )]
+    TooEarly {
+        /// Position in the file.
+        index: usize,
+        /// Its round.
+        round: u32,
+        /// Its signed time.
+        signed_ms: u64,
+        /// The earliest time for its round: `earliest + round × grace_ms`.
+        opens_ms: u64,
+    },
+    /// No result has commits in one round from more than 2/3 of the eligible weight.
+    #[error(
+        "no result has commits in one round from more than 2/3 of the eligible weight \
+         ({weight} of {eligible})"
+    )]
     NoQuorum {
         /// Best weight found.
         weight: u64,
@@ -141,8 +174,37 @@ fn decode(field: &'static str, hex_str: &str) -> Result<Message, CertificateErro
     Message::decode(&bytes).map_err(|source| CertificateError::Message { field, source })
 }
 
+/// The registry version a certificate file names: the charter's own if it is the pin, else the
+/// bytes in the file, hashed as they are and decoded only if they are exactly a registry
+/// version's deterministic CBOR.
+fn pinned_registry(
+    charter: &Charter,
+    pin: Digest,
+    file: Option<&str>,
+) -> Result<Registry, CertificateError> {
+    let base = Registry::from_charter(charter);
+    if base.hash() == pin {
+        return Ok(base);
+    }
+    let hex_str = file.ok_or(CertificateError::RegistryMissing(pin))?;
+    let bytes = hex::decode(hex_str).map_err(|_| CertificateError::Hex("registry"))?;
+    let reg = Registry::decode(&bytes).map_err(|e| {
+        CertificateError::RegistryEncoding(match e {
+            CborError::NonCanonical => non_canonical_reason(&bytes).to_owned(),
+            other => other.to_string(),
+        })
+    })?;
+    let found = Registry::hash_bytes(&bytes);
+    if found != pin {
+        return Err(CertificateError::RegistryMismatch { pin, found });
+    }
+    Ok(reg)
+}
+
 /// Verifies a certificate offline: signatures, membership and weights against the pinned registry
-/// version (the charter's, or the one in the file whose hash equals the pin), and 2/3 agreement.
+/// version (the charter's, or the exact bytes in the file whose hash is the pin), each
+/// attestation's round window, and commits of one round for one result from more than 2/3 of
+/// the eligible weight. Prepares are checked like commits and never counted.
 pub fn verify_certificate(
     bundle: &CertificateBundle,
 ) -> Result<VerifiedCertificate, CertificateError> {
@@ -167,20 +229,7 @@ pub fn verify_certificate(
     if proposal.federation != federation {
         return Err(CertificateError::Mismatch("proposal"));
     }
-    let pin = proposal.registry.hash;
-    let base = Registry::from_charter(charter);
-    let registry = if base.hash() == pin {
-        base
-    } else {
-        let hex_str = bundle.registry.as_ref().ok_or(CertificateError::RegistryMissing(pin))?;
-        let bytes = hex::decode(hex_str).map_err(|_| CertificateError::Hex("registry"))?;
-        let reg: Registry =
-            kos_protocol::from_cbor(&bytes).map_err(|_| CertificateError::RegistryMismatch(pin))?;
-        if reg.hash() != pin {
-            return Err(CertificateError::RegistryMismatch(pin));
-        }
-        reg
-    };
+    let registry = pinned_registry(charter, proposal.registry.hash, bundle.registry.as_deref())?;
     let config = voting_config(charter, proposal);
     let weight_of =
         |k: &PublicKey| registry.member(k).map_or(0, |m| registry.weight(m, config.weighting));
@@ -190,8 +239,9 @@ pub fn verify_certificate(
         .fold(0u64, |a, m| a.saturating_add(registry.weight(m, config.weighting)));
     let close = proposal.timeline.reveal_end_ms.unwrap_or(proposal.timeline.voting_end_ms);
     let earliest = if config.early_close { proposal.timeline.discussion_end_ms } else { close };
-    let earliest = earliest.saturating_add(charter.timing.grace_ms);
-    let mut by_key: BTreeMap<FinalKey, BTreeSet<PublicKey>> = BTreeMap::new();
+    let grace = charter.timing.grace_ms;
+    let earliest = earliest.saturating_add(grace);
+    let mut by_round: BTreeMap<(u32, FinalKey), BTreeSet<PublicKey>> = BTreeMap::new();
     for (i, a) in bundle.attestations.iter().enumerate() {
         let msg = decode("attestation", a)?;
         let Payload::TallyAttestation(att) = msg.payload() else {
@@ -203,8 +253,18 @@ pub fn verify_certificate(
         if weight_of(&msg.author()) == 0 {
             return Err(CertificateError::NotMember(i));
         }
-        if msg.header().created_ms < earliest {
-            return Err(CertificateError::TooEarly(i));
+        let opens_ms = earliest.saturating_add(u64::from(att.round).saturating_mul(grace));
+        let signed_ms = msg.header().created_ms;
+        if signed_ms < opens_ms {
+            return Err(CertificateError::TooEarly {
+                index: i,
+                round: att.round,
+                signed_ms,
+                opens_ms,
+            });
+        }
+        if att.phase != AttestationPhase::Commit {
+            continue;
         }
         let key = FinalKey {
             revision: att.revision,
@@ -212,22 +272,27 @@ pub fn verify_certificate(
             outcome: att.outcome,
             winner: att.winner,
         };
-        by_key.entry(key).or_default().insert(msg.author());
+        by_round.entry((att.round, key)).or_default().insert(msg.author());
     }
-    let weighed = by_key.into_iter().map(|(key, who)| {
+    let weighed = by_round.into_iter().map(|(slot, who)| {
         let w = who.iter().fold(0u64, |a, k| a.saturating_add(weight_of(k)));
-        (key, w, who.len())
+        (slot, w, who.len())
     });
-    let best = weighed.max_by_key(|(key, w, _)| (*w, std::cmp::Reverse(*key)));
+    // The heaviest; among equals the lowest (round, key), so the answer is one function of the
+    // file whatever the order of its attestations.
+    let best = weighed.max_by_key(|(slot, w, _)| (*w, std::cmp::Reverse(*slot)));
     match best {
-        Some((key, weight, attesters)) if two_thirds(weight, eligible) => Ok(VerifiedCertificate {
-            federation,
-            proposal: proposal_msg.id(),
-            key,
-            weight,
-            eligible,
-            attesters,
-        }),
+        Some(((round, key), weight, attesters)) if over_two_thirds(weight, eligible) => {
+            Ok(VerifiedCertificate {
+                federation,
+                proposal: proposal_msg.id(),
+                round,
+                key,
+                weight,
+                eligible,
+                attesters,
+            })
+        }
         best => Err(CertificateError::NoQuorum { weight: best.map_or(0, |b| b.1), eligible }),
     }
 }
