@@ -12,8 +12,17 @@ use crate::{
 };
 
 impl Engine {
+    /// Whether a delegation by `member` to `delegate` is void: the key records make the delegate
+    /// one of the member's own keys (a key it rotated to after signing the delegation). A void
+    /// delegation is kept but read as if it did not exist, as it would have been refused had the
+    /// rotation been known.
+    pub(crate) fn void_delegation(&self, member: &PublicKey, delegate: &Option<PublicKey>) -> bool {
+        delegate.is_some_and(|d| self.keys.identity(&d) == *member)
+    }
+
     /// The effective delegate of `member` for proposal `p`: its latest delegation signed before
-    /// voting ends, the most specific scope first (type, then scope, then all).
+    /// voting ends, the most specific scope first (type, then scope, then all); void delegations
+    /// (to the member's own later key) are skipped.
     fn delegate_of(&self, p: &ProposalState, member: &PublicKey) -> Option<PublicKey> {
         let end = p.voting_end();
         let scopes = [
@@ -23,8 +32,10 @@ impl Engine {
         ];
         for scope in scopes {
             if let Some(history) = self.delegations.get(&(*member, scope))
-                && let Some((_, (_, delegate))) =
-                    history.iter().rev().find(|(_, (created, _))| *created < end)
+                && let Some((_, (_, delegate))) = history
+                    .iter()
+                    .rev()
+                    .find(|(_, (created, d))| *created < end && !self.void_delegation(member, d))
             {
                 match delegate {
                     // A delegate named by any of its keys is the member.
@@ -47,17 +58,23 @@ impl Engine {
         let mut out = BTreeMap::new();
         if p.config.secret {
             for (voter, commits) in &p.commits {
-                // The latest commitment on the counted revision counts, if revealed.
+                // The latest commitment on the counted revision counts, if revealed (and if the
+                // revealed choice names only options that revision has).
                 if let Some(c) = commits.values().rev().find(|c| c.revision == revision)
                     && let Some(choice) = p.reveals.get(&(*voter, c.commitment))
+                    && p.fits(revision, choice)
                 {
                     out.insert(*voter, (c.id, choice.clone()));
                 }
             }
         } else {
             for (voter, votes) in &p.votes {
+                // The latest vote on the counted revision counts if it names only options that
+                // revision has; if not, the voter has no counted ballot (older votes stay
+                // replaced).
                 if let Some(v) =
                     votes.values().rev().find(|v| v.revision == revision && v.created_ms <= cutoff)
+                    && p.fits(revision, &v.choice)
                 {
                     out.insert(*voter, (v.id, v.choice.clone()));
                 }
@@ -311,7 +328,10 @@ impl Engine {
         }
         // Commit the highest prepare quorum, unless `me` prepared after its round.
         let mut committed = None;
+        // (A quorum of a round this node's clock has not reached waits for it: an attestation
+        // of round q is valid only from that round's start.)
         if let Some((q, key)) = lock
+            && q <= round
             && last_prepare.is_none_or(|r| r <= q)
             && att.signed(me, Commit, q).is_none()
         {
@@ -411,6 +431,7 @@ fn compute_early_close(p: &ProposalState) -> Option<u64> {
         }
         let ballots: Vec<(&Choice, u64)> = best
             .iter()
+            .filter(|(_, (_, c))| p.fits(revision, c))
             .filter_map(|(voter, (_, c))| reg.member(voter).map(|m| (*c, reg.weight(m, weighting))))
             .collect();
         let cast = ballots.iter().fold(0u64, |a, (_, w)| a.saturating_add(*w));

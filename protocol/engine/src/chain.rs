@@ -174,7 +174,7 @@ impl Engine {
     /// Recomputes the chain from time `t0`: versions starting at or after `t0` are dropped, then
     /// executions and pin checks from then on are replayed in time order (executions first at
     /// equal times, since a version is in force from its start).
-    fn rebuild_from(&mut self, t0: u64) {
+    pub(crate) fn rebuild_from(&mut self, t0: u64) {
         if self.chain.is_empty() {
             return;
         }
@@ -223,7 +223,28 @@ impl Engine {
             }
             let Some(last) = self.chain.last() else { return };
             let mut next = (*last.registry).clone();
-            let outcome = execute(&mut next, p.action(), &self.executions);
+            let mut outcome = execute(&mut next, p.action(), &self.executions);
+            // A key that becomes a member here must not be a key some member rotated to at or
+            // before this time: the earlier claim by signed time wins. A rotation to it signed
+            // later, already applied, is no longer valid: the state must be rebuilt. (A key
+            // that rotated away *from* itself before its admission is admitted; its new key
+            // acts for it.)
+            let mut late_rotation = false;
+            if matches!(outcome, Ok(Some(_))) {
+                for k in next.members.keys().filter(|k| !last.registry.members.contains_key(*k)) {
+                    let Some(r) = self.keys.get(k).filter(|r| r.introduced_by.is_some()) else {
+                        continue;
+                    };
+                    if r.from_ms <= t {
+                        outcome = Err("the key is a key another member rotated to");
+                    } else {
+                        late_rotation = true;
+                    }
+                }
+            }
+            if late_rotation && outcome.is_ok() {
+                self.rebuild = true;
+            }
             let (result, inverse, epoch, registry) = match outcome {
                 Ok(Some(inverse)) => {
                     next.epoch = self.chain.len() as u64;

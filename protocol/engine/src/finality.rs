@@ -136,11 +136,6 @@ pub(crate) fn over_two_thirds(part: u64, whole: u64) -> bool {
     whole > 0 && u128::from(part) * 3 > u128::from(whole) * 2
 }
 
-/// The certificate rule, as offline verifiers apply it: more than 2/3.
-pub(crate) fn two_thirds(part: u64, whole: u64) -> bool {
-    over_two_thirds(part, whole)
-}
-
 impl Attestations {
     /// Records an attestation. Returns whether the final result changed.
     #[allow(clippy::too_many_arguments)]

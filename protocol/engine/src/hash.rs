@@ -161,7 +161,11 @@ impl Engine {
                 .delegations
                 .iter()
                 .filter_map(|((who, scope), h)| {
-                    h.keys().next_back().map(|(_, _, id)| (who, scope, id))
+                    // The latest delegation that is not void (to the delegator's own later key).
+                    h.iter()
+                        .rev()
+                        .find(|(_, (_, d))| !self.void_delegation(who, d))
+                        .map(|((_, _, id), _)| (who, scope, id))
                 })
                 .collect();
             sha(&[&to_cbor(&effective)])

@@ -58,10 +58,22 @@ fn in_window(created: u64, start: u64, end: u64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A ballot's validity: its form always; its option indices only on revision 0, whose options
+/// one message (the proposal) fixes. Revision `n ≥ 1` may have competing REVISION messages with
+/// different options (the lowest id stands), so there the indices are checked when counting,
+/// against the standing revision ([`crate::ProposalState::fits`]): a ballot that names an
+/// option it lacks is kept and counts for nothing, whichever revision arrived first.
 fn check_ballot(p: &ProposalState, revision: u32, choice: &Choice) -> Result<(), Refusal> {
     let options =
         p.options(revision).ok_or(Refusal::Pending(Dependency::Revision(p.id, revision)))?;
-    ballot_form(p.config.rule, options, choice)
+    if revision == 0 {
+        ballot_form(p.config.rule, options, choice)
+    } else {
+        match ballot_form(p.config.rule, options, choice) {
+            Err(Refusal::NoSuchOption(_)) => Ok(()),
+            other => other,
+        }
+    }
 }
 
 /// Whether a ballot's form fits the decision rule and names only options that exist:
@@ -304,12 +316,11 @@ impl Engine {
                     return Err(Refusal::MissingReason);
                 }
                 check_ballot(p, v.revision, &v.choice)?;
-                let Some(commits) = p.commits.get(&author) else {
-                    return Err(Refusal::Pending(Dependency::Commit(
-                        v.proposal,
-                        author.to_bytes(),
-                    )));
-                };
+                // A reveal that opens none of the voter's commitments known here is held until
+                // another commitment of the voter arrives: it cannot be told apart from the
+                // reveal of a commitment still on its way (a later one, say).
+                let wait = Refusal::Pending(Dependency::Commit(v.proposal, author.to_bytes()));
+                let Some(commits) = p.commits.get(&author) else { return Err(wait) };
                 // The commitment binds the key that signed the commit: after a rotation the
                 // member reveals under its new key what it committed under the old one.
                 let opens = |c: &CommitRec| {
@@ -326,7 +337,7 @@ impl Engine {
                 };
                 let Some(commitment) = commits.values().find(|c| opens(c)).map(|c| c.commitment)
                 else {
-                    return Err(Refusal::CommitmentMismatch);
+                    return Err(wait);
                 };
                 if p.reveals.contains_key(&(author, commitment)) {
                     return Err(Refusal::DoubleReveal);
@@ -402,7 +413,19 @@ impl Engine {
                 Ok(vec![])
             }
             Payload::Delegation(d) => {
-                if d.delegate.is_some_and(|d| self.keys.identity(&d) == author) {
+                // To the member's own key as of the signed time (its identity, the signing key or
+                // one before it, all known whenever the signer is): refused. A key the member
+                // rotates to only later may be unknown here: such a delegation is kept and, once
+                // the key records say whose key it is, ignored (`Engine::delegate_of`) — never
+                // refused, so arrival order does not matter.
+                let own_key = |k: &PublicKey| {
+                    *k == author
+                        || self
+                            .keys
+                            .get(k)
+                            .is_some_and(|r| r.member == author && r.from_ms <= created)
+                };
+                if d.delegate.as_ref().is_some_and(own_key) {
                     return Err(Refusal::SelfReference);
                 }
                 if self.dry_run {

@@ -228,19 +228,34 @@ impl Engine {
             None => false,
         };
         // The new key may be the one this rotation's competitor introduced (the same rotation
-        // signed again, earlier); any other key in use is refused.
+        // signed again, earlier); any other key in use is refused: a key rotated to before, or
+        // a member's key in a registry version in force before `created`. A Membership
+        // execution that adds the key at or after `created` fails instead (`chain.rs`): the
+        // earlier claim by signed time wins, the rotation at equal times.
         let replaced =
             |k: &KeyRecord| supersedes && k.member == rec.member && k.generation > rec.generation;
-        let in_use = self.known_members.contains(&r.new_key)
-            || self.keys.records.get(&r.new_key).is_some_and(|k| !replaced(k));
+        let existing = self.keys.records.get(&r.new_key);
+        let in_use = self.member_before(&r.new_key, created)
+            || existing.is_some_and(|k| match k.introduced_by {
+                Some(_) => !replaced(k),
+                // The key rotated itself away (as a member's identity) by then.
+                None => k.end.is_some_and(|e| e.at_ms <= created),
+            });
         if in_use {
             return Err(Refusal::KeyInUse);
         }
+        // A key judged so far as a member's identity (admitted after `created`, rotating on
+        // later) is this member's key instead: what it signed must be judged again.
+        let misjudged = existing.is_some_and(|k| k.introduced_by.is_none());
         if self.dry_run {
             return Ok(vec![]);
         }
         if supersedes {
             self.drop_after(&author);
+            self.rebuild = true;
+        }
+        if misjudged {
+            self.drop_after(&r.new_key);
             self.rebuild = true;
         }
         rec.end = Some(End { at_ms: created, by: id, how: Retirement::Rotated(r.new_key) });
@@ -257,8 +272,26 @@ impl Engine {
                 revoked_later: None,
             },
         );
+        if self.known_members.contains(&r.new_key) {
+            // A Membership execution at or after `created` added the new key: it fails now.
+            // Messages the key signed as that member were judged as someone else's.
+            if self.last_signed.contains_key(&r.new_key) {
+                self.rebuild = true;
+            }
+            self.rebuild_from(created);
+        }
         self.keys_changed(&author, created);
         Ok(vec![])
+    }
+
+    /// Whether `key` is a member's key in a registry version that came into force before `t`.
+    fn member_before(&self, key: &PublicKey, t: u64) -> bool {
+        self.known_members.contains(key)
+            && self
+                .chain
+                .iter()
+                .take_while(|v| v.start_ms < t)
+                .any(|v| v.registry.members.contains_key(key))
     }
 
     /// REVOCATION by `author` at `created`: of itself (retired from `created` on), or of an

@@ -644,9 +644,13 @@ impl ProposalState {
     }
 
     /// Whether a withdrawal takes effect: only if no member other than the proposer has cast a
-    /// ballot (a withdrawal first shown after voting began cannot void the ballots).
+    /// ballot (a withdrawal first shown after voting began cannot void the ballots) and the
+    /// proposal has no certificate (a withdrawal first shown after the result was final — or
+    /// executed — cannot undo it). Both are functions of the message set.
     fn is_withdrawn(&self) -> bool {
-        self.withdrawn.is_some() && self.named_by_ballots.is_none()
+        self.withdrawn.is_some()
+            && self.named_by_ballots.is_none()
+            && self.attestations.final_().is_none()
     }
 
     /// Records a ballot on `revision` by `voter`.
@@ -663,6 +667,13 @@ impl ProposalState {
         } else {
             self.revisions.get(&revision).map(|r| r.body.options.as_slice())
         }
+    }
+
+    /// Whether `choice` names only options that the standing revision `revision` has (a ballot
+    /// on revision `n ≥ 1` is accepted whatever its indices: competing REVISIONs may differ).
+    fn fits(&self, revision: u32, choice: &Choice) -> bool {
+        self.options(revision)
+            .is_some_and(|o| judge::ballot_form(self.config.rule, o, choice).is_ok())
     }
 
     fn action(&self) -> &Action {
@@ -1041,16 +1052,48 @@ impl Engine {
             let key_msg = matches!(t, MessageType::KeyRotation | MessageType::Revocation);
             (t != MessageType::Charter, m.header().created_ms, !key_msg, m.id())
         });
+        // A pass applies a key message after messages it invalidates when its author becomes
+        // a member only by an execution later in the pass (a rotation signed before the
+        // member's admission is retried after the rest). The pass is then run again from the
+        // engine as it was, knowing from the start every member the previous pass met, until
+        // no key message comes late: the state of a node that saw every message in signed-time
+        // order. The flag is never cleared while a pass could still change the outcome.
+        let base = self.clone();
+        let mut seeded = base.known_members.clone();
+        let mut report = self.replay_pass(&msgs, now_ms, progress);
+        // Members only accumulate, so this ends: a pass that met no one new would repeat.
+        while self.rebuild && self.known_members != seeded {
+            seeded = std::mem::take(&mut self.known_members);
+            *self = base.clone();
+            self.known_members.clone_from(&seeded);
+            report = self.replay_pass(&msgs, now_ms, &mut |_, _| {});
+        }
+        progress(total, total);
+        report.held = self.pending.len();
+        self.rebuild = false;
+        report
+    }
+
+    /// One replay pass over `msgs` (sorted): each applied in turn, those refused for an author
+    /// not known yet retried until nothing more applies.
+    fn replay_pass(
+        &mut self,
+        msgs: &[Message],
+        now_ms: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> ReplayReport {
+        let total = msgs.len();
         let mut report = ReplayReport::default();
+        let mut todo: Vec<&Message> = msgs.iter().collect();
         let mut first = true;
         loop {
             let mut retry = Vec::new();
             let before = report.applied;
-            for (i, m) in msgs.into_iter().enumerate() {
+            for (i, m) in todo.into_iter().enumerate() {
                 if first && i % REPLAY_PROGRESS_EVERY == 0 {
                     progress(i, total);
                 }
-                match self.apply(&m, Origin::Sync, now_ms) {
+                match self.apply(m, Origin::Sync, now_ms) {
                     Ok(ids) => report.applied += ids.len(),
                     Err(Refusal::Duplicate) => report.duplicates += 1,
                     Err(Refusal::Pending(_)) => {}
@@ -1060,19 +1103,15 @@ impl Engine {
             }
             first = false;
             if retry.is_empty() || report.applied == before {
-                for m in &retry {
+                for m in retry {
                     if let Err(r) = self.apply(m, Origin::Sync, now_ms) {
                         *report.refused.entry(refusal_name(&r)).or_default() += 1;
                     }
                 }
                 break;
             }
-            msgs = retry;
+            todo = retry;
         }
-        progress(total, total);
-        report.held = self.pending.len();
-        // In signed-time order a rotation precedes every message it invalidates.
-        self.rebuild = false;
         report
     }
 

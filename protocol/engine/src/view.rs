@@ -150,12 +150,14 @@ impl Engine {
     }
 
     /// The delegations in effect now (each delegator's latest message per scope, revocations
-    /// dropped), by delegator then scope.
+    /// dropped, void ones — to the delegator's own later key — skipped), by delegator then
+    /// scope.
     pub fn delegations(&self) -> Vec<DelegationEdge> {
         self.delegations
             .iter()
             .filter_map(|((who, scope), h)| {
-                let ((_, _, id), (created_ms, delegate)) = h.iter().next_back()?;
+                let ((_, _, id), (created_ms, delegate)) =
+                    h.iter().rev().find(|(_, (_, d))| !self.void_delegation(who, d))?;
                 Some(DelegationEdge {
                     delegator: *who,
                     delegate: (*delegate)?,
@@ -185,7 +187,8 @@ impl Engine {
             if *s == scope
                 && scope != DelegationScope::All
                 // Revoked for this scope (`None`): the delegation for all applies.
-                && let Some((_, (_, Some(d)))) = h.iter().next_back()
+                && let Some((_, (_, Some(d)))) =
+                    h.iter().rev().find(|(_, (_, d))| !self.void_delegation(who, d))
             {
                 effective.insert(*who, Some(*d));
             }
