@@ -304,7 +304,8 @@ pub fn proposal_detail(engine: &Engine, store: &Store, id: &MessageId, now: u64)
         }),
         "finality": {
             "eligible": r.eligible,
-            "needed": u64::try_from((u128::from(r.eligible) * 2).div_ceil(3)).unwrap_or(u64::MAX),
+            // More than 2/3 (governance.md §6).
+            "needed": u64::try_from(u128::from(r.eligible) * 2 / 3 + 1).unwrap_or(u64::MAX),
             "attested": r.leading_attestation.map_or(0, |(_, w)| w),
             "final": fin.is_some(),
             "final_at_ms": fin.map(|f| f.final_at_ms),
