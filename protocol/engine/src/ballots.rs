@@ -327,7 +327,6 @@ impl Engine {
             crate::Weakening::IgnoreLock | crate::Weakening::None => {}
         }
         // Commit the highest prepare quorum, unless `me` prepared after its round.
-        let mut committed = None;
         // (A quorum of a round this node's clock has not reached waits for it: an attestation
         // of round q is valid only from that round's start.)
         if let Some((q, key)) = lock
@@ -336,12 +335,11 @@ impl Engine {
             && att.signed(me, Commit, q).is_none()
         {
             out.push(make(Commit, q, key));
-            committed = Some(q);
         }
         // Prepare in this round: the lock if any (its round must be below this one), else the
         // own tally.
         let free = last_prepare.is_none_or(|r| r < round);
-        let below = lock.is_none_or(|(q, _)| q < round) && committed.is_none_or(|q| q < round);
+        let below = lock.is_none_or(|(q, _)| q < round);
         if free && below {
             let key = match lock {
                 Some((_, key)) if self.weakening != crate::Weakening::IgnoreLock => key,

@@ -1058,13 +1058,18 @@ impl Engine {
         // engine as it was, knowing from the start every member the previous pass met, until
         // no key message comes late: the state of a node that saw every message in signed-time
         // order. The flag is never cleared while a pass could still change the outcome.
-        let base = self.clone();
-        let mut seeded = base.known_members.clone();
+        // The engine as it was: a new one when it held nothing (a restart, a rebuild — the
+        // usual case, which then costs no copy), else a copy.
+        let fresh = self.charter.is_none() && self.applied_len() == 0 && self.pending_len() == 0;
+        let base = (!fresh).then(|| self.clone());
+        let mut seeded = self.known_members.clone();
         let mut report = self.replay_pass(&msgs, now_ms, progress);
         // Members only accumulate, so this ends: a pass that met no one new would repeat.
         while self.rebuild && self.known_members != seeded {
             seeded = std::mem::take(&mut self.known_members);
-            *self = base.clone();
+            let weakening = self.weakening;
+            *self = base.clone().unwrap_or_else(|| Engine::new(self.federation));
+            self.weakening = weakening;
             self.known_members.clone_from(&seeded);
             report = self.replay_pass(&msgs, now_ms, &mut |_, _| {});
         }

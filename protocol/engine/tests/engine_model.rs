@@ -543,22 +543,26 @@ fn key_of(e: &Engine, p: &ProposalId, now: u64) -> FinalKey {
 }
 
 /// The Byzantine pool: its withheld ballot, then a prepare and a commit of each result it could
-/// name, in each round, signed at the round's start.
-#[allow(clippy::too_many_arguments)]
+/// name — the tally without its ballot and with it — in each round, signed at the round's start.
 fn byzantine_pool(
     f: &Fed,
     byz: &SecretKey,
     proposal: &Message,
     withheld: Message,
-    keys: &[FinalKey],
     start: u64,
     round_ms: u64,
     rounds: u8,
 ) -> Vec<Message> {
+    let without = key_of(&f.engine, &proposal.id(), start);
+    let mut with = f.engine.clone();
+    with.apply(&withheld, Origin::Sync, start).expect("withheld vote is valid");
+    let with = key_of(&with, &proposal.id(), start);
+    assert_ne!(without.outcome, with.outcome, "the withheld vote decides");
+    let keys = [without, with];
     let mut pool = vec![withheld];
     let mut seq = 5_000;
     for r in 0..u32::from(rounds) {
-        for k in keys {
+        for k in &keys {
             for phase in [AttestationPhase::Prepare, AttestationPhase::Commit] {
                 seq += 1;
                 let at = start + u64::from(r) * round_ms;
@@ -585,13 +589,8 @@ fn withheld_vote(rounds: u8, byzantine: u8) -> Scenario {
     ]);
     let withheld = f.vote_at(3, &p, Choice::No, VOTE_END - S);
     let start = VOTE_END + test_timing().grace_ms;
-    let without = key_of(&f.engine, &p.id(), start);
-    let mut with = f.engine.clone();
-    with.apply(&withheld, Origin::Sync, start).expect("withheld vote is valid");
-    let with = key_of(&with, &p.id(), start);
-    assert_ne!(without.outcome, with.outcome, "the withheld vote decides");
     let round_ms = test_timing().grace_ms;
-    let pool = byzantine_pool(&f, &key(3), &p, withheld, &[without, with], start, round_ms, rounds);
+    let pool = byzantine_pool(&f, &key(3), &p, withheld, start, round_ms, rounds);
     Scenario {
         name: "withheld vote",
         engines: vec![f.engine.clone(); 3],
@@ -674,13 +673,8 @@ fn rotation_and_membership(rounds: u8, byzantine: u8) -> Scenario {
     )
     .expect("sign");
     let start = VOTE_END + shift + test_timing().grace_ms;
-    let without = key_of(&f.engine, &p.id(), start);
-    let mut with = f.engine.clone();
-    with.apply(&withheld, Origin::Sync, start).expect("withheld vote is valid");
-    let with = key_of(&with, &p.id(), start);
-    assert_ne!(without.outcome, with.outcome, "the withheld vote decides");
     let round_ms = test_timing().grace_ms;
-    let pool = byzantine_pool(&f, &key(3), &p, withheld, &[without, with], start, round_ms, rounds);
+    let pool = byzantine_pool(&f, &key(3), &p, withheld, start, round_ms, rounds);
     let mut c = f.engine.clone();
     c.apply(&rotation, Origin::Sync, rotation_at).expect("rotation");
     Scenario {
